@@ -1,0 +1,42 @@
+# tripletbench: `make test` and `make ablation` are the two commands a new user runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+PRESET ?=
+DATA_DIR ?= datasets
+RESULTS ?= results
+REPORTS ?= reports
+BACKEND ?= auto
+
+.PHONY: install test ablation report bench lint clean-venv
+
+# (Re)install when .venv is missing or pyproject.toml is newer than the last install.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.10" >&2; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; install the venv module (Debian: apt-get install python3-venv)" >&2; exit 1; }
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+ablation: $(STAMP)
+	$(PY) -m bench.grid --preset "$(PRESET)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)"
+	$(MAKE) --no-print-directory report RESULTS="$(RESULTS)" REPORTS="$(REPORTS)"
+
+report: $(STAMP)
+	$(PY) -m bench.report --results "$(RESULTS)" --reports "$(REPORTS)"
+
+bench: $(STAMP)
+	$(PY) -m bench.loss_benchmark --out "$(REPORTS)"
+
+clean-venv:
+	rm -rf $(VENV)

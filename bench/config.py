@@ -1,0 +1,108 @@
+"""The trial's flat config: every key, its default and its check, in one place.
+
+Keys map one-to-one onto grid axes (presets) and report columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from losses import LOSSES
+
+DATASETS = ("mnist", "cifar10")
+SAMPLERS = ("random", "pk")
+
+DEFAULTS: dict[str, Any] = {
+    # grid axes
+    "dataset": "mnist",
+    "loss": "batch-hard",
+    "margin": 0.2,
+    "batch_size": 256,
+    "seed": 0,
+    # equal compute: whichever budget is reached first ends training (None = no time limit)
+    "budget_samples": 30_000,
+    "budget_seconds": None,
+    "checkpoints": 4,
+    # batches
+    "sampler": "pk",
+    "samples_per_class": 4,
+    # model and optimiser (None = the dataset's measured default, see bench/models.py)
+    "embedding_dim": None,
+    "normalize": True,
+    "optimizer": None,
+    "lr": None,
+    # evaluation sizes (0 = the whole split)
+    "eval_gallery": 0,
+    "eval_queries": 0,
+    "train_subset": 0,
+    # where and how (not part of a trial's identity)
+    "data_dir": "datasets",
+    "device": "auto",
+    "save_embeddings": "",
+}
+
+# Keys that locate a trial on the machine rather than define what it computes.
+LOCATION_KEYS = ("data_dir", "device", "save_embeddings")
+
+# Per-checkpoint metric names: fixed, because the report and users depend on them.
+METRICS = (
+    "knn_accuracy",
+    "precision_at_1",
+    "map_at_r",
+    "samples_per_second",
+    "peak_memory_mib",
+    "loss",
+    "fraction_easy",
+    "fraction_semihard",
+    "fraction_hard",
+    "mu_pos",
+    "mu_neg",
+    "samples_seen",
+    "elapsed_seconds",
+    "status",
+)
+
+# Trial outcomes. The trial itself reports the first three; the grid runner adds the last two.
+STATUSES = ("ok", "diverged", "collapsed", "OOM", "error")
+
+
+class ConfigError(ValueError):
+    """A config value that no trial can run with; the message names the key and the valid values."""
+
+
+def resolve(config: dict[str, Any]) -> dict[str, Any]:
+    """Return DEFAULTS updated with `config`, checked; raise ConfigError naming the first bad key."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    if cfg["dataset"] not in DATASETS:
+        raise ConfigError(f"unknown dataset {cfg['dataset']!r}; valid: {', '.join(DATASETS)}")
+    if cfg["loss"] not in LOSSES:
+        raise ConfigError(f"unknown loss {cfg['loss']!r}; valid: {', '.join(LOSSES)}")
+    if cfg["sampler"] not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {cfg['sampler']!r}; valid: {', '.join(SAMPLERS)}")
+    if not float(cfg["margin"]) >= 0:
+        raise ConfigError(f"margin must be >= 0, got {cfg['margin']}")
+    if int(cfg["batch_size"]) < 2:
+        raise ConfigError(f"batch_size must be >= 2, got {cfg['batch_size']}")
+    if int(cfg["samples_per_class"]) < 2:
+        raise ConfigError(f"samples_per_class must be >= 2, got {cfg['samples_per_class']}")
+    if cfg["sampler"] == "pk" and int(cfg["batch_size"]) % int(cfg["samples_per_class"]):
+        raise ConfigError(
+            f"batch_size {cfg['batch_size']} is not a multiple of samples_per_class "
+            f"{cfg['samples_per_class']} (required by the pk sampler)"
+        )
+    if not float(cfg["budget_samples"]) > 0:
+        raise ConfigError(f"budget_samples must be > 0, got {cfg['budget_samples']}")
+    if cfg["budget_seconds"] is not None and not float(cfg["budget_seconds"]) > 0:
+        raise ConfigError(f"budget_seconds must be > 0, got {cfg['budget_seconds']}")
+    if int(cfg["checkpoints"]) < 1:
+        raise ConfigError(f"checkpoints must be >= 1, got {cfg['checkpoints']}")
+    return cfg
+
+
+def trial_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config without location keys: what makes two trials the same trial."""
+    cfg = resolve(config)
+    return {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}

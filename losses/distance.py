@@ -1,0 +1,54 @@
+"""The one distance and the one set of pair masks that every loss uses."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+
+def check_inputs(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> None:
+    """Raise ValueError naming the problem unless embeddings [B, D] float, labels [B] int, margin >= 0."""
+    if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+        shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings)
+        raise ValueError(f"embeddings must be a 2-D tensor [B, D], got {shape}")
+    if not embeddings.is_floating_point():
+        raise ValueError(f"embeddings must be a floating-point tensor, got {embeddings.dtype}")
+    if not isinstance(labels, Tensor) or labels.dim() != 1:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels)
+        raise ValueError(f"labels must be a 1-D tensor [B], got {shape}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(
+            f"embeddings and labels differ in length: {embeddings.shape[0]} vs {labels.shape[0]}"
+        )
+    if isinstance(margin, bool) or not isinstance(margin, Real) or not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite real number, got {margin!r}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if check_finite and not bool(torch.isfinite(embeddings).all()):
+        raise ValueError("embeddings contain NaN or Inf")
+
+
+def pairwise_distance(embeddings: Tensor) -> Tensor:
+    """Euclidean distances [B, B] between the rows of embeddings [B, D], as given (no normalisation).
+
+    Uses ||a||² + ||b||² − 2a·b, so memory is O(B²) whatever D is. The diagonal is exactly 0 and
+    the gradient at coinciding points is 0, not NaN. The result is exactly symmetric.
+    """
+    gram = embeddings @ embeddings.T
+    gram = (gram + gram.T) / 2
+    sq_norms = gram.diagonal()
+    squared = (sq_norms[:, None] + sq_norms[None, :] - 2 * gram).clamp_min(0)
+    tiny = torch.finfo(squared.dtype).tiny
+    return torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), 0.0)
+
+
+def pair_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Boolean masks [B, B]: positive (same label, i ≠ j) and negative (different label)."""
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+    return same & ~eye, ~same

@@ -1,0 +1,173 @@
+"""Batch-all, batch-hard, semi-hard, adaptive-mu triplet and quadruplet losses, and mining statistics.
+
+Notation: d is the Euclidean distance matrix, a valid triplet (a, p, n) has a ≠ p, y_a = y_p and
+y_n ≠ y_a, and [x]₊ = max(x, 0). Every loss takes embeddings [B, D], integer labels [B] and a margin
+≥ 0 and returns a scalar that stays attached to the graph: a batch with nothing to learn from gives
+exactly 0, never NaN. Nothing of size B³ or B⁴ is built; see losses/counting.py for how.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from losses.counting import (
+    count_below_per_row,
+    count_exceeding_ranks,
+    count_in_groups,
+    group_keys,
+    joint_ranks,
+)
+from losses.distance import check_inputs, pair_masks, pairwise_distance
+
+INF = float("inf")
+
+
+def _prepare(
+    embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Check the inputs; return distances d [B, B] and the positive and negative masks [B, B]."""
+    check_inputs(embeddings, labels, margin, check_finite)
+    return pairwise_distance(embeddings), *pair_masks(labels)
+
+
+def _hinge_mean(d: Tensor, weights: Tensor, count: Tensor, margin: Tensor | float) -> Tensor:
+    """Mean active hinge term (Σ weights·d + margin·count) / count, 0 when count is 0; float64 sums."""
+    total = torch.sum(weights * d, dtype=torch.float64) + margin * count.double()
+    return (total / count.clamp_min(1)).to(d.dtype)
+
+
+def _triplet_weights(
+    d: Tensor, pos: Tensor, neg: Tensor, margin: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """Integer weights [B, B] and #active with Σ_active (d_ap − d_an + m) = Σ weights·d + m·#active.
+
+    A triplet is active when d_an < d_ap + m. Weight of a positive pair (a, p): its number of active
+    negatives; of a negative pair (a, n): minus its number of active positives.
+    """
+    d = d.detach()
+    negatives_sorted, order = d.masked_fill(~neg, INF).sort(dim=1)
+    per_positive = count_below_per_row(negatives_sorted, d + margin).masked_fill_(~pos, 0)
+    per_negative_sorted = count_exceeding_ranks(per_positive, pos, d.shape[1])
+    weights = per_positive.to(d.dtype).scatter_add_(1, order, -per_negative_sorted.to(d.dtype))
+    return weights, per_positive.sum()
+
+
+def _quadruplet_weights(
+    d: Tensor, labels: Tensor, pos: Tensor, neg: Tensor, margin: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """Integer weights [B, B] and #active for Σ [d_ij − d_kl + m]₊ over Chen et al.'s quadruplets.
+
+    Quadruplets: y_i = y_j, i ≠ j, y_k ≠ y_i, y_l ≠ y_i, y_l ≠ y_k; active when d_kl < d_ij + m.
+    The negative pairs (k, l) that avoid class c are all negative pairs minus those with y_k = c
+    minus those with y_l = c (no negative pair has both; d is symmetric, so both sets count alike).
+    """
+    d = d.detach()
+    group = torch.unique(labels, return_inverse=True)[1]
+    pi, pj = pos.nonzero(as_tuple=True)
+    nk, nl = neg.nonzero(as_tuple=True)
+    rank_t, rank_v, n_ranks = joint_ranks(d[pi, pj] + margin, d[nk, nl])
+    all_t, all_v = torch.zeros_like(pi), torch.zeros_like(nk)
+    negatives_all = group_keys(all_v, rank_v, n_ranks)
+    negatives_by_class = group_keys(group[nk], rank_v, n_ranks)
+    per_positive = count_in_groups(negatives_all, all_t, rank_t, n_ranks) - 2 * count_in_groups(
+        negatives_by_class, group[pi], rank_t, n_ranks
+    )
+    positives_all = group_keys(all_t, rank_t, n_ranks)
+    positives_by_class = group_keys(group[pi], rank_t, n_ranks)
+    per_negative = (
+        count_in_groups(positives_all, all_v, rank_v, n_ranks, above=True)
+        - count_in_groups(positives_by_class, group[nk], rank_v, n_ranks, above=True)
+        - count_in_groups(positives_by_class, group[nl], rank_v, n_ranks, above=True)
+    )
+    weights = torch.zeros_like(d, dtype=torch.long)
+    weights[pi, pj] = per_positive
+    weights[nk, nl] = -per_negative
+    return weights, per_positive.sum()
+
+
+def _adaptive_margin(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """m + max(μ, 0) with μ = mean negative − mean positive pair distance, without gradient."""
+    d = d.detach()
+    mu_pos = (d * pos).sum() / pos.sum().clamp_min(1)
+    mu_neg = (d * neg).sum() / neg.sum().clamp_min(1)
+    return margin + (mu_neg - mu_pos).clamp_min(0)
+
+
+def batch_all(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+    """Mean of [d_ap − d_an + m]₊ over the valid triplets whose term is > 0 (Hermans et al. 2017)."""
+    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    return _hinge_mean(d, *_triplet_weights(d, pos, neg, margin), margin)
+
+
+def batch_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+    """Mean over anchors with a positive and a negative of [max_p d_ap − min_n d_an + m]₊.
+
+    Tied hardest distances share the gradient equally (amax/amin semantics).
+    """
+    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    hardest_positive = d.masked_fill(~pos, -INF).amax(dim=1)
+    hardest_negative = d.masked_fill(~neg, INF).amin(dim=1)
+    anchors = pos.any(dim=1) & neg.any(dim=1)
+    terms = (hardest_positive - hardest_negative + margin).clamp_min(0)
+    return torch.where(anchors, terms, 0.0).sum() / anchors.sum().clamp_min(1)
+
+
+def semi_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+    """FaceNet semi-hard: per positive pair, n* = the closest negative with d_ap < d_an < d_ap + m.
+
+    The loss is the mean of d_ap − d_an* + m over the positive pairs that have such a negative.
+    A pair without one (all its negatives are hard, or all easy) is skipped, with no fallback to
+    a hard negative, as FaceNet does for stability; with m = 0 no pair has one and the loss is 0.
+    Ties among negatives go to the lowest index.
+    """
+    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    detached = d.detach()
+    negatives_sorted, order = detached.masked_fill(~neg, INF).sort(dim=1, stable=True)
+    first_farther = torch.searchsorted(negatives_sorted, detached, right=True)
+    first_farther = first_farther.clamp_max(d.shape[1] - 1)
+    chosen = pos & (negatives_sorted.gather(1, first_farther) < detached + margin)
+    d_an = d.gather(1, order.gather(1, first_farther))
+    terms = torch.where(chosen, d - d_an + margin, 0.0)
+    return terms.sum() / chosen.sum().clamp_min(1)
+
+
+def adaptive_mu(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+    """Batch-all with m_eff = m + max(μ, 0), μ = mean d_neg − mean d_pos (Chen et al. 2017 at m = 0)."""
+    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    m_eff = _adaptive_margin(d, pos, neg, margin)
+    return _hinge_mean(d, *_triplet_weights(d, pos, neg, m_eff), m_eff)
+
+
+def quadruplet(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+    """Adaptive-mu term + mean of active [d_ij − d_kl + m_eff/2]₊ over Chen et al.'s quadruplets."""
+    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    m_eff = _adaptive_margin(d, pos, neg, margin)
+    triplet_term = _hinge_mean(d, *_triplet_weights(d, pos, neg, m_eff), m_eff)
+    half = m_eff / 2
+    pair_term = _hinge_mean(d, *_quadruplet_weights(d, labels, pos, neg, half), half)
+    return triplet_term + pair_term
+
+
+@torch.no_grad()
+def mining_stats(embeddings: Tensor, labels: Tensor, margin: float) -> dict[str, float]:
+    """Triplet counts of a batch: valid_triplets, fraction_easy/semihard/hard, mu_pos, mu_neg.
+
+    easy: d_an ≥ d_ap + m; semi-hard: d_ap ≤ d_an < d_ap + m; hard: d_an < d_ap. Fractions are of
+    the valid triplets (NaN when there are none); mu_pos / mu_neg are the mean positive / negative
+    pair distances (NaN when there are no such pairs).
+    """
+    d, pos, neg = _prepare(embeddings.detach(), labels, margin, check_finite=True)
+    negatives_sorted = d.masked_fill(~neg, INF).sort(dim=1).values
+    hard = count_below_per_row(negatives_sorted, d)[pos].sum().item()
+    not_easy = count_below_per_row(negatives_sorted, d + margin)[pos].sum().item()
+    valid = (pos.sum(dim=1) * neg.sum(dim=1)).sum().item()
+    fraction = (lambda n: n / valid) if valid else (lambda n: float("nan"))
+    return {
+        "valid_triplets": int(valid),
+        "fraction_easy": fraction(valid - not_easy),
+        "fraction_semihard": fraction(not_easy - hard),
+        "fraction_hard": fraction(hard),
+        "mu_pos": d[pos].mean().item(),
+        "mu_neg": d[neg].mean().item(),
+    }
