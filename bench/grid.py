@@ -1,0 +1,572 @@
+"""The ablation grid: dataset × loss × margin × batch size × seed, one trial each, through Ray Tune or in-process.
+
+    python -m bench.grid --preset cpu --data-dir datasets --results results [--backend auto|ray|local]
+
+A preset is `bench/presets/<name>.json` (or the path of such a file): {"doc": text, "axes": {axis: [values]}
+for every one of AXES, "fixed": {config key: value} for every trial, "per_dataset": {dataset: {key: value}}
+overriding "fixed" for one dataset}. Every expanded config is checked with bench.config.resolve, and the
+data sets are loaded once, before any trial starts.
+
+Experiment E (default: the preset's name) lives in RESULTS/E/:
+- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset"}. Running a different grid under an
+  existing experiment name is refused, so that two grids never mix.
+- records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
+  records/<trial_id>.npz its test embeddings; trial_id = sha1(json.dumps(trial_identity(config),
+  sort_keys=True)) in hex, first 12 characters. A trial with a record is never rerun or rewritten.
+  Non-finite metrics are written as null.
+- Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
+  what is left, errored trials included. Nothing in RESULTS is ever deleted.
+
+With RAY_ADDRESS set, the trials spread over that Ray cluster. RESULTS and the data folder must then be
+on storage that every node sees at the same path: since Ray 2.7, results are not synced to the head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import DEFAULTS, LOCATION_KEYS, STATUSES, resolve, trial_identity
+from bench.models import model_settings
+from bench.provenance import provenance
+from bench.trial import run_trial
+
+AXES = ("dataset", "loss", "margin", "batch_size", "seed")
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+PRESET_SECTIONS = ("doc", "axes", "fixed", "per_dataset")
+OOM_PATTERN = re.compile(r"out of memory|low on memory|OutOfMemoryError", re.IGNORECASE)
+POLL_SECONDS = 2.0
+
+TrialFn = Callable[..., dict[str, Any]]
+
+
+class GridError(ValueError):
+    """A preset, data folder or experiment folder the grid cannot start with; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A checked preset: its name, the values of each axis, and the keys fixed for all or one dataset."""
+
+    preset: str
+    axes: dict[str, list[Any]]
+    fixed: dict[str, Any]
+    per_dataset: dict[str, dict[str, Any]]
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of axis values, as {axis: value}, in the order of AXES."""
+        return [dict(zip(AXES, values, strict=True)) for values in itertools.product(*(self.axes[a] for a in AXES))]
+
+    def config(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The trial config of one grid point, without location keys."""
+        return {**self.fixed, **self.per_dataset.get(point["dataset"], {}), **point}
+
+    def spec(self, experiment: str) -> dict[str, Any]:
+        """The content of grid.json."""
+        return {"preset": self.preset, "experiment": experiment, "axes": self.axes, "fixed": self.fixed,
+                "per_dataset": self.per_dataset}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every trial of one run shares: the grid and where things are (absolute paths)."""
+
+    grid: Grid
+    experiment: str
+    experiment_dir: str
+    data_dir: str
+    command: str
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in bench/presets/."""
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+
+
+def _typed(key: str, value: Any) -> Any:
+    """`value` checked against the type of DEFAULTS[key] (ints accepted for floats, made float)."""
+    default = DEFAULTS.get(key)
+    if default is None or value is None:
+        return value
+    kind = (int, float) if isinstance(default, float) else type(default)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind):
+        raise GridError(f"{key} must be {type(default).__name__}, got {value!r}")
+    return float(value) if isinstance(default, float) else value
+
+
+def _settings(section: str, raw: Any) -> dict[str, Any]:
+    """A "fixed" or per-dataset section: a dict of typed config keys that are neither axes nor locations."""
+    if not isinstance(raw, dict):
+        raise GridError(f'"{section}" must be an object of config keys')
+    taken = sorted(set(raw) & {*AXES, *LOCATION_KEYS})
+    if taken:
+        raise GridError(f'"{section}" sets {taken}, which the axes or the command line set')
+    return {key: _typed(key, value) for key, value in raw.items()}
+
+
+def _parse_preset(raw: Any) -> tuple[dict[str, list[Any]], dict[str, Any], dict[str, dict[str, Any]]]:
+    """(axes, fixed, per_dataset) of a preset's JSON, checked for shape and types."""
+    if not isinstance(raw, dict) or set(raw) - set(PRESET_SECTIONS):
+        raise GridError(f"a preset is a JSON object with keys {', '.join(PRESET_SECTIONS)}")
+    axes = raw.get("axes")
+    if not isinstance(axes, dict) or set(axes) != set(AXES):
+        raise GridError(f'"axes" must give a list of values for each of {", ".join(AXES)}')
+    for axis in AXES:
+        values = axes[axis]
+        if not isinstance(values, list) or not values:
+            raise GridError(f'axis "{axis}" must be a non-empty list')
+        values = axes[axis] = [_typed(axis, value) for value in values]
+        if len({json.dumps(value) for value in values}) < len(values):
+            raise GridError(f'axis "{axis}" repeats a value: {values}')
+    fixed = _settings("fixed", raw.get("fixed", {}))
+    per_dataset = raw.get("per_dataset", {})
+    if not isinstance(per_dataset, dict) or set(per_dataset) - set(axes["dataset"]):
+        raise GridError(f'"per_dataset" must map datasets of the "dataset" axis {axes["dataset"]} to config keys')
+    per_dataset = {name: _settings(f"per_dataset.{name}", keys) for name, keys in per_dataset.items()}
+    return {axis: axes[axis] for axis in AXES}, fixed, per_dataset
+
+
+def load_preset(name: str) -> Grid:
+    """The preset called `name` (or stored at the .json path `name`), every config in its grid checked."""
+    path = Path(name)
+    if not (path.suffix == ".json" and path.is_file()):
+        path = PRESETS_DIR / f"{name}.json"
+        if not path.is_file():
+            raise GridError(f"unknown preset {name!r}; valid: {', '.join(preset_names())} (or a path to a .json file)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GridError(f"preset {path} cannot be read as JSON: {err}") from None
+    try:
+        grid = Grid(path.stem, *_parse_preset(raw))
+    except GridError as err:
+        raise GridError(f"preset {path}: {err}") from None
+    for point in grid.points():
+        try:
+            model_settings(resolve(grid.config(point)))
+        except (ValueError, TypeError) as err:
+            raise GridError(f"preset {path}: trial {point}: {err}") from None
+    return grid
+
+
+def trial_id(config: dict[str, Any]) -> str:
+    """12 hex characters of the sha1 of the trial's identity as canonical JSON: equal for the same trial."""
+    return hashlib.sha1(json.dumps(trial_identity(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _finite(value: Any) -> Any:
+    """`value` with non-finite floats replaced by None, recursively, so that records are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as indented strict JSON atomically: a temporary file beside `path`, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temp.write_text(json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")
+    os.replace(temp, path)
+
+
+def is_oom(err: BaseException) -> bool:
+    """Whether an exception means that the trial ran out of (GPU or host) memory."""
+    return isinstance(err, torch.OutOfMemoryError | MemoryError) or bool(OOM_PATTERN.search(one_line(err, 10**6)))
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """`Type: message`, whitespace collapsed to single spaces and cut to `limit` characters."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _record_path(ctx: Context, tid: str, suffix: str = ".json") -> Path:
+    return Path(ctx.experiment_dir) / "records" / f"{tid}{suffix}"
+
+
+def trial_config(ctx: Context, point: dict[str, Any]) -> dict[str, Any]:
+    """The config a grid point runs with: the grid's, the absolute data folder, records/<trial_id>.npz."""
+    config = {**ctx.grid.config(point), "data_dir": ctx.data_dir}
+    return {**config, "save_embeddings": str(_record_path(ctx, trial_id(config), ".npz"))}
+
+
+def read_record(ctx: Context, point: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a grid point's finished trial, or None."""
+    path = _record_path(ctx, trial_id(ctx.grid.config(point)))
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def make_record(
+    ctx: Context, config: dict[str, Any], status: str, reason: str | None, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A finished trial's record: identity, resolved config, status, reason, checkpoints, provenance."""
+    tid = trial_id(config)
+    embeddings = Path(config["save_embeddings"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "trial_id": tid,
+        "experiment": ctx.experiment,
+        "preset": ctx.grid.preset,
+        "config": resolve(config),
+        "status": status,
+        "reason": reason,
+        "history": history,
+        "final": history[-1] if history else {},
+        "provenance": {**provenance(device), "command": ctx.command},
+        "embeddings": embeddings.name if status in ("ok", "collapsed") and embeddings.is_file() else None,
+    }
+
+
+def run_one(
+    point: dict[str, Any], ctx: Context, trial_fn: TrialFn = run_trial,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Run one grid point unless it has a record; write its record; return (record, whether it ran now).
+
+    Any exception of the trial becomes status OOM (out of memory) or error, with a one-line reason.
+    """
+    record = read_record(ctx, point)
+    if record is not None:
+        return record, False
+    config = trial_config(ctx, point)
+    history: list[dict[str, Any]] = []
+
+    def on_checkpoint(metrics: dict[str, Any]) -> None:
+        history.append(_finite(dict(metrics)))
+        if report is not None:
+            report(metrics)
+
+    try:
+        final = trial_fn(config, on_checkpoint)
+        status, reason = final.get("status", "ok"), final.get("reason")
+    except Exception as err:  # a failed trial is a result, never the end of the grid
+        status, reason = ("OOM" if is_oom(err) else "error"), one_line(err)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    record = make_record(ctx, config, status, reason, history)
+    write_json(_record_path(ctx, record["trial_id"]), record)
+    return record, True
+
+
+def ray_trial(point: dict[str, Any], ctx: Context, trial_fn: TrialFn) -> None:
+    """Ray Tune's function trainable: run_one, forwarding each checkpoint's metrics with tune.report."""
+    from ray import tune
+
+    tid = trial_id(ctx.grid.config(point))
+    record, ran = run_one(point, ctx, trial_fn, lambda metrics: tune.report({**metrics, "trial_id": tid}))
+    if not (ran and record["history"]):  # failed before its first checkpoint, or finished in an earlier run
+        result = {**record["final"], "trial_id": tid, "status": record["status"], "reason": record["reason"]}
+        tune.report({key: value for key, value in result.items() if value is not None})
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """Prints one line per finished trial, with an estimate of the time the rest will take."""
+
+    def __init__(self, ctx: Context, points: list[dict[str, Any]]) -> None:
+        self.total = len(points)
+        self.done = {record["trial_id"] for point in points if (record := read_record(ctx, point))}
+        self.ran = 0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def finished(self, record: dict[str, Any]) -> None:
+        """Count and print a record written in this run."""
+        with self.lock:
+            if record["trial_id"] in self.done:
+                return
+            self.done.add(record["trial_id"])
+            self.ran += 1
+            done, left = len(self.done), self.total - len(self.done)
+            eta = (time.monotonic() - self.started) / self.ran * left
+        cfg, final = record["config"], record["final"]
+        line = (f"[{done}/{self.total}] {cfg['dataset']} {cfg['loss']} margin {cfg['margin']} "
+                f"B {cfg['batch_size']} seed {cfg['seed']}: {record['status']}")
+        if record["reason"]:
+            line += f" ({record['reason'][:120]})"
+        if final.get("knn_accuracy") is not None:
+            line += f", knn {final['knn_accuracy']:.4f}"
+        if final.get("samples_per_second") is not None:
+            line += f", {final['samples_per_second']:.0f} samples/s, {final.get('elapsed_seconds') or 0:.0f} s"
+        print(line + (f"; ~{_duration(eta)} left" if left else ""), flush=True)
+
+
+def run_local(ctx: Context, points: list[dict[str, Any]], trial_fn: TrialFn, progress: Progress) -> None:
+    """Run the grid sequentially in this process."""
+    for point in points:
+        record, ran = run_one(point, ctx, trial_fn)
+        if ran:
+            progress.finished(record)
+
+
+def _poll_records(ctx: Context, points: list[dict[str, Any]], progress: Progress, stop: threading.Event) -> None:
+    """Report new records to `progress` until `stop` is set (Ray's trials run in other processes)."""
+    ids = {trial_id(ctx.grid.config(point)): point for point in points}
+    while not stop.wait(POLL_SECONDS):
+        for tid in set(ids) - progress.done:
+            if (record := read_record(ctx, ids[tid])) is not None:
+                progress.finished(record)
+
+
+def run_ray(
+    ctx: Context, points: list[dict[str, Any]], trial_fn: TrialFn, progress: Progress,
+    cpus_per_trial: float, gpus_per_trial: float | None,
+) -> None:
+    """Run (or resume) the grid as a Ray Tune experiment in ctx.experiment_dir; starts Ray if needed."""
+    import ray
+    from ray import tune
+
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    started_ray = not ray.is_initialized()
+    if started_ray and os.environ.get("RAY_ADDRESS"):
+        print(f"Ray: connecting to the cluster at {os.environ['RAY_ADDRESS']}; RESULTS and the data folder "
+              "must be on storage that every node sees", flush=True)
+        ray.init(logging_level=logging.WARNING, log_to_driver=False)
+    elif started_ray:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    try:
+        gpus_here = ray.cluster_resources().get("GPU", 0)
+        gpus = (1 if gpus_here else 0) if gpus_per_trial is None else gpus_per_trial
+        if gpus > gpus_here:
+            raise GridError(f"--gpus-per-trial {gpus} but the Ray cluster has {gpus_here:g} GPU(s)")
+        trainable = tune.with_resources(
+            tune.with_parameters(ray_trial, ctx=ctx, trial_fn=trial_fn), {"cpu": cpus_per_trial, "gpu": gpus}
+        )
+        if tune.Tuner.can_restore(ctx.experiment_dir):
+            print(f"Ray: resuming the experiment in {ctx.experiment_dir}", flush=True)
+            tuner = tune.Tuner.restore(ctx.experiment_dir, trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={axis: tune.grid_search(values) for axis, values in ctx.grid.axes.items()},
+                tune_config=tune.TuneConfig(reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=ctx.experiment, storage_path=str(Path(ctx.experiment_dir).parent), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                ),
+            )
+        stop = threading.Event()
+        poller = threading.Thread(target=_poll_records, args=(ctx, points, progress, stop), daemon=True)
+        poller.start()
+        try:
+            results = tuner.fit()
+        finally:
+            stop.set()
+            poller.join()
+        for result in results:
+            if result.error is not None and read_record(ctx, result.config) is None:
+                ray_failure(ctx, result.config, result.error)
+        for point in points:
+            if (record := read_record(ctx, point)) is not None:
+                progress.finished(record)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def ray_failure(ctx: Context, point: dict[str, Any], error: BaseException) -> None:
+    """A trial that Ray lost: recorded as OOM when its worker was killed for memory, else left to resume."""
+    if is_oom(error):
+        config = trial_config(ctx, point)
+        write_json(_record_path(ctx, trial_id(config)), make_record(ctx, config, "OOM", one_line(error), []))
+    else:
+        print(f"trial {point} failed in Ray ({one_line(error, 200)}); re-run the same command to resume it",
+              flush=True)
+
+
+def check_data(datasets: list[str], data_dir: str) -> None:
+    """Load each data set once, so that missing or corrupt data stops the grid before any trial (GridError)."""
+    from bench.data import DataError, load_dataset
+
+    for name in datasets:
+        try:
+            load_dataset(name, data_dir, "cpu")
+        except DataError as err:
+            raise GridError(str(err)) from None
+
+
+def _flat(spec: dict[str, Any]) -> dict[str, Any]:
+    """grid.json's axes, fixed keys and per-dataset keys as {"section.key[.key]": value}."""
+    out = {}
+    for section in ("axes", "fixed", "per_dataset"):
+        for key, value in spec.get(section, {}).items():
+            if section == "per_dataset":
+                out.update({f"{section}.{key}.{k}": v for k, v in value.items()})
+            else:
+                out[f"{section}.{key}"] = value
+    return out
+
+
+def check_experiment(experiment_dir: Path, spec: dict[str, Any]) -> bool:
+    """Whether the folder holds this grid already (GridError if it holds another, or foreign files)."""
+    path = experiment_dir / "grid.json"
+    if not path.is_file():
+        if experiment_dir.is_dir() and any(experiment_dir.iterdir()):
+            raise GridError(f"{experiment_dir} has files but no grid.json; pass --experiment NAME for a new folder")
+        return False
+    try:
+        stored = _flat(json.loads(path.read_text()))
+    except (OSError, ValueError, AttributeError) as err:
+        raise GridError(f"{path} is unreadable ({err}); pass --experiment NAME for a new folder") from None
+    wanted = _flat(json.loads(json.dumps(spec)))
+    changed = [f"{key}: {stored.get(key)!r} there, {wanted.get(key)!r} now"
+               for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
+    if changed:
+        raise GridError(
+            f"{experiment_dir} holds a different grid ({'; '.join(changed)}); pass --experiment NAME to start "
+            "a new experiment, or run its original grid to resume it"
+        )
+    return True
+
+
+def summarize(ctx: Context, points: list[dict[str, Any]]) -> int:
+    """Print the status counts of the grid; return 0 when every trial has a record, else 1."""
+    counts = Counter(record["status"] if (record := read_record(ctx, point)) else "unfinished" for point in points)
+    order = [*STATUSES, "unfinished"]
+    parts = [f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: order.index(s) if s in order else len(order))]
+    missing = counts["unfinished"]
+    print(f"grid {ctx.experiment}: {len(points)} trials: {', '.join(parts)}"
+          + ("; re-run the same command to resume" if missing else "")
+          + f"; records in {Path(ctx.experiment_dir) / 'records'}", flush=True)
+    return 1 if missing else 0
+
+
+def pick_backend(name: str) -> str:
+    """'local' or 'ray': 'auto' is Ray when Ray Tune can be imported."""
+    if name == "local":
+        return name
+    try:
+        import ray.tune  # noqa: F401
+    except ImportError:
+        if name == "ray":
+            raise GridError("--backend ray, but Ray Tune cannot be imported (pip install 'ray[tune]')") from None
+        print("Ray Tune cannot be imported: running the grid sequentially in this process (--backend local)")
+        return "local"
+    return "ray"
+
+
+def run_grid(
+    preset: str, data_dir: str | Path, results: str | Path, *, experiment: str = "", backend: str = "auto",
+    trial_fn: TrialFn = run_trial, cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None,
+    command: str = "",
+) -> int:
+    """Run or resume a preset's grid into results/<experiment>/; return 0 when every trial has a record."""
+    if not cpus_per_trial > 0 or (gpus_per_trial or 0) < 0:
+        raise GridError(f"need --cpus-per-trial > 0 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
+    grid = load_preset(preset)
+    experiment = experiment or grid.preset
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", experiment):
+        raise GridError(f"experiment name {experiment!r} must be letters, digits, '.', '_' or '-'")
+    experiment_dir = Path(results).resolve() / experiment
+    spec = grid.spec(experiment)
+    known = check_experiment(experiment_dir, spec)
+    backend = pick_backend(backend)
+    data_dir = str(Path(data_dir).resolve())
+    check_data(grid.axes["dataset"], data_dir)
+    if not known:
+        write_json(experiment_dir / "grid.json", spec)
+    (experiment_dir / "records").mkdir(exist_ok=True)
+    ctx = Context(grid, experiment, str(experiment_dir), data_dir, command or shlex.join(sys.argv))
+    points = grid.points()
+    progress = Progress(ctx, points)
+    print(f"grid {experiment} ({grid.preset}): {len(points)} trials, {len(progress.done)} already recorded; "
+          f"backend {backend}; results in {experiment_dir}", flush=True)
+    if backend == "local":
+        run_local(ctx, points, trial_fn, progress)
+    else:
+        run_ray(ctx, points, trial_fn, progress, cpus_per_trial, gpus_per_trial)
+    return summarize(ctx, points)
+
+
+def default_preset() -> str:
+    """'paper' when a CUDA GPU is visible, else 'cpu', saying so and how to choose another."""
+    name = "paper" if torch.cuda.is_available() else "cpu"
+    print(f"no preset given: using '{name}' ({'a' if name == 'paper' else 'no'} CUDA GPU visible); "
+          f"choose one with make ablation PRESET=<{'|'.join(preset_names())}> (or --preset NAME)", flush=True)
+    return name
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line's arguments."""
+    p = _Parser(
+        prog="python -m bench.grid", description="Run (or resume) a preset's grid of trials.",
+        epilog="Re-running the same command resumes an interrupted experiment. With RAY_ADDRESS set, the trials "
+        "run on that Ray cluster: --results and --data-dir must then be on storage that every node sees.",
+    )
+    p.add_argument("--preset", default="", help=f"one of {', '.join(preset_names())}, or a .json path "
+                   "(default: paper with a CUDA GPU, else cpu)")
+    p.add_argument("--data-dir", default="datasets", help="folder of mnist.npz / cifar10.npz (default datasets/)")
+    p.add_argument("--results", default="results", help="results folder (default results/)")
+    p.add_argument("--backend", choices=("auto", "ray", "local"), default="auto",
+                   help="ray (Ray Tune), local (sequential, in-process) or auto: ray when importable")
+    p.add_argument("--experiment", default="", help="experiment folder name under --results (default: preset name)")
+    p.add_argument("--smoke", action="store_true",
+                   help="run the smoke preset on generated data in a temporary folder (ignores --data-dir)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPU share Ray reserves per trial, e.g. 0.25 (default: 1 when the cluster has GPUs, else 0)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: 0 when every trial has a record (whatever its status), 1 when some are left, 2 on bad input."""
+    args = parse_args(argv)
+    command = shlex.join(["python", "-m", "bench.grid", *(sys.argv[1:] if argv is None else argv)])
+    options = {"experiment": args.experiment, "backend": args.backend, "cpus_per_trial": args.cpus_per_trial,
+               "gpus_per_trial": args.gpus_per_trial, "command": command}
+    try:
+        if args.smoke:
+            if args.preset not in ("", "smoke"):
+                raise GridError(f"--smoke runs the smoke preset; drop --preset {args.preset}")
+            from bench.synthetic import write_synthetic
+
+            with tempfile.TemporaryDirectory(prefix="tripletbench-smoke-") as data_dir:
+                for dataset in load_preset("smoke").axes["dataset"]:
+                    write_synthetic(data_dir, dataset)
+                return run_grid("smoke", data_dir, args.results, **options)
+        return run_grid(args.preset or default_preset(), args.data_dir, args.results, **options)
+    except GridError as err:
+        print(f"python -m bench.grid: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
