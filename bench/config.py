@@ -31,9 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "normalize": True,
     "optimizer": None,
     "lr": None,
-    # evaluation sizes (0 = the whole split)
-    "eval_gallery": 0,
-    "eval_queries": 0,
+    # evaluation sizes: 0 = the whole split, None = the device's default (bench.trial.CPU_EVAL on the CPU,
+    # the whole split on CUDA)
+    "eval_gallery": None,
+    "eval_queries": None,
     "train_subset": 0,
     # where and how (not part of a trial's identity)
     "data_dir": "datasets",
@@ -97,6 +98,9 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"budget_samples must be > 0, got {cfg['budget_samples']}")
     if cfg["budget_seconds"] is not None and not float(cfg["budget_seconds"]) > 0:
         raise ConfigError(f"budget_seconds must be > 0, got {cfg['budget_seconds']}")
+    for key in ("eval_gallery", "eval_queries", "train_subset"):
+        if cfg[key] is not None and int(cfg[key]) < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = the whole split), got {cfg[key]}")
     if int(cfg["checkpoints"]) < 1:
         raise ConfigError(f"checkpoints must be >= 1, got {cfg['checkpoints']}")
     return cfg

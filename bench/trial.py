@@ -28,6 +28,7 @@ timings; on CUDA it uses bf16 autocast, cudnn.benchmark and fused optimisers. Te
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
@@ -107,10 +108,29 @@ def spread(embeddings: Tensor) -> float:
     return float(centred.square().sum(dim=1).mean().sqrt() / norm.clamp_min(1e-12))
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on Linux the process's RSS high-water mark (VmHWM).
+
+    Without the reset a trial would inherit the peak of whatever ran before it in the same process (the
+    local backend's earlier trials, or an earlier trial in a reused Ray actor).
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """CUDA peak allocated memory on a GPU, else the process's peak resident set size, in MiB."""
+    """CUDA peak allocated memory on a GPU, else peak RSS since reset_peak_memory (VmHWM), in MiB.
+
+    Where /proc is missing (macOS), the process's lifetime peak RSS (ru_maxrss) is the fallback.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 2**10
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
@@ -137,7 +157,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     x_train, y_train, x_test, y_test = load_dataset(cfg["dataset"], cfg["data_dir"], device)
     if 0 < int(cfg["train_subset"]) < len(x_train):
         train = fixed_subset(len(x_train), int(cfg["train_subset"])).to(device)
@@ -279,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: exit code 0 after a trial (whatever its status), 2 on bad input or data."""
     args = vars(parse_args(argv))
     as_json = args.pop("json")
-    config = {key: value for key, value in args.items() if value is not None or key.startswith("eval_")}
+    config = {key: value for key, value in args.items() if value is not None}
     try:
         metrics = run_trial(config, _progress)
     except (ConfigError, DataError) as err:

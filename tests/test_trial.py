@@ -168,6 +168,8 @@ def test_bad_devices_and_settings(tiny_data_dir: Path, monkeypatch: pytest.Monke
         run_trial(tiny(tiny_data_dir, optimizer="rmsprop"))
     with pytest.raises(ConfigError, match="lr must be > 0"):
         run_trial(tiny(tiny_data_dir, lr=0.0))
+    with pytest.raises(ConfigError, match="eval_gallery must be >= 0"):
+        run_trial(tiny(tiny_data_dir, eval_gallery=-1))
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -254,3 +256,14 @@ def test_cli_bad_input_in_a_process(bad_input_argv: dict[str, list[str]]) -> Non
         stdout, stderr = process.communicate(timeout=120)
         assert process.returncode == 2 and stdout == "" and "Traceback" not in stderr, (message, stderr)
         assert stderr.count("\n") == 1 and message in stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="VmHWM reset needs Linux /proc")
+def test_cpu_peak_memory_is_the_trials_own(tiny_data_dir: Path) -> None:
+    """A trial's peak_memory_mib does not inherit a larger peak from earlier work in the same process."""
+    earlier_peak_mib = 1500
+    block = np.ones(earlier_peak_mib * 2**20, dtype=np.uint8)  # touched pages: RSS really rises
+    assert block.sum() == block.size
+    del block
+    final, _ = run(tiny(tiny_data_dir, budget_samples=64, checkpoints=1))
+    assert 10 < final["peak_memory_mib"] < earlier_peak_mib
