@@ -14,9 +14,9 @@ from torch import Tensor
 from losses.counting import (
     count_below_per_row,
     count_exceeding_ranks,
-    count_in_groups,
-    group_keys,
-    joint_ranks,
+    group_order,
+    merge_order,
+    merged_counts,
 )
 from losses.distance import check_inputs, pair_masks, pairwise_distance
 
@@ -58,32 +58,26 @@ def _quadruplet_weights(
 ) -> tuple[Tensor, Tensor]:
     """Integer weights [B, B] and #active for Σ [d_ij − d_kl + m]₊ over Chen et al.'s quadruplets.
 
-    Quadruplets: y_i = y_j, i ≠ j, y_k ≠ y_i, y_l ≠ y_i, y_l ≠ y_k; active when d_kl < d_ij + m.
-    The negative pairs (k, l) that avoid class c are all negative pairs minus those with y_k = c
-    minus those with y_l = c (no negative pair has both; d is symmetric, so both sets count alike).
+    Quadruplets: y_i = y_j, i ≠ j, y_k ≠ y_i, y_l ≠ y_i, y_l ≠ y_k; active when d_kl < d_ij + m. One merge
+    of the thresholds d_ij + m with the values d_kl counts, per positive pair, the active negative pairs
+    and, per negative pair, the active positive pairs; a second, by the class of the pair's first index,
+    counts those within one class. Per positive pair (i, j) of class c, the negative pairs that touch c
+    are twice those with y_k = c (d is symmetric and no negative pair has both ends in c); per negative
+    pair (k, l), the positive pairs to drop are those of class y_k, counted at (k, l), and of class y_l,
+    counted at (l, k).
     """
     d = d.detach()
-    group = torch.unique(labels, return_inverse=True)[1]
-    pi, pj = pos.nonzero(as_tuple=True)
-    nk, nl = neg.nonzero(as_tuple=True)
-    rank_t, rank_v, n_ranks = joint_ranks(d[pi, pj] + margin, d[nk, nl])
-    all_t, all_v = torch.zeros_like(pi), torch.zeros_like(nk)
-    negatives_all = group_keys(all_v, rank_v, n_ranks)
-    negatives_by_class = group_keys(group[nk], rank_v, n_ranks)
-    per_positive = count_in_groups(negatives_all, all_t, rank_t, n_ranks) - 2 * count_in_groups(
-        negatives_by_class, group[pi], rank_t, n_ranks
-    )
-    positives_all = group_keys(all_t, rank_t, n_ranks)
-    positives_by_class = group_keys(group[pi], rank_t, n_ranks)
-    per_negative = (
-        count_in_groups(positives_all, all_v, rank_v, n_ranks, above=True)
-        - count_in_groups(positives_by_class, group[nk], rank_v, n_ranks, above=True)
-        - count_in_groups(positives_by_class, group[nl], rank_v, n_ranks, above=True)
-    )
-    weights = torch.zeros_like(d, dtype=torch.long)
-    weights[pi, pj] = per_positive
-    weights[nk, nl] = -per_negative
-    return weights, per_positive.sum()
+    row_class = torch.unique(labels, return_inverse=True)[1][:, None].expand_as(d)
+    n_positive = int(pos.sum())
+    order = merge_order(d[pos] + margin, d[neg])
+    negatives_below, positives_above = merged_counts(order, n_positive)
+    group = torch.cat([row_class[pos], row_class[neg]])
+    class_negatives_below, class_positives_above = merged_counts(group_order(order, group), n_positive, group)
+    per_positive = negatives_below - 2 * class_negatives_below
+    same_class_above = torch.zeros_like(d).masked_scatter_(neg, class_positives_above.to(d.dtype))
+    per_negative = positives_above.to(d.dtype) - same_class_above[neg] - same_class_above.T[neg]
+    weights = torch.zeros_like(d).masked_scatter_(pos, per_positive.to(d.dtype))
+    return weights.masked_scatter_(neg, -per_negative), per_positive.sum()
 
 
 def _adaptive_margin(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
