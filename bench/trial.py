@@ -33,6 +33,7 @@ import json
 import math
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ from bench.data import DataError, augment, channel_stats, load_dataset, normaliz
 from bench.evaluate import retrieval_metrics
 from bench.models import build_model, build_optimizer, model_settings
 from bench.sampling import make_batches
+from bench.synthetic import write_synthetic
 from losses import LOSSES, mining_stats
 
 CPU_EVAL = {"eval_gallery": 10_000, "eval_queries": 0}  # 10k train images as gallery, the whole test set
@@ -55,6 +57,9 @@ COLLAPSE_SPREAD = 0.01
 EVAL_BATCH = 1024
 SUBSET_SEED = 20170310  # fixed, so that eval and train subsets are the same in every trial
 SAVED_EMBEDDINGS = 1000
+REQUIRED = ("dataset", "loss", "margin", "batch_size", "budget_samples")
+SMOKE = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 32, "budget_samples": 256,
+         "checkpoints": 2, "eval_gallery": 300, "eval_queries": 100}
 MINING_KEYS = ("fraction_easy", "fraction_semihard", "fraction_hard", "mu_pos", "mu_neg")
 
 Report = Callable[[dict[str, Any]], None]
@@ -256,11 +261,11 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The CLI's arguments; every config key has a flag (dashes for underscores)."""
     p = _Parser(prog="python -m bench.trial", description="Train and evaluate one trial.")
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSSES)}")
-    p.add_argument("--margin", required=True, type=float)
-    p.add_argument("--batch-size", required=True, type=int)
-    p.add_argument("--budget-samples", required=True, type=int)
+    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (required)")
+    p.add_argument("--loss", help=f"one of {', '.join(LOSSES)} (required)")
+    p.add_argument("--margin", type=float, help="(required)")
+    p.add_argument("--batch-size", type=int, help="(required)")
+    p.add_argument("--budget-samples", type=int, help="(required)")
     p.add_argument("--budget-seconds", type=float, help="training time limit (default: none)")
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default pk)")
     p.add_argument("--samples-per-class", type=int, help="K of the pk sampler (default 4)")
@@ -278,7 +283,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument("--save-embeddings", help="write ≤1000 test embeddings and labels to this .npz")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line on stdout")
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true", help="a few steps on generated data in a temporary folder "
+                   f"(ignores --data-dir); other flags override {SMOKE}")
+    args = p.parse_args(argv)
+    missing = [f"--{key.replace('_', '-')}" for key in REQUIRED if getattr(args, key) is None]
+    if missing and not args.smoke:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def _json_value(value: Any) -> Any:
@@ -298,10 +309,16 @@ def _progress(metrics: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: exit code 0 after a trial (whatever its status), 2 on bad input or data."""
     args = vars(parse_args(argv))
-    as_json = args.pop("json")
+    as_json, smoke = args.pop("json"), args.pop("smoke")
     config = {key: value for key, value in args.items() if value is not None}
     try:
-        metrics = run_trial(config, _progress)
+        if smoke:
+            with tempfile.TemporaryDirectory(prefix="tripletbench-trial-smoke-") as data_dir:
+                config = {**SMOKE, **config, "data_dir": data_dir}
+                write_synthetic(data_dir, config["dataset"])
+                metrics = run_trial(config, _progress)
+        else:
+            metrics = run_trial(config, _progress)
     except (ConfigError, DataError) as err:
         print(f"python -m bench.trial: error: {err}", file=sys.stderr)
         return 2

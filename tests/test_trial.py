@@ -267,3 +267,15 @@ def test_cpu_peak_memory_is_the_trials_own(tiny_data_dir: Path) -> None:
     del block
     final, _ = run(tiny(tiny_data_dir, budget_samples=64, checkpoints=1))
     assert 10 < final["peak_memory_mib"] < earlier_peak_mib
+
+
+def test_cli_smoke_runs_on_generated_data(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.trial.main(["--smoke", "--loss", "quadruplet", "--device", "cpu", "--json"]) == 0
+    out, err = capsys.readouterr()
+    metrics = json.loads(out)
+    assert metrics["samples_seen"] == 256 and metrics["checkpoint"] == 2 and metrics["status"] == "ok"
+    assert "checkpoint 2: step 8, 256 samples" in err
+    with pytest.raises(SystemExit) as exit_:
+        bench.trial.main(["--dataset", "mnist", "--loss", "batch-all"])
+    assert exit_.value.code == 2
+    assert "required: --margin, --batch-size, --budget-samples" in capsys.readouterr().err
