@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from bench.cli import Parser
 from bench.config import DEFAULTS, LOCATION_KEYS, STATUSES, resolve, trial_identity
 from bench.models import model_settings
 from bench.provenance import provenance
@@ -514,16 +515,9 @@ def default_preset() -> str:
     return name
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line's arguments."""
-    p = _Parser(
+    p = Parser(
         prog="python -m bench.grid", description="Run (or resume) a preset's grid of trials.",
         epilog="Re-running the same command resumes an interrupted experiment. With RAY_ADDRESS set, the trials "
         "run on that Ray cluster: --results and --data-dir must then be on storage that every node sees.",

@@ -67,6 +67,7 @@ from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.miners import BatchHardMiner
 from torch import Tensor
 
+from bench.cli import Parser
 from bench.config import resolve
 from bench.data import normalize
 from bench.models import build_model, build_optimizer, model_settings
@@ -668,7 +669,7 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The CLI's arguments (unset ones get the device's or --smoke's default)."""
-    p = argparse.ArgumentParser(prog="python -m bench.loss_benchmark", description=__doc__.splitlines()[0],
+    p = Parser(prog="python -m bench.loss_benchmark", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA if present")

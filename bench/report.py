@@ -21,7 +21,6 @@ one (NaN, a batch without a valid triplet, is skipped) and flags it above EASY_L
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -37,6 +36,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
+from bench.cli import Parser
 from bench.config import DEFAULTS, METRICS, STATUSES
 
 IN_MEAN = ("ok", "collapsed")
@@ -477,16 +477,9 @@ def build_report(results_dir: Path | str, reports_dir: Path | str) -> list[Path]
     return write_report(load_records(results_dir), reports_dir)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: exit code 0 after writing the report, 2 with one line on stderr on bad input."""
-    parser = _Parser(prog="python -m bench.report", description="Tables and plots from a results folder.")
+    parser = Parser(prog="python -m bench.report", description="Tables and plots from a results folder.")
     parser.add_argument("--results", default="results", help="a results folder or one experiment in it")
     parser.add_argument("--reports", default="reports", help="where to write (existing files are overwritten)")
     args = parser.parse_args(argv)

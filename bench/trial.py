@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.cli import Parser
 from bench.config import DATASETS, SAMPLERS, ConfigError, resolve
 from bench.data import DataError, augment, channel_stats, load_dataset, normalize
 from bench.evaluate import retrieval_metrics
@@ -251,16 +252,9 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
     return metrics
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The CLI's arguments; every config key has a flag (dashes for underscores)."""
-    p = _Parser(prog="python -m bench.trial", description="Train and evaluate one trial.")
+    p = Parser(prog="python -m bench.trial", description="Train and evaluate one trial.")
     p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (required)")
     p.add_argument("--loss", help=f"one of {', '.join(LOSSES)} (required)")
     p.add_argument("--margin", type=float, help="(required)")
