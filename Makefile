@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 PRESET ?=
+EXPERIMENT ?=
 DATA_DIR ?= datasets
 RESULTS ?= results
 REPORTS ?= reports
@@ -29,7 +30,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest
 
 ablation: $(STAMP)
-	$(PY) -m bench.grid --preset "$(PRESET)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)"
+	$(PY) -m bench.grid --preset "$(PRESET)" --experiment "$(EXPERIMENT)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)"
 	$(MAKE) --no-print-directory report RESULTS="$(RESULTS)" REPORTS="$(REPORTS)"
 
 report: $(STAMP)
