@@ -26,8 +26,8 @@ memory fraction on CUDA), or the measured peak exceeds the cap, or the kernel ki
 `timeout`: the warm-up and timed calls ran past the time cap. `error`: anything else. An
 implementation that failed at some B is `skipped` at every larger B of the same class count.
 
-Defaults. CPU: B = 128…4096, 8 GiB memory cap, 120 s time cap, 5 repeats; the whole run takes about
-15 minutes on 2 cores (B = 8192 would add about 20 minutes for the fast losses alone; ask for it with
+Defaults. CPU: B = 128…4096, 8 GiB memory cap, 120 s time cap, 5 repeats; the whole run took 8.7 min
+on 2 quiet cores (reports/loss_benchmark.md); B = 8192 is left out to keep it short (ask for it with
 --batch-sizes). CUDA: B = 128…8192, the GPU's memory as the cap, 20 repeats.
 
 The loss overhead is measured with the trial's own step (bench.models' MNIST net and optimiser, the
@@ -327,7 +327,7 @@ def _context() -> Any:
 
     The server, started on first use, inherits OMP_WAIT_POLICY=PASSIVE unless the variable is set: with
     libgomp's default spin-waiting, a parallel region on a CPU that other processes also use waits for a
-    scheduler time slice (measured here on 2 busy cores: 1.3 ms batch-all calls at B=128 took 60 ms).
+    scheduler time slice, which can multiply the time of a millisecond-scale call.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     context = multiprocessing.get_context("forkserver")
