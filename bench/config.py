@@ -11,6 +11,10 @@ from losses import LOSSES
 
 DATASETS = ("mnist", "cifar10")
 SAMPLERS = ("random", "pk")
+PROTOCOLS = ("seen", "unseen")
+PRECISIONS = ("auto", "fp32", "bf16")
+MODELS = ("mnist-net", "resnet18", "cifar-net")
+LR_SCALINGS = ("none", "sqrt", "linear")
 
 DEFAULTS: dict[str, Any] = {
     # grid axes
@@ -23,14 +27,24 @@ DEFAULTS: dict[str, Any] = {
     "budget_samples": 30_000,
     "budget_seconds": None,
     "checkpoints": 4,
+    # evaluation protocol (bench/protocol.py): `seen` = k-NN classification of held-out images of the training
+    # classes; `unseen` = leave-one-out retrieval on the classes that training never sees
+    "protocol": "seen",
+    "val_fraction": 0.1,
     # batches
     "sampler": "pk",
     "samples_per_class": 4,
     # model and optimiser (None = the dataset's measured default, see bench/models.py)
     "embedding_dim": None,
     "normalize": True,
+    "model": None,
     "optimizer": None,
     "lr": None,
+    # lr × (batch_size / lr_reference_batch) ** {none: 0, sqrt: 0.5, linear: 1}
+    "lr_scaling": "none",
+    "lr_reference_batch": 256,
+    # numerics: auto = bf16 autocast on CUDA and on CPUs with native bf16, fp32 otherwise (bench/precision.py)
+    "precision": "auto",
     # evaluation sizes: 0 = the whole split, None = the device's default (bench.trial.CPU_EVAL on the CPU,
     # the whole split on CUDA)
     "eval_gallery": None,
@@ -40,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": "datasets",
     "device": "auto",
     "save_embeddings": "",
+    # intra-op CPU threads (None = the CPUs the backend gives the trial); part of the identity, since on the
+    # CPU the thread count changes the floating-point reduction order and so the metrics
+    "threads": None,
 }
 
 # Keys that locate a trial on the machine rather than define what it computes.
@@ -81,6 +98,17 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown dataset {cfg['dataset']!r}; valid: {', '.join(DATASETS)}")
     if cfg["loss"] not in LOSSES:
         raise ConfigError(f"unknown loss {cfg['loss']!r}; valid: {', '.join(LOSSES)}")
+    for key, valid in (("protocol", PROTOCOLS), ("precision", PRECISIONS), ("lr_scaling", LR_SCALINGS)):
+        if cfg[key] not in valid:
+            raise ConfigError(f"unknown {key} {cfg[key]!r}; valid: {', '.join(valid)}")
+    if cfg["model"] is not None and cfg["model"] not in MODELS:
+        raise ConfigError(f"unknown model {cfg['model']!r}; valid: {', '.join(MODELS)}")
+    if not 0 < float(cfg["val_fraction"]) <= 0.5:
+        raise ConfigError(f"val_fraction must be in (0, 0.5], got {cfg['val_fraction']}")
+    if not int(cfg["lr_reference_batch"]) > 0:
+        raise ConfigError(f"lr_reference_batch must be > 0, got {cfg['lr_reference_batch']}")
+    if cfg["threads"] is not None and int(cfg["threads"]) < 1:
+        raise ConfigError(f"threads must be >= 1, got {cfg['threads']}")
     if cfg["sampler"] not in SAMPLERS:
         raise ConfigError(f"unknown sampler {cfg['sampler']!r}; valid: {', '.join(SAMPLERS)}")
     if not float(cfg["margin"]) >= 0:
