@@ -1,66 +1,49 @@
-"""Tables and plots from a results folder: `python -m bench.report --results DIR --reports DIR`.
+"""Tables and plots from a results folder: `python -m bench.report --results DIR --reports DIR` (or `--smoke`).
 
-RESULTS is either one experiment folder (grid.json and records/*.json, as bench.grid writes them) or a
-folder of such experiments. It reads only those files: no training, no Ray. Under REPORTS it writes
-- summary.csv: one row per experiment × dataset × loss × margin × batch size, sorted, fixed float format,
-  so that the same records always give the same bytes;
-- summary.md and summary.tex: per experiment, the provenance (from the records), the headline table,
-  the margin check, the full grid and the non-ok trials; summary.md also shows the plots and names
-  every plot it could not make, with the reason;
-- plots/<experiment>/*.png.
-
-Aggregation over seeds: a cell's mean and sample standard deviation (ddof=1; empty for a single
-trial) are taken over the final checkpoint of its trials whose status is in IN_MEAN: "ok" and
-"collapsed" (both trained to the end of the budget; a collapse is an outcome of the loss, so it counts
-against it). Diverged, OOM and error trials have no final metrics: they are counted in the n_<status>
-columns and listed, never dropped. The best margin per loss and dataset is the cell with the highest
-mean k-NN accuracy (ties: smaller margin, then smaller batch); all cells of an experiment share its
-budget. The margin check averages the first checkpoint's fraction_easy over every trial that reached
-one (NaN, a batch without a valid triplet, is skipped) and flags it above EASY_LIMIT.
+A pure function from records to files: it reads only grid.json and records/*.json (trial and baseline records,
+see the README), no training, no Ray, and the same records give the same bytes whatever the file order or
+PYTHONHASHSEED. RESULTS is one experiment folder or a folder of them. The orchestration is
+load_records (here) -> bench.stats.summarize -> bench.tables (summary.csv, summary.md, summary.tex,
+tex/*.tex fragments) and bench.plots (plots/<experiment>/*.png). `--smoke` reports generated records
+(bench.fake_records) into --reports, end to end.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
-from sklearn.manifold import TSNE
 
+from bench import plots, stats, tables
 from bench.cli import Parser
-from bench.config import DEFAULTS, METRICS, STATUSES
+from bench.config import DEFAULTS, STATUSES
+from losses import LOSSES
 
-IN_MEAN = ("ok", "collapsed")
-EASY_LIMIT = 0.5
-TSNE_POINTS = 500
-CELL = ["experiment", "dataset", "loss", "margin", "batch_size"]
-TRIAL = ["experiment", "trial_id"]
-# checkpoint metric -> column; the metric `loss` (training loss) would shadow the config key `loss` (its name)
-NUMERIC = {m: "train_loss" if m == "loss" else m for m in METRICS if m != "status"}
-REQUIRED = ("trial_id", "experiment", "preset", "config", "status", "history", "provenance")
-PROVENANCE = ("date", "git_commit", "hardware", "torch", "ray", "command")
-STATUS_COLUMNS = {status: f"n_{status.lower()}" for status in STATUSES}
-AGGREGATES = {
-    "knn_accuracy": ("mean", "std"),
-    "precision_at_1": ("mean", "std"),
-    "map_at_r": ("mean", "std"),
-    "samples_per_second": ("mean",),
-    "peak_memory_mib": ("mean",),
-}
-FRACTIONS = {"fraction_easy": "easy", "fraction_semihard": "semi-hard", "fraction_hard": "hard"}
+REQUIRED = ("trial_id", "experiment", "config", "status", "history")
+PROVENANCE = ("date", "git_commit", "hardware", "device", "torch", "ray", "command", "concurrent_trials")
+# checkpoint key -> column, where the checkpoint's name would shadow a record-level one
+RENAMED = {"loss": "train_loss", "status": "checkpoint_status"}
+INITIAL_KEYS = {"fraction_easy": "initial_fraction_easy", "fraction_semihard": "initial_fraction_semihard",
+                "fraction_hard": "initial_fraction_hard", "active_anchors": "initial_active_anchors",
+                "effective_margin": "effective_margin"}
 
 
 class ReportError(ValueError):
     """A results folder that cannot be reported; the message is one line naming the folder or file."""
+
+
+@dataclass(frozen=True)
+class Records:
+    """Every checkpoint of every record (one row each) and each experiment's grid.json."""
+
+    checkpoints: pd.DataFrame
+    grids: dict[str, dict[str, Any]]
 
 
 def _read_json(path: Path) -> Any:
@@ -86,13 +69,16 @@ def experiment_dirs(results_dir: Path) -> list[Path]:
     return found
 
 
-def _trial_rows(record: Any, path: Path, grid_trials: int) -> list[dict[str, Any]]:
-    """One row per checkpoint (one row of NaN metrics when there is none) of a checked record."""
+def _record_rows(record: Any, path: Path) -> list[dict[str, Any]]:
+    """One row per checkpoint (one row of NaN metrics when there is none) of a checked trial or baseline record."""
     if not isinstance(record, dict):
         raise ReportError(f"{path}: not a trial record (expected a JSON object)")
+    baseline = record.get("kind") == "baseline"
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    missing = [key for key in REQUIRED if key not in record]
-    missing += [f"config.{key}" for key in ("dataset", "loss", "margin", "batch_size", "seed") if key not in config]
+    needed = ("dataset",) if baseline else ("dataset", "loss", "margin", "batch_size", "seed")
+    missing = [key for key in REQUIRED if key not in record] + [f"config.{k}" for k in needed if k not in config]
+    if baseline and record.get("baseline") not in stats.BASELINES:
+        missing.append(f"baseline ({' or '.join(stats.BASELINES)})")
     if missing:
         raise ReportError(f"{path}: not a trial record (missing {', '.join(missing)})")
     if record["status"] not in STATUSES:
@@ -101,374 +87,105 @@ def _trial_rows(record: Any, path: Path, grid_trials: int) -> list[dict[str, Any
     if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
         raise ReportError(f"{path}: history is not a list of checkpoints")
     for entry in history:
-        lacking = [key for key in ("checkpoint", *NUMERIC) if key not in entry]
+        lacking = [key for key in stats.TEST_METRICS if key not in entry]
         if lacking:
             raise ReportError(f"{path}: a checkpoint lacks {', '.join(lacking)} (partial record?)")
-    provenance = record["provenance"] if isinstance(record["provenance"], dict) else {}
+    provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    if baseline:
+        settings = {"protocol": DEFAULTS["protocol"], **config, "loss": record["baseline"], "margin": math.nan,
+                    "batch_size": math.nan, "seed": config.get("seed"), "budget_samples": None,
+                    "budget_seconds": None}
+    else:
+        settings = {**DEFAULTS, **config}
+    initial = record.get("initial") if isinstance(record.get("initial"), dict) else {}
     base = {
-        **DEFAULTS,
-        **config,
-        **{key: record[key] for key in ("experiment", "preset", "trial_id", "status")},
+        **settings,
+        "kind": "baseline" if baseline else "trial",
+        **{key: record[key] for key in ("experiment", "trial_id", "status")},
+        "preset": record.get("preset"),
         "reason": record.get("reason"),
         **{f"provenance_{key}": provenance.get(key) for key in PROVENANCE},
         "embeddings": str(path.parent / record["embeddings"]) if record.get("embeddings") else None,
-        "grid_trials": grid_trials,
+        **{column: initial[key] for key, column in INITIAL_KEYS.items() if key in initial},
     }
-    rows = [{**base, "checkpoint": entry["checkpoint"], **{NUMERIC[m]: entry[m] for m in NUMERIC}} for entry in history]
-    return rows or [base]
+    return [{**base, "checkpoint": index,
+             **{RENAMED.get(key, key): value for key, value in entry.items()}}
+            for index, entry in enumerate(history, 1)] or [base]
 
 
-def load_records(results_dir: Path | str) -> pd.DataFrame:
-    """All trials as one row per checkpoint (config, status, provenance_*, metrics), sorted by trial and checkpoint.
+def _check_cells(frame: pd.DataFrame, grids: dict[str, dict[str, Any]], paths: dict[str, str]) -> None:
+    """Raise ReportError when two records claim one trial (one cell and seed), naming a protocol mix if any."""
+    final = stats.final_rows(frame)
+    for experiment, trials in final.groupby("experiment"):
+        key = ["dataset", "loss", "margin", "batch_size", "seed"]
+        if "protocol" in grids[experiment]["axes"] or (trials.kind == "baseline").any():
+            key = ["protocol", *key]
+        keyed = trials.assign(**{k: trials[k].astype(str) for k in key})
+        for values, same in keyed.groupby(key, sort=True):
+            if len(same) < 2:
+                continue
+            where = ", ".join(f"{k} {v}" for k, v in zip(key, values, strict=True))
+            files = ", ".join(sorted(paths[t] for t in same.trial_id))
+            protocols = sorted(set(same.protocol.astype(str)))
+            if len(protocols) > 1:
+                raise ReportError(f"experiment {experiment}: records mix protocols {', '.join(protocols)} in one "
+                                  f"cell ({where}): {files}")
+            raise ReportError(f"experiment {experiment}: two records for one trial ({where}): {files}")
 
-    A trial without checkpoints has one row of NaN metrics; config keys a record lacks take bench.config's
-    DEFAULTS; the metric `loss` is the column `train_loss`; `grid_trials` is the experiment's grid size.
-    Raises ReportError on a missing or foreign folder, an experiment without records, or a bad record.
+
+def load_records(results_dir: Path | str) -> Records:
+    """Every record under results_dir as one row per checkpoint, sorted by experiment, trial and checkpoint.
+
+    Config keys a trial record lacks take bench.config's DEFAULTS; a checkpoint's `loss` is the column
+    `train_loss` and its `status` is `checkpoint_status`; fields a record predates are NaN. Raises
+    ReportError on a missing or foreign folder, an experiment without records, a bad record, or two
+    records of one trial (e.g. protocols mixed in one cell).
     """
     rows: list[dict[str, Any]] = []
+    grids: dict[str, dict[str, Any]] = {}
+    paths: dict[str, str] = {}
     for folder in experiment_dirs(Path(results_dir)):
         grid = _read_json(folder / "grid.json") if (folder / "grid.json").is_file() else None
         axes = grid.get("axes") if isinstance(grid, dict) else None
         if not isinstance(axes, dict) or not all(isinstance(values, list) for values in axes.values()):
             raise ReportError(f"{folder / 'grid.json'}: missing or not a grid (expected an 'axes' object of lists)")
-        paths = sorted((folder / "records").glob("*.json"))
-        if not paths:
+        files = sorted((folder / "records").glob("*.json"))
+        if not files:
             raise ReportError(f"{folder / 'records'}: no trial records")
-        grid_trials = math.prod(len(values) for values in axes.values())
-        for path in paths:
-            rows += _trial_rows(_read_json(path), path, grid_trials)
+        experiments = set()
+        for path in files:
+            record_rows = _record_rows(_read_json(path), path)
+            experiments.add(record_rows[0]["experiment"])
+            paths[record_rows[0]["trial_id"]] = str(path)
+            rows += record_rows
+        for experiment in experiments:
+            if experiment in grids and grids[experiment] != grid:
+                raise ReportError(f"{folder}: experiment {experiment} also comes from another folder with another grid")
+            grids[experiment] = grid
     frame = pd.DataFrame(rows)
-    columns = ["checkpoint", *NUMERIC.values()]
-    frame[columns] = frame.reindex(columns=columns).apply(pd.to_numeric, errors="coerce")
-    return frame.sort_values([*TRIAL, "checkpoint"], na_position="first", ignore_index=True)
+    for column in ("checkpoint", *stats.AGGREGATED, *stats.INITIAL, "step", "samples_seen", "train_loss"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else math.nan
+    for column in ("margin", "batch_size"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame = frame.sort_values(["experiment", "trial_id", "checkpoint"], ignore_index=True)
+    _check_cells(frame, grids, paths)
+    return Records(frame, grids)
 
 
-def final_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: its last checkpoint (NaN metrics when it has none)."""
-    return frame.groupby(TRIAL, sort=False).tail(1)
-
-
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per CELL: n_seeds (all trials), n_valid (IN_MEAN trials), metric means/stds, status counts."""
-    final = final_rows(frame)
-    valid = final[final.status.isin(IN_MEAN)]
-    stats = valid.groupby(CELL).agg(
-        n_valid=("trial_id", "size"),
-        **{f"{metric}_{how}": (metric, how) for metric, hows in AGGREGATES.items() for how in hows},
-    )
-    easy = frame.groupby(TRIAL, sort=False).head(1).groupby(CELL).fraction_easy.mean()
-    counts = pd.crosstab([final[key] for key in CELL], final.status).reindex(columns=list(STATUSES), fill_value=0)
-    summary = (
-        final.groupby(CELL).size().rename("n_seeds").to_frame()
-        .join(stats).join(easy.rename("fraction_easy_first_mean")).join(counts.rename(columns=STATUS_COLUMNS))
-        .reset_index()
-    )
-    summary["n_valid"] = summary.n_valid.fillna(0).astype(int)
-    return summary
-
-
-def best_cells(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment × dataset × loss, the cell with the highest mean k-NN accuracy (ties: smaller margin, batch)."""
-    ranked = summary[summary.n_valid > 0].sort_values(
-        ["knn_accuracy_mean", "margin", "batch_size"], ascending=[False, True, True], kind="stable"
-    )
-    return ranked.groupby(["experiment", "dataset", "loss"]).head(1).sort_values(CELL, ignore_index=True)
-
-
-# ---- text: blocks rendered as Markdown or LaTeX -------------------------------------------------
-
-Block = tuple[str, Any]
-
-
-def _number(value: float, digits: int = 4) -> str:
-    return "–" if pd.isna(value) else f"{value:.{digits}f}"
-
-
-def _statuses(row: pd.Series) -> str:
-    counts = {status: getattr(row, column) for status, column in STATUS_COLUMNS.items()}
-    return ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-
-
-def _knn(row: pd.Series, with_n: bool = False) -> str:
-    """'mean ± std' (and '(n=…)') of a cell, or its failures ('2 OOM') when no trial counts into the mean."""
-    if not row.n_valid:
-        return _statuses(row)
-    text = f"{_number(row.knn_accuracy_mean)} ± {_number(row.knn_accuracy_std)}"
-    return f"{text} (n={row.n_valid})" if with_n else text
-
-
-def _values(column: pd.Series) -> str:
-    return ", ".join(sorted({str(value) for value in column.dropna()})) or "unknown"
-
-
-def _budget(final: pd.DataFrame) -> str:
-    parts = []
-    for dataset, trials in final.groupby("dataset"):
-        seconds = _values(trials.budget_seconds)
-        limit = "no time limit" if seconds == "unknown" else f"{seconds} s"
-        parts.append(f"{dataset}: {_values(trials.budget_samples)} samples, {limit}")
-    return "; ".join(parts)
-
-
-def _provenance(final: pd.DataFrame) -> list[tuple[str, str]]:
-    dates = sorted(final.provenance_date.dropna().astype(str))
-    counts = final.status.value_counts()
-    return [
-        ("date", " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "unknown"),
-        ("git commit", _values(final.provenance_git_commit)),
-        ("hardware", _values(final.provenance_hardware)),
-        ("torch", _values(final.provenance_torch)),
-        ("Ray", _values(final.provenance_ray.fillna("none (local backend)"))),
-        ("preset", _values(final.preset)),
-        ("budget", _budget(final)),
-        ("seeds", f"{final.seed.nunique()} ({_values(final.seed)})"),
-        ("trials", f"{len(final)} of {final.grid_trials.iloc[0]} in the grid: "
-                   + ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)),
-        ("command", _values(final.provenance_command)),
-    ]
-
-
-def _experiment_blocks(frame: pd.DataFrame, summary: pd.DataFrame, plots: list[Path], notes: list[str],
-                       reports_dir: Path) -> list[Block]:
-    """The provenance, headline, margin check, full grid, failures and plots of one experiment."""
-    final = final_rows(frame)
-    best = best_cells(summary).set_index(["dataset", "loss"])
-    headline = []
-    for (dataset, loss), cells in summary.groupby(["dataset", "loss"]):
-        if (dataset, loss) in best.index:
-            row = best.loc[(dataset, loss)]
-            headline.append([dataset, loss, f"{row.margin:g}", str(row.batch_size), _knn(row, with_n=True),
-                             _number(row.precision_at_1_mean), _number(row.map_at_r_mean), _statuses(row)])
-        else:
-            totals = cells[list(STATUS_COLUMNS.values())].sum()
-            headline.append([dataset, loss, "–", "–", "no trial finished", "–", "–", _statuses(totals)])
-    easy = frame.groupby(TRIAL, sort=False).head(1).groupby(["dataset", "loss", "margin"]).fraction_easy
-    margin_check = [
-        [dataset, loss, f"{margin:g}", _number(value, 3), str(n),
-         "–" if pd.isna(value) else f"> {EASY_LIMIT:.0%} easy" if value > EASY_LIMIT else "ok"]
-        for (dataset, loss, margin), value, n in zip(easy.mean().index, easy.mean(), easy.count(), strict=True)
-    ]
-    grid = [
-        [row.dataset, row.loss, f"{row.margin:g}", str(row.batch_size), _knn(row), _number(row.precision_at_1_mean),
-         _number(row.map_at_r_mean), _number(row.samples_per_second_mean, 0), _number(row.peak_memory_mib_mean, 0),
-         _number(row.fraction_easy_first_mean, 3), _statuses(row)]
-        for row in summary.itertuples()
-    ]
-    failed = final[final.status != "ok"].sort_values(["dataset", "loss", "margin", "batch_size", "seed"])
-    failures = [[row.dataset, row.loss, f"{row.margin:g}", str(row.batch_size), str(row.seed), row.status,
-                 str(row.reason or "")] for row in failed.itertuples()]
-    blocks: list[Block] = [
-        ("h2", f"Experiment {frame.experiment.iloc[0]}"),
-        ("items", _provenance(final)),
-        ("h3", "Headline: best margin per loss and dataset"),
-        ("p", "Best cell by mean k-NN accuracy at the final checkpoint, all at the experiment's budget; "
-              "mean ± sample std over seeds (n = trials in the mean)."),
-        ("table", (["dataset", "loss", "margin", "batch", "k-NN accuracy", "P@1", "MAP@R", "trials"], headline)),
-        ("h3", "Margin check"),
-        ("p", f"Mean fraction of easy triplets at the first checkpoint, over batch sizes and seeds (n trials); "
-              f"the source's rule of thumb is at most {EASY_LIMIT:.0%} easy at the start of training."),
-        ("table", (["dataset", "loss", "margin", "easy at first checkpoint", "n", "check"], margin_check)),
-        ("h3", "Full grid"),
-        ("table", (["dataset", "loss", "margin", "batch", "k-NN accuracy", "P@1", "MAP@R", "samples/s", "peak MiB",
-                    "easy at 1st", "trials"], grid)),
-        ("h3", "Trials not ok"),
-        ("table", (["dataset", "loss", "margin", "batch", "seed", "status", "reason"], failures)) if failures
-        else ("p", "None: every trial finished ok."),
-        ("h3", "Plots"),
-        *[("image", path.relative_to(reports_dir)) for path in plots],
-    ]
-    if notes:
-        blocks.append(("items", [("not made", note) for note in notes]))
-    return blocks
-
-
-def _markdown(blocks: list[Block]) -> str:
-    lines = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            lines += ["#" * int(kind[1]) + " " + content, ""]
-        elif kind == "p":
-            lines += [content, ""]
-        elif kind == "items":
-            lines += [f"- **{key}:** {value}" for key, value in content] + [""]
-        elif kind == "image":
-            lines += [f"![{content.stem}]({content.as_posix()})", ""]
-        else:
-            header, rows = content
-            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-                      for cells in [header, ["---"] * len(header), *rows]] + [""]
-    return "\n".join(lines)
-
-
-TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-       "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", ">": r"$>$"}
-
-
-def _tex(text: str) -> str:
-    """text with LaTeX's special characters escaped and `code` in \\texttt."""
-    text = re.sub("|".join(map(re.escape, TEX)), lambda match: TEX[match.group()], text)
-    return re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
-
-
-def _latex(blocks: list[Block]) -> str:
-    lines = [r"\documentclass{article}", r"\usepackage[margin=2cm]{geometry}",
-             r"\usepackage{booktabs,graphicx,longtable}", r"\usepackage[utf8]{inputenc}", r"\begin{document}", ""]
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            command = {"h1": "section*", "h2": "subsection*", "h3": "subsubsection*"}[kind]
-            lines += [f"\\{command}{{{_tex(content)}}}", ""]
-        elif kind == "p":
-            lines += [_tex(content), ""]
-        elif kind == "items":
-            lines += [r"\begin{description}", *[f"\\item[{_tex(k)}] {_tex(v)}" for k, v in content],
-                      r"\end{description}", ""]
-        elif kind == "image":
-            lines += [f"\\includegraphics[width=\\linewidth]{{{content.as_posix()}}}", ""]
-        elif kind == "table":
-            header, rows = content
-            lines += [f"\\begin{{longtable}}{{{'l' * len(header)}}}", r"\toprule",
-                      " & ".join(map(_tex, header)) + r" \\", r"\midrule", r"\endhead",
-                      *[" & ".join(map(_tex, cells)) + r" \\" for cells in rows],
-                      r"\bottomrule", r"\end{longtable}", ""]
-    return "\n".join([*lines, r"\end{document}", ""])
-
-
-# ---- plots -------------------------------------------------------------------------------------
-
-
-def _versus(data: pd.DataFrame, x: str, y: str, hue: str, col: str, row: str | None = None) -> Figure | str:
-    """Mean ± sd over the other axes and seeds of y against x (log2 x for batch size); a reason when impossible."""
-    if data[y].notna().sum() == 0:
-        return f"no trial has a finite {y}"
-    if data[x].nunique() < 2:
-        return f"a single {x} ({_values(data[x])}) in the grid"
-    grid = sns.relplot(data=data, x=x, y=y, hue=hue, col=col, row=row, kind="line", marker="o", errorbar="sd",
-                       palette="viridis" if hue in ("margin", "batch_size") else "tab10", height=3)
-    if x == "batch_size":
-        sizes = sorted(data[x].unique())
-        for ax in grid.axes.flat:
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sizes, [str(size) for size in sizes])
-            ax.minorticks_off()
-    return grid.figure
-
-
-def _curves(curves: pd.DataFrame, x: str) -> Figure | str:
-    """k-NN accuracy over the checkpoints of each loss's best cell: mean ± sd over seeds, or one line per seed."""
-    if curves.knn_accuracy.notna().sum() == 0:
-        return "no trial of a best cell has a finite k-NN accuracy"
-    per_seed = {"units": "seed", "estimator": None} if x == "elapsed_seconds" else {"errorbar": "sd"}
-    return sns.relplot(data=curves, x=x, y="knn_accuracy", hue="loss", col="dataset", kind="line", marker="o",
-                       height=3.5, **per_seed).figure
-
-
-def _fractions(curves: pd.DataFrame) -> Figure | str:
-    """Easy / semi-hard / hard triplet fractions over training in each loss's best cell (mean ± sd over seeds)."""
-    long = curves.melt(id_vars=["dataset", "loss", "samples_seen"], value_vars=list(FRACTIONS),
-                       var_name="triplets", value_name="fraction").replace({"triplets": FRACTIONS})
-    if long.fraction.notna().sum() == 0:
-        return "no trial of a best cell has finite triplet fractions"
-    return sns.relplot(data=long, x="samples_seen", y="fraction", hue="triplets", col="loss", row="dataset",
-                       kind="line", marker="o", errorbar="sd", height=3).figure
-
-
-def _tsne(best: pd.DataFrame, trials: pd.DataFrame, notes: list[str]) -> Figure | str:
-    """2-D t-SNE of ≤ TSNE_POINTS stored test embeddings of each best cell's lowest seed, coloured by label.
-
-    Exact (faster than Barnes-Hut at this size on 2 cores), PCA init, random_state 0, perplexity ≤ (n - 1) / 3.
-    """
-    panels = []
-    for cell in best.itertuples():
-        stored = trials[(trials.dataset == cell.dataset) & (trials.loss == cell.loss) & (trials.margin == cell.margin)
-                        & (trials.batch_size == cell.batch_size) & trials.embeddings.notna()].sort_values("seed")
-        if stored.empty:
-            notes.append(f"t-SNE panel {cell.dataset} {cell.loss}: its best cell stored no embeddings")
-            continue
-        try:
-            with np.load(stored.embeddings.iloc[0]) as npz:
-                points, labels = npz["embeddings"][:TSNE_POINTS].astype(np.float32), npz["labels"][:TSNE_POINTS]
-        except (OSError, KeyError, ValueError) as err:
-            notes.append(f"t-SNE panel {cell.dataset} {cell.loss}: {stored.embeddings.iloc[0]} unreadable ({err})")
-            continue
-        if len(points) < 5:
-            notes.append(f"t-SNE panel {cell.dataset} {cell.loss}: only {len(points)} stored embeddings")
-            continue
-        tsne = TSNE(perplexity=min(30.0, (len(points) - 1) / 3), init="pca", method="exact", random_state=0)
-        panels.append((cell, tsne.fit_transform(points), labels, int(stored.seed.iloc[0])))
-    if not panels:
-        return "no best cell has stored test embeddings"
-    columns = min(4, len(panels))
-    rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.5 * columns, 3.5 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
-    for ax, (cell, xy, labels, seed) in zip(axes.flat, panels, strict=False):
-        sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=labels, palette="tab10", s=6, linewidth=0, legend=False, ax=ax)
-        ax.set(title=f"{cell.dataset} {cell.loss}\nmargin {cell.margin:g}, batch {cell.batch_size}, seed {seed}",
-               xticks=[], yticks=[])
-    return figure
-
-
-def write_plots(frame: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> tuple[list[Path], list[str]]:
-    """The PNGs of one experiment under out_dir, and one note per plot (or panel) that the data cannot make."""
-    matplotlib.use("Agg")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = final_rows(frame)
-    valid = final[final.status.isin(IN_MEAN)]
-    best = best_cells(summary)
-    in_best = frame.merge(best[CELL], on=CELL)
-    curves = in_best[in_best.status.isin(IN_MEAN)]
-    notes: list[str] = []
-    figures = {
-        "knn_vs_margin": _versus(valid, "margin", "knn_accuracy", "batch_size", "loss", "dataset"),
-        "knn_vs_batch_size": _versus(valid, "batch_size", "knn_accuracy", "margin", "loss", "dataset"),
-        "knn_vs_samples_seen": _curves(curves, "samples_seen"),
-        "knn_vs_elapsed_seconds": _curves(curves, "elapsed_seconds"),
-        "samples_per_second_vs_batch_size": _versus(valid, "batch_size", "samples_per_second", "loss", "dataset"),
-        "peak_memory_vs_batch_size": _versus(valid, "batch_size", "peak_memory_mib", "loss", "dataset"),
-        "triplet_fractions": _fractions(curves),
-        "tsne": _tsne(best, valid, notes),
-    }
-    written = []
-    for name, figure in figures.items():
-        if isinstance(figure, str):
-            notes.append(f"{name}.png: {figure}")
-            continue
-        path = out_dir / f"{name}.png"
-        figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        written.append(path)
-    return written, notes
-
-
-# ---- files and CLI ------------------------------------------------------------------------------
-
-
-def write_report(frame: pd.DataFrame, reports_dir: Path | str) -> list[Path]:
-    """Write summary.csv, summary.md, summary.tex and plots/<experiment>/*.png for load_records' frame."""
+def write_report(records: Records, reports_dir: Path | str) -> list[Path]:
+    """Write summary.csv, summary.md, summary.tex, tex/*.tex and plots/<experiment>/*.png; the paths written."""
     reports_dir = Path(reports_dir)
+    summary = stats.summarize(records.checkpoints, records.grids, tuple(LOSSES))
+    figures: dict[str, dict[str, Any]] = {}
+    for experiment in sorted(records.grids):
+        trials = records.checkpoints[records.checkpoints.experiment == experiment]
+        figures[experiment] = plots.make_plots(trials, summary[summary.experiment == experiment], tuple(LOSSES))
+    document = tables.document(records.checkpoints, records.grids, summary, figures)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(frame)
-    csv_path = reports_dir / "summary.csv"
-    summary.assign(margin=summary.margin.map("{:g}".format)).to_csv(
-        csv_path, index=False, float_format="%.6f", na_rep="", lineterminator="\n"
-    )
-    blocks: list[Block] = [
-        ("h1", "tripletbench report"),
-        ("p", f"Made by `python -m bench.report` from {len(final_rows(frame))} trial records. Statistics over "
-              f"seeds use the final checkpoint of trials whose status is {' or '.join(IN_MEAN)}; diverged, OOM and "
-              "error trials are counted in the trials columns and listed, never dropped. std is the sample "
-              "standard deviation (ddof=1), '–' for a single trial."),
-    ]
-    written = [csv_path]
-    for experiment, trials in frame.groupby("experiment"):
-        cells = summary[summary.experiment == experiment]
-        plots, notes = write_plots(trials, cells, reports_dir / "plots" / str(experiment))
-        written += plots
-        blocks += _experiment_blocks(trials, cells, plots, notes, reports_dir)
-    for name, render in (("summary.md", _markdown), ("summary.tex", _latex)):
-        (reports_dir / name).write_text(render(blocks))
-        written.append(reports_dir / name)
+    written = [tables.write_csv(summary, reports_dir / "summary.csv")]
+    for experiment, made in figures.items():
+        written += plots.save(made, reports_dir / "plots" / experiment)
+    written += tables.write_documents(document, reports_dir)
     return written
 
 
@@ -482,14 +199,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m bench.report", description="Tables and plots from a results folder.")
     parser.add_argument("--results", default="results", help="a results folder or one experiment in it")
     parser.add_argument("--reports", default="reports", help="where to write (existing files are overwritten)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="report generated records (bench.fake_records) instead of --results; seconds")
     args = parser.parse_args(argv)
     try:
-        frame = load_records(args.results)
-        written = write_report(frame, args.reports)
+        if args.smoke:
+            from bench.fake_records import write_smoke_results
+
+            with tempfile.TemporaryDirectory(prefix="tripletbench-report-smoke-") as folder:
+                records = load_records(write_smoke_results(Path(folder)))
+                written = write_report(records, args.reports)  # inside: the t-SNE reads the stored embeddings
+        else:
+            records = load_records(args.results)
+            written = write_report(records, args.reports)
     except (ReportError, OSError) as err:
         print(f"python -m bench.report: error: {err}", file=sys.stderr)
         return 2
-    print(f"report: {len(written)} files from {len(final_rows(frame))} trials under {args.reports}", file=sys.stderr)
+    print(f"report: {len(written)} files from {records.checkpoints.trial_id.nunique()} records under {args.reports}",
+          file=sys.stderr)
     return 0
 
 

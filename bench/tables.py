@@ -1,0 +1,545 @@
+"""The report's text: summary.csv, summary.md, the LaTeX document summary.tex and \\input-able booktabs fragments.
+
+`document` turns the checkpoint frame, grids and bench.stats.summarize's cells into blocks (headings,
+paragraphs, items, named tables, images); `markdown`, `latex_document` and `latex_fragment` render them.
+Numbers are formatted here only; every statistic comes from bench.stats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from bench import stats
+
+ABSENT = "–"
+METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
+LR_RULES = {"none": "lr as configured, at every batch size",
+            "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
+CSV_COLUMNS = [
+    *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "selected",
+    *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")],
+    *[f"p_vs_best_{metric}" for metric in stats.TESTED],
+    *stats.SETTINGS, *[f"{name}_mean" for name in stats.INITIAL], "n_initial", *stats.STATUS_COLUMNS.values(),
+]
+
+
+class Table(NamedTuple):
+    """A named table: `name` is its fragment's file stem (tex/<name>.tex)."""
+
+    name: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+Block = tuple[str, Any]
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """value with `digits` decimals, ABSENT when missing."""
+    return ABSENT if _missing(value) else f"{float(value):.{digits}f}"
+
+
+def plain(value: Any) -> str:
+    """A setting as text: floats in %g, ABSENT when missing."""
+    if _missing(value):
+        return ABSENT
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def interval(row: Any, metric: str, digits: int = 4) -> str:
+    """'mean ± ci95 (n)' of a cell's metric; 'mean (n=1)' for one seed; ABSENT without a value."""
+    mean, ci = getattr(row, f"{metric}_mean"), getattr(row, f"{metric}_ci95")
+    if _missing(mean):
+        return ABSENT
+    n = row.n_valid
+    return f"{mean:.{digits}f} (n=1)" if _missing(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f} (n={n})"
+
+
+def p_value(p: float) -> str:
+    """p with 3 decimals, '< 0.001' below."""
+    return ABSENT if _missing(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def statuses(row: Any) -> str:
+    """'2 ok, 1 OOM' (+ ', 1 missing') of a cell."""
+    parts = [f"{getattr(row, column)} {status}" for status, column in stats.STATUS_COLUMNS.items()
+             if getattr(row, column)]
+    if row.n_missing:
+        parts.append(f"{row.n_missing} not run")
+    return ", ".join(parts) or "not run"
+
+
+def _values(column: pd.Series) -> list[str]:
+    distinct = {v for v in column if not _missing(v)}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct)
+    return [plain(v) for v in sorted(distinct, key=float if numeric else str)]
+
+
+def _joined(column: pd.Series, unknown: str = "unknown") -> str:
+    return ", ".join(_values(column)) or unknown
+
+
+def _span(column: pd.Series) -> str:
+    values = sorted({float(v) for v in column if not _missing(v)})
+    if not values:
+        return "unknown"
+    return f"{values[0]:g}" if len(values) == 1 else f"{values[0]:g}–{values[-1]:g}"
+
+
+# ---- facts stated beside every table ------------------------------------------------------------
+
+
+def budget(final: pd.DataFrame) -> str:
+    """Per dataset: the budget in samples and seconds."""
+    parts = []
+    for dataset, trials in final[final.kind == "trial"].groupby("dataset"):
+        limit = _joined(trials.budget_seconds, "")
+        parts.append(f"{dataset}: {_joined(trials.budget_samples)} samples, "
+                     + (f"{limit} s" if limit else "no time limit"))
+    return "; ".join(parts) or "none (no trial)"
+
+
+def steps(final: pd.DataFrame) -> str:
+    """The planned optimiser steps of the trials (the final step where planned_steps predates the records)."""
+    trials = final[final.kind == "trial"]
+    if trials.planned_steps.notna().any() if "planned_steps" in trials else False:
+        return f"{_span(trials.planned_steps)} planned optimiser steps per trial (per cell in the full grid)"
+    return f"{_span(trials.step)} optimiser steps at the final checkpoint (the records predate planned_steps)"
+
+
+def precision(final: pd.DataFrame) -> str:
+    """The numerics that ran (or the requested setting when the records predate it)."""
+    values = _values(final[final.kind == "trial"].precision)
+    text = ", ".join(values) or "unknown"
+    return f"{text} (requested; what ran is not recorded)" if "auto" in values else text
+
+
+def eval_sizes(final: pd.DataFrame) -> str:
+    """Validation and test query and gallery sizes of the final checkpoints."""
+    if final.get("test_queries_size") is None or final.test_queries_size.isna().all():
+        return (f"test: {_joined(final.eval_queries)} queries against a {_joined(final.eval_gallery)}-image gallery "
+                "(configured; the records predate the size fields, and have no validation split)")
+    return (f"validation: {_joined(final.val_queries_size)} queries, gallery {_joined(final.val_gallery_size)}; "
+            f"test: {_joined(final.test_queries_size)} queries, gallery {_joined(final.test_gallery_size)}")
+
+
+def lr_rule(final: pd.DataFrame) -> str:
+    """The lr scaling rule(s) the trials used."""
+    trials = final[final.kind == "trial"]
+    rules = []
+    for (rule, ref), _ in trials.groupby([trials.lr_scaling.astype(str), trials.lr_reference_batch.astype(str)]):
+        rules.append(f"{rule} ({LR_RULES.get(rule, '?').format(ref=ref)})")
+    return "; ".join(rules) or "unknown"
+
+
+def hardware(final: pd.DataFrame) -> str:
+    """Hardware and device of the records."""
+    return f"{_joined(final.provenance_hardware)} ({_joined(final.provenance_device)})"
+
+
+def facts(final: pd.DataFrame) -> str:
+    """One paragraph of what a table depends on: budget, steps, precision, sizes, hardware, lr rule."""
+    return (f"Budget {budget(final)}; {steps(final)}; precision {precision(final)}; evaluation sizes "
+            f"{eval_sizes(final)}; hardware {hardware(final)}; lr rule {lr_rule(final)}.")
+
+
+SELECTION_RULE = (
+    "Selection is on validation only: per dataset, protocol and loss, the eligible cell (every seed of the grid "
+    "recorded and finished: ok or collapsed) with the highest mean validation MAP@R (ties: validation k-NN "
+    "accuracy, then smaller margin, then smaller batch). Test numbers are then reported for the selected cells. "
+    "mean ± half-width of the 95% Student-t interval over seeds (n seeds). p: two-sided paired t-test over seeds "
+    "against the loss with the best test mean (the same seed is the same initialisation and the same batches); "
+    f"≈ best marks a loss not significantly worse than the best (p ≥ {stats.ALPHA}).")
+
+
+HEADLINE_RULE = (
+    "Each loss's cell selected on validation MAP@R among eligible cells (rule above); test metrics of the selected "
+    "cells, mean ± 95% t half-width (n seeds); vs best: paired t-test over seeds against the best test mean "
+    f"(≈ best: not significantly worse, p ≥ {stats.ALPHA}).")
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+
+def _cell_text(row: Any) -> list[str]:
+    return [row.dataset, row.protocol, row.loss, plain(row.margin), plain(row.batch_size)]
+
+
+def _versus(row: Any, metric: str) -> str:
+    if getattr(row, f"best_{metric}"):
+        return "best"
+    p = getattr(row, f"p_vs_best_{metric}")
+    if _missing(p):
+        return f"not testable ({getattr(row, f'n_pairs_{metric}')} paired seeds)"
+    return f"≈ best, p = {p_value(p)}" if p >= stats.ALPHA else f"worse, p = {p_value(p)}"
+
+
+def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
+    """Baselines, then each loss's selected cell (best test MAP@R first), then losses without an eligible cell;
+    and the sentence that says what the tests allow."""
+    rows = []
+    header = ["loss", "margin", "batch", "steps", "img/class", "MAP@R (test)", "vs best", "k-NN accuracy (test)",
+              "vs best", "P@1 (test)", "MAP@R (val)"]
+    for row in cells[cells.loss.isin(stats.BASELINES)].itertuples():
+        rows.append([row.loss, ABSENT, ABSENT, ABSENT, ABSENT, interval(row, "map_at_r"), "baseline",
+                     interval(row, "knn_accuracy"), "baseline", interval(row, "precision_at_1"),
+                     interval(row, "val_map_at_r")])
+    trials = cells[~cells.loss.isin(stats.BASELINES)]
+    selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
+    for row in selected.itertuples():
+        rows.append([row.loss, plain(row.margin), plain(row.batch_size), plain(row.planned_steps),
+                     plain(row.images_per_class), interval(row, "map_at_r"), _versus(row, "map_at_r"),
+                     interval(row, "knn_accuracy"), _versus(row, "knn_accuracy"), interval(row, "precision_at_1"),
+                     interval(row, "val_map_at_r")])
+    for loss, group in trials[~trials.loss.isin(selected.loss)].groupby("loss", sort=False):
+        if not stats.has_validation(group).any() and group.eligible.any():
+            why = "selection not possible: no validation metrics"
+        else:
+            why = "no eligible cell: " + "; ".join(
+                f"m {plain(r.margin)} B {plain(r.batch_size)}: {statuses(r)}" for r in group.itertuples())
+        rows.append([loss, ABSENT, ABSENT, ABSENT, ABSENT, why, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT])
+    return Table(name, header, rows), noise_sentence(selected)
+
+
+def noise_sentence(selected: pd.DataFrame) -> str:
+    """What the paired tests allow one to say about the selected cells, in words."""
+    if len(selected) < 2:
+        return "Fewer than two losses have a selected cell: nothing to compare."
+    sentences = []
+    for metric in stats.TESTED:
+        best = selected[selected[f"best_{metric}"]]
+        if best.empty:
+            continue
+        others = selected[~selected[f"best_{metric}"]]
+        p = others[f"p_vs_best_{metric}"]
+        name = METRIC_NAMES[metric]
+        if p.isna().all():
+            sentences.append(f"On test {name}, no difference is testable (fewer than 2 paired seeds): "
+                             "the order is not a ranking.")
+        elif (p >= stats.ALPHA).all():
+            sentences.append(f"On test {name}, every difference from the best ({best.loss.iloc[0]}) falls within "
+                             f"the seed-to-seed noise (paired t-test, p ≥ {stats.ALPHA}): the table does not "
+                             "rank these losses.")
+        else:
+            worse = others[p < stats.ALPHA].loss
+            sentences.append(f"On test {name}, {', '.join(worse)} {'is' if len(worse) == 1 else 'are'} "
+                             f"significantly worse than {best.loss.iloc[0]} (paired t-test, p < {stats.ALPHA}); "
+                             "the other losses are not.")
+    return " ".join(sentences)
+
+
+def selection_label(row: Any) -> str:
+    """'selected', 'not selected', or why the cell could not be."""
+    if row.loss in stats.BASELINES:
+        return "baseline"
+    if row.selected:
+        return "selected"
+    if row.n_missing:
+        return "not eligible: incomplete"
+    if not row.eligible:
+        return "not eligible: failed"
+    return "not selected"
+
+
+def grid_table(name: str, cells: pd.DataFrame) -> Table:
+    """Every trial cell's test metrics (labelled selected / not selected), settings and systems columns."""
+    header = ["dataset", "protocol", "loss", "margin", "batch", "steps", "img/class", "lr", "MAP@R (test)",
+              "k-NN accuracy (test)", "P@1 (test)", "MAP@R (val)", "samples/s", "peak MiB", "train s", "trials",
+              "selection"]
+    rows = [[*_cell_text(row), plain(row.planned_steps), plain(row.images_per_class), plain(row.lr),
+             interval(row, "map_at_r"), interval(row, "knn_accuracy"), interval(row, "precision_at_1"),
+             interval(row, "val_map_at_r"), number(row.samples_per_second_mean, 0),
+             number(row.peak_memory_mib_mean, 0), number(row.train_seconds_mean, 1), statuses(row),
+             selection_label(row)]
+            for row in cells[~cells.loss.isin(stats.BASELINES)].itertuples()]
+    return Table(name, header, rows)
+
+
+def margin_table(name: str, cells: pd.DataFrame) -> Table:
+    """Initial (step-0) mining statistics per loss × margin × batch size, flagged above EASY_LIMIT easy."""
+    header = ["dataset", "protocol", "loss", "margin", "batch", "effective margin", "easy", "semi-hard", "hard",
+              "active anchors", "n", "check"]
+    rows = [[*_cell_text(row), number(row.effective_margin_mean, 3), number(row.initial_fraction_easy_mean, 3),
+             number(row.initial_fraction_semihard_mean, 3), number(row.initial_fraction_hard_mean, 3),
+             number(row.initial_active_anchors_mean, 3), str(row.n_initial),
+             f"> {stats.EASY_LIMIT:.0%} easy" if row.too_easy else "ok"]
+            for row in stats.margin_check(cells).itertuples()]
+    return Table(name, header, rows)
+
+
+def _event(row: Any, state: str) -> tuple[str, str]:
+    first = getattr(row, f"{state}_first")
+    if _missing(first):
+        return "never", ABSENT
+    where = f"checkpoint {int(first)}" + ("" if _missing(getattr(row, f"{state}_step"))
+                                          else f" (step {int(getattr(row, f'{state}_step'))})")
+    return where, "yes" if getattr(row, f"{state}_escaped") else "no"
+
+
+def diagnostics_table(name: str, events: pd.DataFrame) -> Table:
+    """Per trial ever pinned or collapsed: where it first was, and whether its final checkpoint escaped."""
+    header = ["dataset", "protocol", "loss", "margin", "batch", "seed", "first pinned at margin", "escaped",
+              "first collapsed", "escaped", "final status"]
+    rows = [[*_cell_text(row), plain(row.seed), *_event(row, "pinned_at_margin"), *_event(row, "collapsed"),
+             row.status] for row in events.itertuples()]
+    return Table(name, header, rows)
+
+
+def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
+    """Per dataset × protocol × loss: each experiment's selected cell (baselines: their mean) on test MAP@R."""
+    header = ["dataset", "protocol", "loss", *[f"{e}: MAP@R (test), selected cell" for e in experiments]]
+    rows = []
+    keys = summary[["dataset", "protocol", "loss"]].drop_duplicates()
+    keys = keys.assign(_rank=keys.loss.map(lambda loss: stats.loss_rank(loss, tuple(summary.loss.unique()))))
+    for key in keys.sort_values(["dataset", "protocol", "_rank"], kind="stable").itertuples():
+        row = [key.dataset, key.protocol, key.loss]
+        for experiment in experiments:
+            cells = summary[(summary.experiment == experiment) & (summary.dataset == key.dataset)
+                            & (summary.protocol == key.protocol) & (summary.loss == key.loss)]
+            chosen = cells if key.loss in stats.BASELINES else cells[cells.selected]
+            if not chosen.empty:
+                cell = chosen.iloc[0]
+                where = "" if key.loss in stats.BASELINES else f", m {plain(cell.margin)} B {plain(cell.batch_size)}"
+                row.append(interval(cell, "map_at_r") + where)
+            elif cells.empty:
+                row.append("not in this experiment")
+            elif not stats.has_validation(cells).any():
+                row.append("no validation metrics")
+            else:
+                row.append("no eligible cell")
+        rows.append(row)
+    return Table("comparison", header, rows)
+
+
+def failures_table(name: str, final: pd.DataFrame) -> Table:
+    """Every trial whose status is not ok, with its reason."""
+    failed = final[(final.kind == "trial") & (final.status != "ok")]
+    failed = failed.sort_values(["dataset", "protocol", "loss", "margin", "batch_size", "seed"])
+    return Table(name, ["dataset", "protocol", "loss", "margin", "batch", "seed", "status", "reason"],
+                 [[*_cell_text(r), plain(r.seed), r.status, str(r.reason or "")] for r in failed.itertuples()])
+
+
+def unfinished_table(name: str, cells: pd.DataFrame) -> Table:
+    """The cells of the grid with seeds that have no record yet."""
+    return Table(name, ["dataset", "protocol", "loss", "margin", "batch", "seeds not run", "recorded"],
+                 [[*_cell_text(r), r.missing_seeds.replace(";", ", "), statuses(r)]
+                  for r in stats.missing_cells(cells).itertuples()])
+
+
+# ---- the document -------------------------------------------------------------------------------
+
+
+def _provenance(final: pd.DataFrame, grid: dict[str, Any]) -> list[tuple[str, str]]:
+    trials = final[final.kind == "trial"]
+    dates = sorted(final.provenance_date.dropna().astype(str))
+    counts = trials.status.value_counts()
+    expected = math.prod(len(values) for values in grid["axes"].values())
+    shared = _joined(final.get("provenance_concurrent_trials", pd.Series(dtype=float)), "not recorded")
+    return [
+        ("date", " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "unknown"),
+        ("git commit", _joined(final.provenance_git_commit)),
+        ("hardware", hardware(final)),
+        ("torch", _joined(final.provenance_torch)),
+        ("Ray", _joined(final.provenance_ray.fillna("none (local backend)"))),
+        ("preset", _joined(final.preset)),
+        ("budget", budget(final)),
+        ("steps", steps(final)),
+        ("precision", precision(final)),
+        ("threads per trial", _joined(trials.threads, "not recorded")),
+        ("trials sharing the machine", shared),
+        ("lr rule", lr_rule(final)),
+        ("evaluation sizes", eval_sizes(final)),
+        ("seeds", f"{trials.seed.nunique()} ({_joined(trials.seed)})"),
+        ("trials", f"{len(trials)} of {expected} in the grid: "
+                   + (", ".join(f"{counts[s]} {s}" for s in counts.index.sort_values()) or "none")),
+        ("baselines", f"{int((final.kind == 'baseline').sum())} records" if (final.kind == "baseline").any()
+         else "none recorded"),
+        ("command", _joined(final.provenance_command)),
+    ]
+
+
+def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any], cells: pd.DataFrame,
+                plots: dict[str, Any]) -> list[Block]:
+    """The blocks of one experiment: provenance, unfinished cells, headlines, grid, checks, failures, plots."""
+    final = stats.final_rows(checkpoints)
+    trials = final[final.kind == "trial"]
+    expected = math.prod(len(values) for values in grid["axes"].values())
+    incomplete = bool(stats.missing_cells(cells).shape[0])
+    mark = f" (INCOMPLETE: {len(trials)} of {expected} trials recorded)" if incomplete else ""
+    blocks: list[Block] = [("h2", f"Experiment {experiment}{mark}"), ("items", _provenance(final, grid))]
+    if incomplete:
+        blocks += [("h3", "Unfinished cells"),
+                   ("p", "Cells of the grid with seeds that have no record yet; they are not eligible for selection."),
+                   ("table", unfinished_table(f"{experiment}-unfinished", cells))]
+    for (dataset, protocol), group in cells.groupby(["dataset", "protocol"], sort=True):
+        scope = final[(final.dataset == dataset) & (final.protocol == protocol)]
+        table, sentence = headline(f"{experiment}-headline-{dataset}-{protocol}", group)
+        blocks += [("h3", f"Headline{' (INCOMPLETE)' if incomplete else ''}: {dataset}, protocol {protocol}"),
+                   ("p", f"{HEADLINE_RULE} {facts(scope)}"), ("table", table), ("p", sentence)]
+    blocks += [("h3", "Full grid (test metrics of every cell)"),
+               ("p", "Test metrics of every cell, labelled: only the cells marked selected were chosen, on "
+                     "validation; the test numbers of cells not selected are shown for completeness and are not a "
+                     "result. samples/s, peak MiB and train s are the grid's own observations (mean over seeds), "
+                     "taken while other trials shared the machine."),
+               ("table", grid_table(f"{experiment}-grid", cells))]
+    blocks.append(("h3", "Margin check at the start of training"))
+    margin = margin_table(f"{experiment}-margin-check", cells)
+    if margin.rows:
+        blocks += [("p", "Mining statistics on the first 8 planned batches before any update (eval mode), at each "
+                         "loss's effective margin (m; m + max(μ, 0) for adaptive-mu and quadruplet), mean over seeds; "
+                         f"the source's rule of thumb is at most {stats.EASY_LIMIT:.0%} easy triplets at the start."),
+                   ("table", margin)]
+    else:
+        blocks.append(("p", "Margin check unavailable: the records predate the initial (step-0) mining statistics."))
+    blocks.append(("h3", "Pinned at the margin and collapsed"))
+    if not stats.has_diagnostics(checkpoints):
+        blocks.append(("p", "Unavailable: the records predate the pinned_at_margin and collapsed diagnostics."))
+    else:
+        events = stats.diagnostic_events(checkpoints)
+        blocks.append(("table", diagnostics_table(f"{experiment}-diagnostics", events)) if len(events)
+                      else ("p", "No trial was pinned at the margin or collapsed at any checkpoint."))
+    failures = failures_table(f"{experiment}-failures", final)
+    blocks += [("h3", "Trials not ok"),
+               ("table", failures) if failures.rows else ("p", "None: every recorded trial finished ok.")]
+    blocks.append(("h3", "Plots"))
+    blocks += [("image", Path("plots") / experiment / f"{name}.png") for name, figure in plots.items()
+               if not isinstance(figure, str)]
+    notes = [("not made", f"{name if ' ' in name else name + '.png'}: {figure}") for name, figure in plots.items()
+             if isinstance(figure, str)]
+    if notes:
+        blocks.append(("items", notes))
+    return blocks
+
+
+def document(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], summary: pd.DataFrame,
+             figures: dict[str, dict[str, Any]]) -> list[Block]:
+    """The whole report as blocks: method, the comparison (several experiments), then each experiment."""
+    blocks: list[Block] = [
+        ("h1", "tripletbench report"),
+        ("p", f"Made by `python -m bench.report` from {checkpoints.trial_id.nunique()} records. Statistics over seeds "
+              f"use the final checkpoint of trials whose status is {' or '.join(stats.IN_MEAN)}; diverged, OOM and "
+              "error trials are counted in the trials columns and listed, never dropped. " + SELECTION_RULE),
+    ]
+    experiments = sorted(grids)
+    if len(experiments) > 1:
+        blocks += [("h2", "Comparison of experiments"),
+                   ("p", "Each experiment's validation-selected cell per loss (baselines: their mean) on test MAP@R; "
+                         "experiments may differ in budget, hardware and data: see each one's provenance."),
+                   ("table", comparison_table(summary, experiments))]
+    for experiment in experiments:
+        blocks += _experiment(experiment, checkpoints[checkpoints.experiment == experiment], grids[experiment],
+                              summary[summary.experiment == experiment], figures.get(experiment, {}))
+    return blocks
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+
+def markdown(blocks: list[Block]) -> str:
+    """The blocks as GitHub Markdown."""
+    lines = []
+    for kind, content in blocks:
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + content, ""]
+        elif kind == "p":
+            lines += [content, ""]
+        elif kind == "items":
+            lines += [f"- **{key}:** {value}" for key, value in content] + [""]
+        elif kind == "image":
+            lines += [f"![{content.stem}]({content.as_posix()})", ""]
+        else:
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+                      for cells in [content.header, ["---"] * len(content.header), *content.rows]] + [""]
+    return "\n".join(lines)
+
+
+TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+       "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", ">": r"$>$", "<": r"$<$",
+       "≥": r"$\geq$", "≈": r"$\approx$", "×": r"$\times$", "μ": r"$\mu$", "√": r"$\surd$"}
+
+
+def tex(text: str) -> str:
+    """text with LaTeX's special characters escaped, `code` in \\texttt; ASCII only (pdflatex-safe)."""
+    text = re.sub("|".join(map(re.escape, TEX)), lambda match: TEX[match.group()], text)
+    text = re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def latex_fragment(table: Table) -> str:
+    """An \\input-able booktabs tabular of one table (needs \\usepackage{booktabs})."""
+    return "\n".join([f"% {table.name}: made by python -m bench.report; needs \\usepackage{{booktabs}}",
+                      f"\\begin{{tabular}}{{{'l' * len(table.header)}}}", r"\toprule",
+                      " & ".join(map(tex, table.header)) + r" \\", r"\midrule",
+                      *[" & ".join(map(tex, cells)) + r" \\" for cells in table.rows],
+                      r"\bottomrule", r"\end{tabular}", ""])
+
+
+def latex_document(blocks: list[Block]) -> str:
+    """The blocks as a whole LaTeX document (tables as longtables, small type)."""
+    lines = [r"\documentclass{article}", r"\usepackage[margin=1.5cm,landscape]{geometry}",
+             r"\usepackage{booktabs,graphicx,longtable}", r"\begin{document}", ""]
+    for kind, content in blocks:
+        if kind in ("h1", "h2", "h3"):
+            command = {"h1": "section*", "h2": "subsection*", "h3": "subsubsection*"}[kind]
+            lines += [f"\\{command}{{{tex(content)}}}", ""]
+        elif kind == "p":
+            lines += [tex(content), ""]
+        elif kind == "items":
+            lines += [r"\begin{description}", *[f"\\item[{tex(k)}] {tex(v)}" for k, v in content],
+                      r"\end{description}", ""]
+        elif kind == "image":
+            lines += [f"\\includegraphics[width=\\linewidth]{{{content.as_posix()}}}", ""]
+        elif content.rows:
+            lines += [r"{\scriptsize", f"\\begin{{longtable}}{{{'l' * len(content.header)}}}", r"\toprule",
+                      " & ".join(map(tex, content.header)) + r" \\", r"\midrule", r"\endhead",
+                      *[" & ".join(map(tex, cells)) + r" \\" for cells in content.rows],
+                      r"\bottomrule", r"\end{longtable}}", ""]
+    return "\n".join([*lines, r"\end{document}", ""])
+
+
+def csv_value(value: Any) -> str:
+    """A CSV field: empty when missing, true/false, integers plain, floats in %.6g."""
+    if _missing(value):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return f'"{text}"' if any(c in text for c in ',"\n') else text
+
+
+def write_csv(summary: pd.DataFrame, path: Path) -> Path:
+    """summary.csv: one row per cell in summarize's order, CSV_COLUMNS, fixed formatting."""
+    lines = [",".join(CSV_COLUMNS)]
+    lines += [",".join(csv_value(row[column]) for column in CSV_COLUMNS)
+              for row in summary.reindex(columns=CSV_COLUMNS).astype(object).to_dict("records")]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_documents(blocks: list[Block], reports_dir: Path) -> list[Path]:
+    """summary.md, summary.tex and tex/<table>.tex for every non-empty table; the paths written."""
+    written = []
+    for name, text in (("summary.md", markdown(blocks)), ("summary.tex", latex_document(blocks))):
+        (reports_dir / name).write_text(text)
+        written.append(reports_dir / name)
+    (reports_dir / "tex").mkdir(exist_ok=True)
+    for kind, content in blocks:
+        if kind == "table" and content.rows:
+            path = reports_dir / "tex" / f"{content.name}.tex"
+            path.write_text(latex_fragment(content))
+            written.append(path)
+    return written
