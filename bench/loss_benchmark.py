@@ -616,34 +616,71 @@ def write_markdown(table: pd.DataFrame, overhead: pd.DataFrame, settings: dict[s
     return "\n".join(parts)
 
 
-def write_plot(table: pd.DataFrame, path: Path) -> None:
-    """Log-log time (top) and memory (bottom) vs B, a column per class count; colour = loss, style = implementation."""
+FAILURES = ("OOM", "timeout", "error")
+STYLES = {OURS: "-", PML_ALL: "--", PML_HARD: "-.", DENSE: ":"}
+SHAPES = {OURS: "o", PML_ALL: "^", PML_HARD: "v", DENSE: "D"}
+
+
+def plot_figure(table: pd.DataFrame, hardware: str) -> Any:
+    """Log-log time (top) and memory (bottom) vs B, a column per class count; colour = loss (the report's fixed
+    palette), line style = implementation; an implementation's first OOM / timeout / error is marked at the top
+    of its panel at the B where it failed; the hardware in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
+    from matplotlib.lines import Line2D
 
-    ok = table[table["status"] == "ok"]
+    from bench.plots import palette
+
+    colours = palette(tuple(LOSSES), list(table["loss"]))
     class_counts = sorted(table["classes"].unique())
     sizes = sorted(table["batch_size"].unique())
-    figure, axes = plt.subplots(2, len(class_counts), figsize=(6.5 * len(class_counts) + 2, 9), squeeze=False)
+    figure, axes = plt.subplots(2, len(class_counts), figsize=(6.0 * len(class_counts) + 3, 9), squeeze=False,
+                                layout="constrained")
+    failed: set[str] = set()
     for column, classes in enumerate(class_counts):
-        for row, (y, name) in enumerate((("median_ms", "forward+backward (ms)"),
+        for row, (y, name) in enumerate((("median_ms", "forward+backward time (ms, median)"),
                                          ("peak_memory_mib", "peak memory above baseline (MiB)"))):
             axis = axes[row][column]
-            data = ok[(ok["classes"] == classes) & (ok[y] > 0)]
-            if not data.empty:
-                sns.lineplot(data=data, x="batch_size", y=y, hue="loss", hue_order=list(LOSSES), style="impl",
-                             style_order=[OURS, PML_ALL, PML_HARD, DENSE], markers=True, ax=axis,
-                             legend="full" if (row, column) == (0, len(class_counts) - 1) else False)
-            axis.set(xscale="log", yscale="log", xlabel="batch size B", ylabel=name, title=f"{classes} classes")
+            top = axis.get_xaxis_transform()
+            for (impl, loss), rows in table[table["classes"] == classes].groupby(["impl", "loss"], sort=True):
+                rows = rows.sort_values("batch_size")
+                ok = rows[(rows["status"] == "ok") & (rows[y] > 0)]
+                axis.plot(ok["batch_size"], ok[y], linestyle=STYLES.get(impl, "-"), marker=SHAPES.get(impl, "o"),
+                          markersize=4, color=colours[loss])
+                failures = rows[rows["status"].isin(FAILURES)]
+                if len(failures):
+                    first = failures.iloc[0]
+                    height = 0.96 - 0.06 * list(STYLES).index(impl) if impl in STYLES else 0.7
+                    axis.scatter([first["batch_size"]], [height], transform=top, marker=SHAPES.get(impl, "o"), s=45,
+                                 color=colours[loss], edgecolor="black", zorder=3, clip_on=False)
+                    axis.annotate(first["status"], (first["batch_size"], height), xycoords=top, xytext=(6, -3),
+                                  textcoords="offset points", fontsize="x-small")
+                    failed.add(first["status"])
+            axis.set(xscale="log", yscale="log", xlabel="batch size B (embeddings)", ylabel=name,
+                     title=f"{classes} classes")
             axis.set_xticks(sizes, [str(b) for b in sizes])
             axis.minorticks_off()
-    if axes[0][-1].get_legend() is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1))
-    figure.tight_layout()
-    _write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    handles = [Line2D([], [], color=colours[loss], label=loss) for loss in dict.fromkeys(table["loss"])]
+    handles += [Line2D([], [], color="0.3", linestyle=STYLES.get(impl, "-"), marker=SHAPES.get(impl, "o"), label=impl)
+                for impl in dict.fromkeys(table["impl"])]
+    if failed:
+        handles.append(Line2D([], [], color="white", linestyle="none", marker="o", markeredgecolor="black",
+                              label="black-edged: where an implementation\nfirst failed (" + ", ".join(sorted(failed))
+                              + "), at the top"))
+    figure.legend(handles=handles, loc="outside right center", fontsize="small")
+    figure.suptitle(f"Loss forward+backward time and peak memory vs batch size, D = {table['dim'].iloc[0]}; "
+                    f"{hardware or 'hardware not recorded'}")
+    return figure
+
+
+def write_plot(table: pd.DataFrame, path: Path, hardware: str = "") -> None:
+    """plot_figure(table, hardware) as a PNG without date or software metadata."""
+    import matplotlib.pyplot as plt
+
+    figure = plot_figure(table, hardware)
+    _write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
     plt.close(figure)
 
 
@@ -726,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     _write_atomic(out / f"{PREFIX}_overhead.csv", lambda tmp: overhead.to_csv(tmp, index=False, float_format="%.6g"))
     report = write_markdown(table, overhead, settings, info, command, seconds)
     _write_atomic(out / f"{PREFIX}.md", lambda tmp: tmp.write_text(report))
-    write_plot(table, out / f"{PREFIX}.png")
+    write_plot(table, out / f"{PREFIX}.png", str(info.get("hardware", "")))
     log(f"wrote {out / PREFIX}.csv, {PREFIX}_overhead.csv, {PREFIX}.md and {PREFIX}.png in {seconds / 60:.1f} min")
     return 0
 

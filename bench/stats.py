@@ -165,6 +165,8 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
             row |= {f"{metric}_mean": interval.mean, f"{metric}_std": interval.std, f"{metric}_ci95": interval.ci95}
         for setting in SETTINGS:
             row[setting] = _setting(trials[setting]) if setting in trials else math.nan
+        if _isnan(row["planned_steps"]) and len(valid):  # records before planned_steps: the finished trials' step
+            row["planned_steps"] = _setting(valid["step"])
         for name in INITIAL:
             row[f"{name}_mean"] = t_interval(trials[name]).mean if name in trials else math.nan
         easy = trials.get("initial_fraction_easy", pd.Series(dtype=float))

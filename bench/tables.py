@@ -210,11 +210,14 @@ def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
             why = "no eligible cell: " + "; ".join(
                 f"m {plain(r.margin)} B {plain(r.batch_size)}: {statuses(r)}" for r in group.itertuples())
         rows.append([loss, ABSENT, ABSENT, ABSENT, ABSENT, why, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT])
-    return Table(name, header, rows), noise_sentence(selected)
+    return Table(name, header, rows), noise_sentence(selected, trials)
 
 
-def noise_sentence(selected: pd.DataFrame) -> str:
+def noise_sentence(selected: pd.DataFrame, cells: pd.DataFrame) -> str:
     """What the paired tests allow one to say about the selected cells, in words."""
+    if selected.empty and not stats.has_validation(cells).any():
+        return ("Selection not possible: the records have no validation metrics, so no cell is selected and no "
+                "loss is compared; the full grid shows every cell's test metrics, none of them selected.")
     if len(selected) < 2:
         return "Fewer than two losses have a selected cell: nothing to compare."
     sentences = []
