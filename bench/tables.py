@@ -182,7 +182,8 @@ def _versus(row: Any, metric: str) -> str:
         return "best"
     p = getattr(row, f"p_vs_best_{metric}")
     if _missing(p):
-        return f"not testable ({getattr(row, f'n_pairs_{metric}')} paired seeds)"
+        pairs = getattr(row, f"n_pairs_{metric}")
+        return f"not testable ({pairs} paired seed{'' if pairs == 1 else 's'})"
     return f"≈ best, p = {p_value(p)}" if p >= stats.ALPHA else f"worse, p = {p_value(p)}"
 
 

@@ -1,211 +1,252 @@
-"""bench.report on generated results with known values: statistics, best margin, failures shown, files, bad folders."""
+"""bench.report end to end on generated records: summary.csv against the records, headline, INCOMPLETE, the
+comparison, old-format records, LaTeX fragments, byte-identical output across processes, bad input."""
 
+import csv
 import json
-import math
-import re
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
-from bench.config import DEFAULTS, METRICS
-from bench.report import best_cells, build_report, load_records, main, summarize
+from bench.fake_records import baseline_record, trial_record, write_experiment, write_smoke_results
+from bench.report import main
 
 ROOT = Path(__file__).resolve().parent.parent
-PLOTS = ("knn_vs_margin", "knn_vs_batch_size", "knn_vs_samples_seen", "knn_vs_elapsed_seconds",
-         "samples_per_second_vs_batch_size", "peak_memory_vs_batch_size", "triplet_fractions", "tsne")
-
-# (loss, margin, batch_size) -> per seed 0, 1, ...: (status, final knn_accuracy, checkpoints reached)
-GRID = {
-    ("batch-hard", 0.1, 8): [("ok", 0.5, 2), ("ok", 0.5, 2), ("ok", 0.875, 2)],  # mean 0.625 ≠ median
-    ("batch-hard", 0.2, 8): [("ok", 0.875, 2), ("ok", 0.625, 2)],  # best batch-hard: mean 0.75
-    ("batch-hard", 0.1, 16): [("OOM", None, 0), ("OOM", None, 0)],
-    ("batch-hard", 0.2, 16): [("ok", 0.5, 2), ("diverged", math.nan, 2)],
-    ("batch-all", 0.1, 8): [("ok", 0.75, 2), ("ok", 0.875, 2)],  # mean 0.8125, ties with 0.2 / 8
-    ("batch-all", 0.2, 8): [("ok", 0.8125, 2), ("ok", 0.8125, 2)],
-    ("batch-all", 0.1, 16): [("error", None, 1), ("error", None, 0)],
-    ("batch-all", 0.2, 16): [("collapsed", 0.25, 2), ("ok", 0.5, 2)],  # collapsed counts: mean 0.375
-}
-TINY = {("batch-hard", 0.2, 8): [("ok", 0.5, 2)]}  # a second experiment with a single trial
-EASY = {0.1: 0.75, 0.2: 0.25}  # first-checkpoint fraction_easy per margin: 0.1 is flagged
-
-
-def _checkpoint(index: int, batch_size: int, margin: float, seed: int, knn: float, status: str) -> dict:
-    metrics = {name: 0.5 for name in METRICS}
-    metrics.update(
-        checkpoint=index, step=4 * index, knn_accuracy=knn, samples_seen=4 * index * batch_size,
-        elapsed_seconds=index + seed / 10, samples_per_second=100.0 * batch_size, peak_memory_mib=10.0 * batch_size,
-        fraction_easy=EASY[margin] if index == 1 else 0.1, fraction_semihard=0.2, fraction_hard=0.3, status=status,
-    )
-    return metrics
-
-
-def _write_record(records: Path, experiment: str, loss: str, margin: float, batch_size: int, seed: int,
-                  status: str, knn: float | None, reached: int, embeddings: bool) -> None:
-    config = {**DEFAULTS, "dataset": "mnist", "loss": loss, "margin": margin, "batch_size": batch_size, "seed": seed}
-    trial_id = f"{loss}-{margin}-{batch_size}-{seed}"
-    history = [_checkpoint(i, batch_size, margin, seed, 0.25 if i < reached else knn, "ok")
-               for i in range(1, reached + 1)]
-    if history:
-        history[-1]["status"] = status
-    if embeddings:
-        rng = np.random.default_rng(seed)
-        np.savez(records / f"{trial_id}.npz", embeddings=rng.normal(size=(40, 8)).astype(np.float16),
-                 labels=np.arange(40) % 4)
-    record = {
-        "trial_id": trial_id, "experiment": experiment, "preset": "test", "config": config, "status": status,
-        "reason": None if status == "ok" else f"{status} on purpose", "history": history,
-        "final": history[-1] if history else {},
-        "provenance": {"date": f"2025-01-0{seed + 1}T00:00:00Z", "git_commit": "abc123", "hardware": "Test CPU",
-                       "device": "cpu", "python": "3.11", "torch": "2.5.0", "torchvision": "0.20", "ray": None,
-                       "numpy": "2.0", "command": "make ablation PRESET=test"},
-        "embeddings": f"{trial_id}.npz" if embeddings else None,
-    }
-    (records / f"{trial_id}.json").write_text(json.dumps(record))  # NaN is written as NaN
-
-
-def make_results(root: Path, experiment: str = "test", grid: dict = GRID) -> Path:
-    """An experiment folder root/experiment with grid.json and one record per (cell, seed) of `grid`."""
-    records = root / experiment / "records"
-    records.mkdir(parents=True)
-    axes = {"dataset": ["mnist"], "loss": sorted({k[0] for k in grid}), "margin": sorted({k[1] for k in grid}),
-            "batch_size": sorted({k[2] for k in grid}), "seed": list(range(max(map(len, grid.values()))))}
-    (root / experiment / "grid.json").write_text(json.dumps({"preset": "test", "experiment": experiment,
-                                                             "axes": axes, "fixed": {}}))
-    for (loss, margin, batch_size), seeds in grid.items():
-        for seed, (status, knn, reached) in enumerate(seeds):
-            _write_record(records, experiment, loss, margin, batch_size, seed, status, knn, reached, seed == 0)
-    return root / experiment
+PLOTS = ("map_vs_margin", "map_vs_batch_size", "map_vs_samples_seen", "map_vs_train_seconds",
+         "throughput_vs_batch_size", "peak_memory_vs_batch_size", "triplet_fractions", "tsne")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    experiment = make_results(tmp_path_factory.mktemp("results"))
-    record = experiment / "records" / "batch-all-0.2-8-1.json"  # a first batch without a valid triplet
-    data = json.loads(record.read_text())
-    data["history"][0]["fraction_easy"] = math.nan
-    record.write_text(json.dumps(data))
-    make_results(experiment.parent, "tiny", TINY)
-    return experiment.parent
+    return write_smoke_results(tmp_path_factory.mktemp("results"))
 
 
 @pytest.fixture(scope="module")
-def reports(results: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of --smoke: the records that write_smoke_results writes (the `results` fixture)."""
     reports = tmp_path_factory.mktemp("reports")
-    assert main(["--results", str(results), "--reports", str(reports)]) == 0
+    assert main(["--smoke", "--reports", str(reports)]) == 0
     return reports
 
 
-def _cell(summary: pd.DataFrame, loss: str, margin: float, batch_size: int) -> pd.Series:
-    rows = summary[(summary.loss == loss) & (summary.margin == margin) & (summary.batch_size == batch_size)]
-    assert len(rows) == 1
-    return rows.iloc[0]
+def _rows(reports: Path) -> list[dict[str, str]]:
+    with open(reports / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
-def test_means_stds_and_counts(results: Path) -> None:
-    summary = summarize(load_records(results))
-    assert len(summary) == len(GRID) + len(TINY)
-    summary = summary[summary.experiment == "test"]
-    cell = _cell(summary, "batch-hard", 0.1, 8)
-    assert (cell.n_seeds, cell.n_valid, cell.n_ok) == (3, 3, 3)
-    assert cell.knn_accuracy_mean == 0.625
-    assert cell.knn_accuracy_std == pytest.approx(statistics.stdev([0.5, 0.5, 0.875]), rel=1e-12)
-    assert cell.samples_per_second_mean == 800.0 and cell.peak_memory_mib_mean == 80.0
-    assert cell.fraction_easy_first_mean == 0.75
-    one = _cell(summary, "batch-hard", 0.2, 16)  # a diverged seed is counted, not averaged
-    assert (one.n_seeds, one.n_valid, one.n_ok, one.n_diverged) == (2, 1, 1, 1)
-    assert one.knn_accuracy_mean == 0.5 and math.isnan(one.knn_accuracy_std)
-    oom = _cell(summary, "batch-hard", 0.1, 16)
-    assert (oom.n_seeds, oom.n_valid, oom.n_oom) == (2, 0, 2) and math.isnan(oom.knn_accuracy_mean)
-    collapsed = _cell(summary, "batch-all", 0.2, 16)
-    assert (collapsed.n_valid, collapsed.n_collapsed) == (2, 1) and collapsed.knn_accuracy_mean == 0.375
-    error = _cell(summary, "batch-all", 0.1, 16)
-    assert (error.n_error, error.n_valid) == (2, 0) and error.fraction_easy_first_mean == 0.75
+def _row(rows: list[dict[str, str]], experiment: str, loss: str, margin: str, batch: str) -> dict[str, str]:
+    found = [r for r in rows if (r["experiment"], r["loss"], r["margin"], r["batch_size"]) == (experiment, loss,
+                                                                                                 margin, batch)]
+    assert len(found) == 1
+    return found[0]
 
 
-def test_best_margin(results: Path) -> None:
-    best = best_cells(summarize(load_records(results / "test"))).set_index("loss")
-    assert (best.loc["batch-hard", "margin"], best.loc["batch-hard", "batch_size"]) == (0.2, 8)
-    assert best.loc["batch-hard", "knn_accuracy_mean"] == 0.75
-    assert (best.loc["batch-all", "margin"], best.loc["batch-all", "batch_size"]) == (0.1, 8)  # tie: smaller margin
+def _finals(results: Path, experiment: str, loss: str, margin: float, batch: int) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in sorted((results / experiment / "records").glob("*.json"))]
+    cell = (loss, margin, batch)
+    chosen = [r for r in records if r.get("kind") != "baseline"
+              and (r["config"]["loss"], r["config"]["margin"], r["config"]["batch_size"]) == cell]
+    return [r["final"] for r in sorted(chosen, key=lambda r: r["config"]["seed"]) if r["status"] in ("ok", "collapsed")]
 
 
-def test_tables_show_failures_provenance_and_margin_check(reports: Path) -> None:
+def test_csv_holds_the_records_statistics(results: Path, reports: Path) -> None:
+    rows = _rows(reports)
+    row = _row(rows, "full", "batch-hard", "0.1", "16")
+    finals = _finals(results, "full", "batch-hard", 0.1, 16)
+    for metric in ("map_at_r", "precision_at_1", "knn_accuracy", "val_map_at_r", "samples_per_second",
+                   "peak_memory_mib"):
+        values = [final[metric] for final in finals]
+        assert len(set(values)) == 3, metric  # distinct per seed
+        half = scipy_stats.t.ppf(0.975, 2) * statistics.stdev(values) / 3 ** 0.5
+        assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values), rel=1e-5), metric
+        assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-5), metric
+        assert float(row[f"{metric}_ci95"]) == pytest.approx(half, rel=1e-5), metric
+    assert (row["n_seeds"], row["n_valid"], row["planned_steps"], row["images_per_class"]) == ("3", "3", "60", "1.6")
+    assert (row["lr_scaling"], row["precision"], row["test_queries_size"]) == ("none", "fp32", "1000")
+    oom = _row(rows, "full", "quadruplet", "0.2", "32")
+    assert (oom["n_oom"], oom["n_valid"], oom["map_at_r_mean"], oom["map_at_r_ci95"]) == ("3", "0", "", "")
+    assert (oom["eligible"], oom["selected"]) == ("false", "false")
+    pixels = _row(rows, "full", "pixels", "", "")
+    assert (pixels["n_seeds"], pixels["map_at_r_mean"], pixels["map_at_r_ci95"]) == ("1", "0.3", "")
+    assert [r["loss"] for r in rows[:2]] == ["pixels", "untrained"]  # baselines first
+
+
+def test_selected_rows_carry_p_vs_best(reports: Path) -> None:
+    rows = [r for r in _rows(reports) if r["experiment"] == "full"]
+    selected = [r for r in rows if r["selected"] == "true"]
+    assert sorted(r["loss"] for r in selected) == ["batch-all", "batch-hard", "quadruplet"]
+    for metric in ("map_at_r", "knn_accuracy"):
+        best = max(selected, key=lambda r: float(r[f"{metric}_mean"]))
+        assert best[f"p_vs_best_{metric}"] == ""
+        assert all(0 <= float(r[f"p_vs_best_{metric}"]) <= 1 for r in selected if r is not best)
+    assert all(r["p_vs_best_map_at_r"] == "" for r in rows if r["selected"] != "true")
+    for loss in ("batch-all", "batch-hard", "quadruplet"):  # the selected cell has the best validation MAP@R
+        eligible = [r for r in rows if r["loss"] == loss and r["eligible"] == "true"]
+        chosen = max(eligible, key=lambda r: float(r["val_map_at_r_mean"]))
+        assert chosen["selected"] == "true"
+
+
+def test_headline_lists_baselines_first_and_states_what_it_depends_on(reports: Path) -> None:
     markdown = (reports / "summary.md").read_text()
-    assert "| mnist | batch-hard | 0.2 | 8 | 0.7500 ± 0.1768 (n=2) |" in markdown  # headline
-    assert "| mnist | batch-hard | 0.1 | 16 | 2 OOM |" in markdown  # failed cells shown, not dropped
-    assert "| 2 error |" in markdown and "1 ok, 1 diverged" in markdown and "1 ok, 1 collapsed" in markdown
-    assert "| 0.5000 ± – |" in markdown  # a single trial has no std
-    assert "| mnist | batch-all | 0.1 | 0.750 | 3 | > 50% easy |" in markdown  # one error trial has no checkpoint
-    assert "| mnist | batch-hard | 0.1 | 0.750 | 3 | > 50% easy |" in markdown
-    assert "| mnist | batch-all | 0.2 | 0.250 | 3 | ok |" in markdown  # a NaN fraction is skipped
-    assert "| diverged | diverged on purpose |" in markdown
-    for fact in ("2025-01-01T00:00:00Z to 2025-01-03T00:00:00Z", "abc123", "Test CPU", "2.5.0",
-                 "mnist: 30000 samples, no time limit", "make ablation PRESET=test",
-                 "17 of 24 in the grid: 11 ok, 1 diverged, 1 collapsed, 2 OOM, 2 error"):
-        assert fact in markdown
-    tex = (reports / "summary.tex").read_text()
-    assert r"0.7500 $\pm$ 0.1768 (n=2)" in tex and "2 OOM" in tex and r"\includegraphics" in tex
-    text = [line for line in tex.splitlines() if not line.startswith(r"\includegraphics")]
-    assert not re.search(r"(?<!\\)[_%#]", "\n".join(text))  # escaped, e.g. knn\_vs\_margin.png in a note
-    assert tex.count(r"\begin{longtable}") == tex.count(r"\end{longtable}") == 4 + 3  # tiny: no failures
-
-
-def test_every_plot_is_written(reports: Path) -> None:
+    full = markdown[markdown.index("## Experiment full"):markdown.index("## Experiment partial")]
+    headline = full[full.index("### Headline: mnist, protocol seen"):full.index("### Full grid")]
+    table = [line for line in headline.splitlines() if line.startswith("| ")][2:]
+    assert [line.split(" | ")[0] for line in table] == ["| pixels", "| untrained", "| quadruplet", "| batch-all",
+                                                        "| batch-hard"]
+    assert "| pixels | – | – | – | – | 0.3000 (n=1) | baseline |" in headline
+    assert "| best |" in headline and ("| worse, p = " in headline or "| ≈ best, p = " in headline)
+    assert headline.index("MAP@R (test)") < headline.index("k-NN accuracy (test)") < headline.index("P@1 (test)")
+    for fact in ("Budget mnist: 960, 1920 samples, no time limit", "60 planned optimiser steps", "precision fp32",
+                 "validation: 540 queries, gallery 540; test: 1000 queries, gallery 5400",
+                 "hardware Test CPU (2 threads) (cpu)", "lr rule none (lr as configured", "On test MAP@R, "):
+        assert fact in headline, fact
+    grid = full[full.index("### Full grid"):]
+    assert "| selected |" in grid and "| not selected |" in grid and "| not eligible: failed |" in grid
+    assert "| 3 OOM | not eligible: failed |" in grid
+    assert "| checkpoint 1 (step 20) | yes | never |" in full  # pinned, then escaped
+    assert "| mnist | seen | quadruplet | 0.2 | 32 | 0 | OOM | OOM on purpose |" in full
     for name in PLOTS:
-        path = reports / "plots" / "test" / f"{name}.png"
-        assert path.stat().st_size > 1000, name
-        assert f"](plots/test/{name}.png)" in (reports / "summary.md").read_text()
+        assert f"](plots/full/{name}.png)" in full and (reports / "plots" / "full" / f"{name}.png").is_file()
 
 
-def test_csv_is_byte_identical_and_sorted(results: Path, reports: Path, tmp_path: Path) -> None:
-    build_report(results, tmp_path)
-    assert (tmp_path / "summary.csv").read_bytes() == (reports / "summary.csv").read_bytes()
-    csv = pd.read_csv(reports / "summary.csv")
-    assert list(csv.experiment) == ["test"] * len(GRID) + ["tiny"]
-    csv = csv[csv.experiment == "test"]
-    assert list(csv[["loss", "margin", "batch_size"]].itertuples(index=False, name=None)) == sorted(GRID)
-    for column in ("experiment", "dataset", "n_seeds", "knn_accuracy_mean", "knn_accuracy_std", "precision_at_1_mean",
-                   "map_at_r_mean", "samples_per_second_mean", "peak_memory_mib_mean", "fraction_easy_first_mean",
-                   "n_ok", "n_oom", "n_diverged", "n_collapsed", "n_error"):
-        assert column in csv.columns
-
-
-def test_one_experiment_folder(results: Path) -> None:
-    frame = load_records(results / "tiny")
-    assert set(frame.experiment) == {"tiny"} and list(frame.checkpoint) == [1, 2]
-
-
-def test_second_experiment_and_skipped_plots_are_named(reports: Path) -> None:
+def test_incomplete_experiment_is_marked_and_lists_its_unfinished_cells(reports: Path) -> None:
     markdown = (reports / "summary.md").read_text()
-    tiny = markdown[markdown.index("## Experiment tiny"):]
-    assert "1 of 1 in the grid: 1 ok" in tiny
-    assert "knn_vs_margin.png: a single margin (0.2) in the grid" in tiny
-    assert "knn_vs_batch_size.png: a single batch_size (8) in the grid" in tiny
-    assert "not made" not in markdown[:markdown.index("## Experiment tiny")]
-    assert (reports / "plots" / "tiny" / "knn_vs_samples_seen.png").stat().st_size > 0
-    assert not (reports / "plots" / "tiny" / "knn_vs_margin.png").exists()
-    assert "\ntiny,mnist,batch-hard,0.2,8,1,1,0.500000,,0.500000," in (reports / "summary.csv").read_text()
+    partial = markdown[markdown.index("## Experiment partial"):]
+    assert partial.startswith("## Experiment partial (INCOMPLETE: 3 of 8 trials recorded)")
+    assert "### Headline (INCOMPLETE): mnist, protocol seen" in partial
+    assert "| mnist | seen | batch-all | 0.2 | 16 | 1 | 1 ok, 1 not run |" in partial
+    assert "| mnist | seen | batch-all | 0.2 | 32 | 0, 1 | 2 not run |" in partial
+    assert "| batch-all | – | – | – | – | no eligible cell: " in partial  # its only finished cell lacks a seed
+    assert "map_vs_margin.png: a single margin (0.2) in the grid" in partial
+    assert "INCOMPLETE" not in markdown[:markdown.index("## Experiment partial")]
+
+
+def test_comparison_of_experiments(reports: Path) -> None:
+    markdown = (reports / "summary.md").read_text()
+    comparison = markdown[markdown.index("## Comparison of experiments"):markdown.index("## Experiment full")]
+    assert "| dataset | protocol | loss | full: MAP@R (test), selected cell | partial: MAP@R (test), selected cell |" \
+        in comparison
+    assert "| mnist | seen | pixels | 0.3000 (n=1) | not in this experiment |" in comparison
+    assert "| mnist | seen | batch-all |" in comparison and "| no eligible cell |" in comparison
+    assert (reports / "tex" / "comparison.tex").is_file()
+
+
+def test_latex_fragments_are_ascii_booktabs_and_compile(reports: Path, tmp_path: Path) -> None:
+    fragment = (reports / "tex" / "full-headline-mnist-seen.tex").read_text()
+    assert fragment.isascii() and r"\toprule" in fragment and r"\begin{tabular}" in fragment
+    assert r"\documentclass" not in fragment and r"$\pm$" in fragment
+    document = (reports / "summary.tex").read_text()
+    assert document.isascii() and document.startswith(r"\documentclass")
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is absent (Debian: apt-get install texlive-latex-base)")
+    if subprocess.run(["kpsewhich", "booktabs.sty"], capture_output=True).returncode:
+        pytest.skip("booktabs.sty is absent (Debian: apt-get install texlive-latex-recommended)")
+    shutil.copy(reports / "tex" / "full-headline-mnist-seen.tex", tmp_path / "headline.tex")
+    (tmp_path / "main.tex").write_text("\\documentclass{article}\n\\usepackage[landscape]{geometry}\n"
+                                       "\\usepackage{booktabs}\n\\begin{document}\n{\\tiny\\input{headline}}\n"
+                                       "\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "main.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert (tmp_path / "main.pdf").stat().st_size > 1000
+
+
+def _old_format(record: dict) -> dict:
+    """The record as the committed results/cpu records are: no validation, sizes, initial or diagnostics."""
+    dropped = ("pinned_at_margin", "collapsed", "planned_steps", "images_per_class", "train_seconds",
+               "effective_margin", "effective_rank", "lr", "precision", "threads", "warmup_steps", "n_train_classes")
+    for entry in record["history"]:
+        for key in [k for k in entry if k in dropped or k.startswith(("val_", "initial_")) or k.endswith("_size")]:
+            del entry[key]
+    record.pop("initial")
+    record.pop("data")
+    return record
+
+
+def test_old_records_report_what_they_can(tmp_path: Path) -> None:
+    records = [_old_format(trial_record("old", loss, 0.2, batch, 0)) for loss in ("batch-all", "batch-hard")
+               for batch in (8, 16)]
+    write_experiment(tmp_path / "results", "old", records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
+                                                            "margin": [0.2], "batch_size": [8, 16], "seed": [0]})
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    assert "| batch-all | – | – | – | – | selection not possible: no validation metrics |" in markdown
+    assert "Selection not possible: the records have no validation metrics" in markdown
+    assert "Margin check unavailable: the records predate" in markdown
+    assert "Unavailable: the records predate the pinned_at_margin and collapsed diagnostics." in markdown
+    assert "60 optimiser steps at the final checkpoint (the records predate planned_steps)" in markdown
+    assert "map_vs_samples_seen.png: selection not possible: no validation metrics" in markdown
+    assert (tmp_path / "reports" / "plots" / "old" / "map_vs_batch_size.png").is_file()
+
+
+def test_one_seed_is_not_testable(tmp_path: Path) -> None:
+    records = [trial_record("one", loss, 0.2, 8, 0) for loss in ("batch-all", "batch-hard")]
+    write_experiment(tmp_path / "results", "one", records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
+                                                            "margin": [0.2], "batch_size": [8], "seed": [0]})
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    assert "| not testable (1 paired seed) |" in markdown
+    assert "On test MAP@R, no difference is testable (fewer than 2 paired seeds): the order is not a ranking." \
+        in markdown
+
+
+def _write_small(folder: Path, reverse: bool) -> Path:
+    """2 losses × 2 margins × 2 batch sizes × 2 seeds with embeddings and a baseline, records written in
+    creation order or its reverse."""
+    records = [trial_record("small", loss, margin, batch, seed) for loss in ("batch-all", "quadruplet")
+               for margin in (0.1, 0.2) for batch in (8, 16) for seed in (0, 1)]
+    records.append(baseline_record("small", "pixels", None, {"map_at_r": 0.3, "knn_accuracy": 0.9,
+                                                             "precision_at_1": 0.88, "val_map_at_r": 0.3}))
+    axes = {"dataset": ["mnist"], "loss": ["batch-all", "quadruplet"], "margin": [0.1, 0.2], "batch_size": [8, 16],
+            "seed": [0, 1]}
+    return write_experiment(folder, "small", records[::-1] if reverse else records, axes, embeddings=True)
+
+
+def test_byte_identical_across_processes_hash_seeds_and_file_order(tmp_path: Path) -> None:
+    runs = []
+    for index, (seed, reverse) in enumerate((("0", False), ("12345", True))):
+        results = _write_small(tmp_path / f"results{index}", reverse)
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        runs.append((tmp_path / f"reports{index}", subprocess.Popen(
+            [sys.executable, "-m", "bench.report", "--results", str(results), "--reports",
+             str(tmp_path / f"reports{index}")], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)))
+    for _, process in runs:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    first, second = (sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file()) for folder, _ in runs)
+    assert first == second and len(first) == 14 and Path("plots/small/tsne.png") in first
+    for name in first:
+        assert (runs[0][0] / name).read_bytes() == (runs[1][0] / name).read_bytes(), name
+
+
+def _mixed_protocols(folder: Path) -> Path:
+    records = [trial_record("x", "batch-hard", 0.2, 8, 0, protocol="seen"),
+               trial_record("x", "batch-hard", 0.2, 8, 0, protocol="unseen")]
+    return write_experiment(folder, "x", records, {"dataset": ["mnist"], "loss": ["batch-hard"], "margin": [0.2],
+                                                   "batch_size": [8], "seed": [0]}).parent
+
+
+def _duplicate(folder: Path) -> Path:
+    records = [trial_record("x", "batch-hard", 0.2, 8, 0), trial_record("x", "batch-hard", 0.2, 8, 0, trial_id="b")]
+    return write_experiment(folder, "x", records, {"dataset": ["mnist"], "loss": ["batch-hard"], "margin": [0.2],
+                                                   "batch_size": [8], "seed": [0]}).parent
 
 
 def _partial(folder: Path) -> Path:
-    make_results(folder, "x", {("batch-hard", 0.2, 8): [("ok", 0.5, 2)]})
+    write_experiment(folder, "x", [trial_record("x", "batch-hard", 0.2, 8, 0)], {"seed": [0]})
     record = next((folder / "x" / "records").glob("*.json"))
     record.write_text(record.read_text()[:200])
     return folder
 
 
 def _lacking_metrics(folder: Path) -> Path:
-    make_results(folder, "x", {("batch-hard", 0.2, 8): [("ok", 0.5, 2)]})
-    record = next((folder / "x" / "records").glob("*.json"))
-    data = json.loads(record.read_text())
-    del data["history"][0]["knn_accuracy"]
-    record.write_text(json.dumps(data))
-    return folder
+    record = trial_record("x", "batch-hard", 0.2, 8, 0)
+    del record["history"][0]["map_at_r"]
+    return write_experiment(folder, "x", [record], {"seed": [0]}).parent
 
 
 def _foreign(folder: Path) -> Path:
@@ -235,7 +276,9 @@ def _foreign_record(folder: Path) -> Path:
     (_no_records, "no trial records"),
     (_foreign_record, "not a trial record (missing trial_id"),
     (_partial, "unreadable"),
-    (_lacking_metrics, "lacks knn_accuracy"),
+    (_lacking_metrics, "lacks map_at_r"),
+    (_mixed_protocols, "records mix protocols seen, unseen in one cell"),
+    (_duplicate, "two records for one trial"),
 ])
 def test_bad_folders_fail_with_one_line(make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "results").mkdir()
@@ -247,12 +290,3 @@ def test_bad_folders_fail_with_one_line(make, message: str, tmp_path: Path, caps
     assert err.count("\n") == 1 and err.startswith("python -m bench.report: error: ") and message in err
     assert [p.name for p in (tmp_path / "reports").iterdir()] == ["summary.csv"]
     assert (tmp_path / "reports" / "summary.csv").read_text() == "old"
-
-
-def test_cli_partial_record_gives_one_line_and_exit_2(tmp_path: Path) -> None:
-    results = _partial(tmp_path / "results")
-    run = subprocess.run([sys.executable, "-m", "bench.report", "--results", str(results), "--reports",
-                          str(tmp_path / "reports")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stderr.count("\n") == 1 and "unreadable" in run.stderr
-    assert not (tmp_path / "reports").exists()

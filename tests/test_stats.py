@@ -1,0 +1,177 @@
+"""bench.stats against independent references (scipy.stats, statistics) on generated records with known values."""
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from bench import stats
+from bench.fake_records import baseline_record, trial_record, write_experiment
+from bench.report import load_records
+from losses import LOSSES
+
+ORDER = tuple(LOSSES)
+SEEDS = [0, 1, 2, 3]
+# distinct per-seed final values: (map_at_r, precision_at_1, knn_accuracy, samples/s, peak MiB)
+DISTINCT = {0: (0.61, 0.83, 0.87, 1210.5, 402.25), 1: (0.64, 0.80, 0.91, 1177.0, 388.0),
+            2: (0.58, 0.86, 0.85, 1302.25, 431.5), 3: (0.66, 0.79, 0.90, 1150.75, 395.0)}
+
+
+def _distinct(seed: int) -> dict:
+    m, p1, knn, speed, memory = DISTINCT[seed]
+    return {"map_at_r": m, "precision_at_1": p1, "knn_accuracy": knn, "samples_per_second": speed,
+            "peak_memory_mib": memory, "val_map_at_r": m - 0.01, "val_knn_accuracy": knn - 0.01,
+            "val_precision_at_1": p1 - 0.01}
+
+
+def test_t_interval_matches_scipy() -> None:
+    values = [0.912, 0.934, 0.901, 0.955, 0.921]
+    interval = stats.t_interval(values)
+    low, high = scipy_stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=scipy_stats.sem(values))
+    assert interval.mean == pytest.approx(statistics.mean(values), rel=1e-14)
+    assert interval.std == pytest.approx(statistics.stdev(values), rel=1e-14)
+    assert interval.ci95 == pytest.approx((high - low) / 2, rel=1e-12)
+    assert interval.n == 5
+    two = stats.t_interval([1.0, 2.0, math.nan])  # NaN is not a value; n = 2 uses t(0.975, 1) = 12.706
+    assert two.n == 2 and two.ci95 == pytest.approx(12.7062047 * math.sqrt(0.5) / math.sqrt(2), rel=1e-7)
+    one = stats.t_interval([0.5])
+    assert (one.mean, one.n) == (0.5, 1) and math.isnan(one.std) and math.isnan(one.ci95)
+    assert stats.t_interval([0.8, 0.8, 0.8]).std == 0.0  # exactly, not 1e-16
+
+
+def test_paired_p_matches_scipy_and_pairs_by_seed() -> None:
+    first = {0: 0.91, 1: 0.93, 2: 0.90, 3: 0.95}
+    second = {3: 0.94, 2: 0.90, 1: 0.91, 0: 0.88, 7: 0.5}  # other order, an unpaired seed
+    p, pairs = stats.paired_p(first, second)
+    assert pairs == 4
+    assert p == pytest.approx(scipy_stats.ttest_rel([0.91, 0.93, 0.90, 0.95], [0.88, 0.91, 0.90, 0.94]).pvalue,
+                              rel=1e-12)
+    assert p != pytest.approx(scipy_stats.ttest_ind([0.91, 0.93, 0.90, 0.95], [0.88, 0.91, 0.90, 0.94]).pvalue)
+    assert math.isnan(stats.paired_p({0: 0.9}, {0: 0.8})[0])  # one seed: not testable
+    assert stats.paired_p({0: 0.9, 1: 0.8}, {0: 0.9, 1: 0.8}) == (1.0, 2)
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory: pytest.TempPathFactory):
+    """Cells whose validation and test rankings disagree, an incomplete and a failed cell with the best
+    validation, distinct per-seed values, baselines."""
+    root = tmp_path_factory.mktemp("results")
+    records = [baseline_record("e", "pixels", None, {"map_at_r": 0.3, "knn_accuracy": 0.9, "precision_at_1": 0.88})]
+    records += [baseline_record("e", "untrained", seed, {"map_at_r": 0.2 + seed / 100, "knn_accuracy": 0.8,
+                                                         "precision_at_1": 0.79}) for seed in SEEDS]
+    for seed in SEEDS:
+        # batch-hard: m 0.1 is better on validation, m 0.2 better on test -> 0.1 is selected
+        records.append(trial_record("e", "batch-hard", 0.1, 8, seed, values={**_distinct(seed), "val_map_at_r": 0.9}))
+        records.append(trial_record("e", "batch-hard", 0.2, 8, seed, values={"map_at_r": 0.95, "val_map_at_r": 0.7}))
+        # batch-all: m 0.2 has the best validation but a diverged seed; m 0.1 B 16 best validation but a seed missing
+        records.append(trial_record("e", "batch-all", 0.1, 8, seed, values={"map_at_r": 0.5 + seed / 50,
+                                                                            "val_map_at_r": 0.6}))
+        records.append(trial_record("e", "batch-all", 0.2, 8, seed, status="diverged" if seed == 1 else "ok",
+                                    values={"val_map_at_r": 0.99}))
+        if seed != 3:
+            records.append(trial_record("e", "batch-all", 0.1, 16, seed, values={"val_map_at_r": 0.99}))
+        records.append(trial_record("e", "batch-all", 0.2, 16, seed, status="collapsed",
+                                    values={"val_map_at_r": 0.1}, collapsed=[False, True, True]))
+        records.append(trial_record("e", "batch-hard", 0.1, 16, seed, pinned=[True, True, False],
+                                    values={"val_map_at_r": 0.1, "initial_fraction_easy": 0.75}))
+        records.append(trial_record("e", "batch-hard", 0.2, 16, seed, values={"val_map_at_r": 0.1}))
+    write_experiment(root, "e", records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
+                                          "margin": [0.1, 0.2], "batch_size": [8, 16], "seed": SEEDS})
+    loaded = load_records(root)
+    return stats.summarize(loaded.checkpoints, loaded.grids, ORDER), loaded
+
+
+def _cell(summary, loss: str, margin: float, batch_size: int):
+    rows = summary[(summary.loss == loss) & (summary.margin == margin) & (summary.batch_size == batch_size)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_every_aggregate_of_distinct_seeds_matches_statistics_and_scipy(summary) -> None:
+    cells, _ = summary
+    cell = _cell(cells, "batch-hard", 0.1, 8)
+    for index, metric in enumerate(("map_at_r", "precision_at_1", "knn_accuracy", "samples_per_second",
+                                    "peak_memory_mib")):
+        values = [DISTINCT[seed][index] for seed in SEEDS]
+        assert cell[f"{metric}_mean"] == pytest.approx(statistics.mean(values), rel=1e-14), metric
+        assert cell[f"{metric}_std"] == pytest.approx(statistics.stdev(values), rel=1e-14), metric
+        low, high = scipy_stats.t.interval(0.95, 3, loc=statistics.mean(values), scale=scipy_stats.sem(values))
+        assert cell[f"{metric}_ci95"] == pytest.approx((high - low) / 2, rel=1e-12), metric
+    val = [DISTINCT[seed][1] - 0.01 for seed in SEEDS]
+    assert cell.val_precision_at_1_mean == pytest.approx(statistics.mean(val), rel=1e-14)
+    assert (cell.n_seeds, cell.n_valid, cell.n_ok, cell.n_missing) == (4, 4, 4, 0)
+
+
+def test_selection_follows_validation_not_test(summary) -> None:
+    cells, _ = summary
+    assert _cell(cells, "batch-hard", 0.1, 8).selected  # validation 0.9 beats 0.7
+    assert not _cell(cells, "batch-hard", 0.2, 8).selected  # test 0.95 is the best test, never used to select
+    assert _cell(cells, "batch-hard", 0.2, 8).map_at_r_mean > _cell(cells, "batch-hard", 0.1, 8).map_at_r_mean
+
+
+def test_incomplete_and_failed_cells_never_win(summary) -> None:
+    cells, _ = summary
+    failed, incomplete = _cell(cells, "batch-all", 0.2, 8), _cell(cells, "batch-all", 0.1, 16)
+    assert failed.val_map_at_r_mean > 0.9 and not failed.eligible and not failed.selected
+    assert (failed.n_diverged, failed.n_valid) == (1, 3)
+    assert incomplete.val_map_at_r_mean > 0.9 and not incomplete.eligible and not incomplete.selected
+    assert (incomplete.n_missing, incomplete.missing_seeds) == (1, "3")
+    assert _cell(cells, "batch-all", 0.1, 8).selected  # the complete cell wins
+    collapsed = _cell(cells, "batch-all", 0.2, 16)
+    assert collapsed.eligible and collapsed.n_collapsed == 4  # a collapse finished the budget: it counts
+    assert cells[cells.selected].shape[0] == 2
+
+
+def test_paired_tests_on_the_selected_cells(summary) -> None:
+    cells, loaded = summary
+    hard, every = _cell(cells, "batch-hard", 0.1, 8), _cell(cells, "batch-all", 0.1, 8)
+    assert hard.best_map_at_r and not every.best_map_at_r and math.isnan(hard.p_vs_best_map_at_r)
+    mine = [0.5 + seed / 50 for seed in SEEDS]
+    best = [DISTINCT[seed][0] for seed in SEEDS]
+    assert every.p_vs_best_map_at_r == pytest.approx(scipy_stats.ttest_rel(mine, best).pvalue, rel=1e-10)
+    knn_mine = [_value(loaded, "batch-all", 0.1, 8, seed, "knn_accuracy") for seed in SEEDS]
+    knn_best = [DISTINCT[seed][2] for seed in SEEDS]
+    assert hard.best_knn_accuracy == (statistics.mean(knn_best) > statistics.mean(knn_mine))
+    loser = every if hard.best_knn_accuracy else hard
+    assert loser.p_vs_best_knn_accuracy == pytest.approx(scipy_stats.ttest_rel(knn_mine, knn_best).pvalue, rel=1e-10)
+    assert cells[~cells.selected].p_vs_best_map_at_r.isna().all()
+
+
+def _value(loaded, loss: str, margin: float, batch_size: int, seed: int, metric: str) -> float:
+    final = stats.final_rows(loaded.checkpoints)
+    row = final[(final.loss == loss) & (final.margin == margin) & (final.batch_size == batch_size)
+                & (final.seed == seed)]
+    return float(row[metric].iloc[0])
+
+
+def test_baseline_rows(summary) -> None:
+    cells, _ = summary
+    assert list(cells.loss[:2]) == ["pixels", "untrained"]
+    pixels, untrained = cells.iloc[0], cells.iloc[1]
+    assert math.isnan(pixels.margin) and math.isnan(pixels.batch_size) and not pixels.eligible
+    assert (pixels.n_seeds, pixels.map_at_r_mean) == (1, 0.3) and math.isnan(pixels.map_at_r_ci95)
+    assert untrained.n_seeds == 4
+    assert untrained.map_at_r_mean == pytest.approx(statistics.mean([0.2 + s / 100 for s in SEEDS]), rel=1e-14)
+
+
+def test_margin_check_and_diagnostic_events(summary) -> None:
+    cells, loaded = summary
+    check = stats.margin_check(cells).set_index(["loss", "margin", "batch_size"])
+    assert check.loc[("batch-hard", 0.1, 16), "too_easy"] and check.loc[("batch-hard", 0.1, 16), "n_initial"] == 4
+    assert not check.loc[("batch-hard", 0.1, 8), "too_easy"]
+    events = stats.diagnostic_events(loaded.checkpoints)
+    pinned = events[events.loss == "batch-hard"]
+    assert len(pinned) == 4 and set(pinned.pinned_at_margin_first) == {1} and pinned.pinned_at_margin_escaped.all()
+    collapsed = events[events.loss == "batch-all"]
+    assert set(collapsed.collapsed_first) == {2} and not collapsed.collapsed_escaped.any()
+
+
+def test_expected_cells_from_the_grid(tmp_path: Path) -> None:
+    grid = {"axes": {"dataset": ["mnist", "cifar10"], "loss": ["batch-hard"], "margin": [0.2], "batch_size": [8],
+                     "seed": [0, 1]}, "fixed": {"protocol": "unseen"}, "per_dataset": {"mnist": {"protocol": "seen"}}}
+    cells = stats.expected_cells(grid, "x")
+    pairs = set(zip(cells.dataset, cells.protocol, strict=True))
+    assert len(cells) == 4 and pairs == {("mnist", "seen"), ("cifar10", "unseen")}
