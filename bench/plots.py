@@ -47,8 +47,8 @@ def palette(order: tuple[str, ...], losses: list[str]) -> dict[str, Any]:
 
 
 def _budget(trials: pd.DataFrame) -> str:
-    samples = sorted({f"{v:g}" for v in trials.budget_samples.dropna().astype(float)})
-    seconds = sorted({f"{v:g}" for v in trials.budget_seconds.dropna().astype(float)})
+    samples = [f"{v:g}" for v in sorted(set(trials.budget_samples.dropna().astype(float)))]
+    seconds = [f"{v:g}" for v in sorted(set(trials.budget_seconds.dropna().astype(float)))]
     return (f"budget {'/'.join(samples) or '?'} samples" + (f" or {'/'.join(seconds)} s" if seconds else ""))
 
 
