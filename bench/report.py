@@ -116,21 +116,23 @@ def _record_rows(record: Any, path: Path) -> list[dict[str, Any]]:
 def _check_cells(frame: pd.DataFrame, grids: dict[str, dict[str, Any]], paths: dict[str, str]) -> None:
     """Raise ReportError when two records claim one trial (one cell and seed), naming a protocol mix if any."""
     final = stats.final_rows(frame)
-    for experiment, trials in final.groupby("experiment"):
-        key = ["dataset", "loss", "margin", "batch_size", "seed"]
-        if "protocol" in grids[experiment]["axes"] or (trials.kind == "baseline").any():
-            key = ["protocol", *key]
-        keyed = trials.assign(**{k: trials[k].astype(str) for k in key})
-        for values, same in keyed.groupby(key, sort=True):
-            if len(same) < 2:
-                continue
-            where = ", ".join(f"{k} {v}" for k, v in zip(key, values, strict=True))
-            files = ", ".join(sorted(paths[t] for t in same.trial_id))
-            protocols = sorted(set(same.protocol.astype(str)))
-            if len(protocols) > 1:
-                raise ReportError(f"experiment {experiment}: records mix protocols {', '.join(protocols)} in one "
-                                  f"cell ({where}): {files}")
-            raise ReportError(f"experiment {experiment}: two records for one trial ({where}): {files}")
+    for experiment, records in final.groupby("experiment"):
+        trial_key = ["dataset", "loss", "margin", "batch_size", "seed"]
+        if "protocol" in grids[experiment]["axes"]:
+            trial_key.insert(1, "protocol")
+        for kind, key in (("trial", trial_key), ("baseline", ["dataset", "protocol", "loss", "seed"])):
+            chosen = records[records.kind == kind]
+            keyed = chosen.assign(**{k: chosen[k].astype(str) for k in key})
+            for values, same in keyed.groupby(key, sort=True):
+                if len(same) < 2:
+                    continue
+                where = ", ".join(f"{k} {v}" for k, v in zip(key, values, strict=True))
+                files = ", ".join(sorted(paths[t] for t in same.trial_id))
+                protocols = sorted(set(same.protocol.astype(str)))
+                if len(protocols) > 1:
+                    raise ReportError(f"experiment {experiment}: records mix protocols {', '.join(protocols)} in "
+                                      f"one cell ({where}): {files}")
+                raise ReportError(f"experiment {experiment}: two records for one {kind} ({where}): {files}")
 
 
 def load_records(results_dir: Path | str) -> Records:

@@ -225,7 +225,11 @@ def test_byte_identical_across_processes_hash_seeds_and_file_order(tmp_path: Pat
 
 def _mixed_protocols(folder: Path) -> Path:
     records = [trial_record("x", "batch-hard", 0.2, 8, 0, protocol="seen"),
-               trial_record("x", "batch-hard", 0.2, 8, 0, protocol="unseen")]
+               trial_record("x", "batch-hard", 0.2, 8, 0, protocol="unseen"),
+               baseline_record("x", "pixels", None, {"map_at_r": 0.3, "knn_accuracy": 0.9, "precision_at_1": 0.9},
+                               protocol="seen"),
+               baseline_record("x", "pixels", None, {"map_at_r": 0.3, "knn_accuracy": 0.9, "precision_at_1": 0.9},
+                               protocol="unseen")]  # baselines of both protocols are fine
     return write_experiment(folder, "x", records, {"dataset": ["mnist"], "loss": ["batch-hard"], "margin": [0.2],
                                                    "batch_size": [8], "seed": [0]}).parent
 
