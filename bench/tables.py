@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +35,7 @@ class Table(NamedTuple):
     name: str
     header: list[str]
     rows: list[list[str]]
+    note: str = ""  # what the numbers depend on; a comment in the fragment
 
 
 Block = tuple[str, Any]
@@ -165,9 +167,9 @@ SELECTION_RULE = (
 
 
 HEADLINE_RULE = (
-    "Each loss's cell selected on validation MAP@R among eligible cells (rule above); test metrics of the selected "
-    "cells, mean ± 95% t half-width (n seeds); vs best: paired t-test over seeds against the best test mean "
-    f"(≈ best: not significantly worse, p ≥ {stats.ALPHA}).")
+    "Each loss's cell selected on validation MAP@R among eligible cells (every seed recorded and finished); "
+    "test metrics of the selected cells, mean ± 95% t half-width (n seeds); vs best: paired t-test over seeds "
+    f"against the best test mean (≈ best: not significantly worse, p ≥ {stats.ALPHA}).")
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -390,14 +392,15 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
     for (dataset, protocol), group in cells.groupby(["dataset", "protocol"], sort=True):
         scope = final[(final.dataset == dataset) & (final.protocol == protocol)]
         table, sentence = headline(f"{experiment}-headline-{dataset}-{protocol}", group)
+        table = table._replace(note=f"{HEADLINE_RULE} {facts(scope)}")
         blocks += [("h3", f"Headline{' (INCOMPLETE)' if incomplete else ''}: {dataset}, protocol {protocol}"),
-                   ("p", f"{HEADLINE_RULE} {facts(scope)}"), ("table", table), ("p", sentence)]
-    blocks += [("h3", "Full grid (test metrics of every cell)"),
-               ("p", "Test metrics of every cell, labelled: only the cells marked selected were chosen, on "
-                     "validation; the test numbers of cells not selected are shown for completeness and are not a "
-                     "result. samples/s, peak MiB and train s are the grid's own observations (mean over seeds), "
-                     "taken while other trials shared the machine."),
-               ("table", grid_table(f"{experiment}-grid", cells))]
+                   ("p", table.note), ("table", table), ("p", sentence)]
+    grid = grid_table(f"{experiment}-grid", cells)._replace(note=(
+        "Test metrics of every cell, labelled: only the cells marked selected were chosen, on validation; the test "
+        "numbers of cells not selected are shown for completeness and are not a result. samples/s, peak MiB and "
+        "train s are the grid's own observations (mean over seeds), taken while other trials shared the machine. "
+        + facts(final)))
+    blocks += [("h3", "Full grid (test metrics of every cell)"), ("p", grid.note), ("table", grid)]
     blocks.append(("h3", "Margin check at the start of training"))
     margin = margin_table(f"{experiment}-margin-check", cells)
     if margin.rows:
@@ -481,9 +484,19 @@ def tex(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii")
 
 
+ASCII = {"±": "+/-", "≈": "~", "≥": ">=", "–": "-", "μ": "mu", "×": "x", "√": "sqrt"}
+
+
+def ascii_text(text: str) -> str:
+    """text with the report's non-ASCII symbols spelled in ASCII (for LaTeX comments)."""
+    return "".join(ASCII.get(c, c) for c in text).encode("ascii", "replace").decode("ascii")
+
+
 def latex_fragment(table: Table) -> str:
     """An \\input-able booktabs tabular of one table (needs \\usepackage{booktabs})."""
+    note = textwrap.wrap(ascii_text(table.note), 110) if table.note else []
     return "\n".join([f"% {table.name}: made by python -m bench.report; needs \\usepackage{{booktabs}}",
+                      *[f"% {line}" for line in note],
                       f"\\begin{{tabular}}{{{'l' * len(table.header)}}}", r"\toprule",
                       " & ".join(map(tex, table.header)) + r" \\", r"\midrule",
                       *[" & ".join(map(tex, cells)) + r" \\" for cells in table.rows],
