@@ -311,7 +311,7 @@ def tsne(summary: pd.DataFrame, final: pd.DataFrame, order: tuple[str, ...], exp
 
 def make_plots(checkpoints: pd.DataFrame, summary: pd.DataFrame, order: tuple[str, ...]) -> dict[str, Figure | str]:
     """Every figure of one experiment (checkpoints and summary rows of that experiment only), by file stem."""
-    experiment = str(summary.experiment.iloc[0])
+    experiment = str(summary.experiment.iloc[0]) + (" (INCOMPLETE)" if (summary.n_missing > 0).any() else "")
     final = stats.final_rows(checkpoints)
     trials = final[final.kind == "trial"]
     notes: list[str] = []

@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 from scipy import stats as scipy_stats
 
+from bench import plots, stats
 from bench.fake_records import baseline_record, trial_record, write_experiment, write_smoke_results
-from bench.report import main
+from bench.report import load_records, main
+from losses import LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ("map_vs_margin", "map_vs_batch_size", "map_vs_samples_seen", "map_vs_train_seconds",
@@ -124,6 +127,14 @@ def test_incomplete_experiment_is_marked_and_lists_its_unfinished_cells(reports:
     assert "| batch-all | – | – | – | – | no eligible cell: " in partial  # its only finished cell lacks a seed
     assert "map_vs_margin.png: a single margin (0.2) in the grid" in partial
     assert "INCOMPLETE" not in markdown[:markdown.index("## Experiment partial")]
+
+
+def test_plots_of_an_incomplete_experiment_say_so(results: Path) -> None:
+    loaded = load_records(results / "partial")
+    summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    figures = plots.make_plots(loaded.checkpoints, summary, tuple(LOSSES))
+    assert figures["map_vs_batch_size"]._suptitle.get_text().startswith("partial (INCOMPLETE): ")
+    plt.close("all")
 
 
 def test_comparison_of_experiments(reports: Path) -> None:
