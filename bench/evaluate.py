@@ -13,7 +13,8 @@ Neighbours at equal distance come in an unspecified order.
 - map_at_r (Musgrave et al. 2020, "A Metric Learning Reality Check"): per query, with R = the number of
   searched items with its label (self excluded), (1/R) Σ_{i ≤ R} P(i)·rel(i), where rel(i) says whether
   the i-th neighbour has the query's label and P(i) is the precision of the first i; averaged over the
-  queries with R > 0 (NaN when there is none).
+  queries with R > 0 (NaN when there is none). knn_accuracy and precision_at_1 count every query: one
+  whose label no searched item has is a miss (pytorch-metric-learning leaves it out of those too).
 The distances are computed in float32 (float64 for float64 inputs), CHUNK_ELEMENTS at a time.
 """
 
