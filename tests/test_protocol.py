@@ -15,7 +15,13 @@ import torch
 import bench.trial
 from bench.config import ConfigError
 from bench.protocol import (
-    CPU_EVAL_MAX, CPU_EVAL_MIN, Splits, evaluate, intermediate_sizes, make_splits, validation_mask,
+    CPU_EVAL_MAX,
+    CPU_EVAL_MIN,
+    Splits,
+    evaluate,
+    intermediate_sizes,
+    make_splits,
+    validation_mask,
 )
 from bench.synthetic import write_synthetic
 
