@@ -43,8 +43,8 @@ SUBSET_SEED = 20170310  # fixed, so that evaluation and train subsets are the sa
 CPU_EVAL_MIN, CPU_EVAL_MAX = 256, 10_000
 SPLIT_METRICS = ("knn_accuracy", "precision_at_1", "map_at_r")
 EVAL_METRICS = (*(f"val_{name}" for name in SPLIT_METRICS), *SPLIT_METRICS)
-SIZE_KEYS = ("val_gallery_size", "val_queries_size", "test_gallery_size", "test_queries_size",
-             "train_size", "val_size", "test_size", "n_train_classes")
+EVAL_SIZE_KEYS = ("val_gallery_size", "val_queries_size", "test_gallery_size", "test_queries_size")
+SPLIT_SIZE_KEYS = ("train_size", "val_size", "test_size", "n_train_classes")
 
 Embed = Callable[[Tensor], Tensor]  # uint8 images [N, C, H, W] → float32 embeddings [N, D]
 
@@ -63,8 +63,8 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         """train_size, val_size, test_size (images) and n_train_classes."""
-        return {"train_size": len(self.y_train), "val_size": len(self.y_val), "test_size": len(self.y_test),
-                "n_train_classes": len(self.y_train.unique())}
+        sizes = (len(self.y_train), len(self.y_val), len(self.y_test), len(self.y_train.unique()))
+        return dict(zip(SPLIT_SIZE_KEYS, sizes, strict=True))
 
 
 def fixed_subset(n: int, size: int) -> Tensor:
@@ -152,7 +152,7 @@ def _take(images: Tensor, labels: Tensor, size: int) -> tuple[Tensor, Tensor]:
 def evaluate(
     embed: Embed, splits: Splits, gallery_size: int = 0, queries_size: int = 0
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """EVAL_METRICS and SIZE_KEYS of `embed` under the splits' protocol, and the embeddings of the
+    """EVAL_METRICS, EVAL_SIZE_KEYS and SPLIT_SIZE_KEYS of `embed` under the splits' protocol, and the embeddings of the
     validation and test queries {"val": [Qv, D], "test": [Qt, D]} in float32; sizes 0 = whole sets."""
     metrics: dict[str, Any] = {}
     embeddings: dict[str, Tensor] = {}

@@ -51,7 +51,7 @@ from bench.config import DATASETS, SAMPLERS, ConfigError, resolve
 from bench.data import DataError, augment, channel_stats, normalize
 from bench.models import build_model, build_optimizer, model_settings
 from bench.precision import autocast, resolve_precision
-from bench.protocol import EVAL_METRICS, SIZE_KEYS, evaluate, intermediate_sizes, load_splits
+from bench.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
 from bench.sampling import make_batches
 from bench.synthetic import write_synthetic
 from losses import LOSSES, mining_stats
@@ -218,7 +218,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
         previous = step
         if len(bad):
             metrics.update(dict.fromkeys((*MINING_KEYS, *EVAL_METRICS), math.nan))
-            metrics.update({**dict.fromkeys(SIZE_KEYS[:4], 0), **splits.sizes()})  # nothing evaluated
+            metrics.update({**dict.fromkeys(EVAL_SIZE_KEYS, 0), **splits.sizes()})  # nothing evaluated
             metrics.update(status="diverged", reason=f"non-finite loss at step {int(bad[0]) + 1}")
         else:
             stats = mining_stats(embeddings.detach(), y_train[batch], margin)
