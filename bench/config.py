@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     # evaluation protocol (bench/protocol.py): `seen` = k-NN classification of held-out images of the training
     # classes; `unseen` = leave-one-out retrieval on the classes that training never sees
     "protocol": "seen",
+    # seen: the class-stratified validation part of the training split; unseen: no effect (all the held-out
+    # classes' training images are the validation set)
     "val_fraction": 0.1,
     # batches
     "sampler": "pk",
@@ -45,8 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "lr_reference_batch": 256,
     # numerics: auto = bf16 autocast on CUDA and on CPUs with native bf16, fp32 otherwise (bench/precision.py)
     "precision": "auto",
-    # evaluation sizes: 0 = the whole split, None = the device's default (bench.trial.CPU_EVAL on the CPU,
-    # the whole split on CUDA)
+    # evaluation sizes of the checkpoints before the last (the last evaluates everything): 0 = the whole set,
+    # None = the device's default (bench.protocol.intermediate_sizes: budget-scaled on the CPU, all on CUDA)
     "eval_gallery": None,
     "eval_queries": None,
     "train_subset": 0,
@@ -78,6 +80,18 @@ METRICS = (
     "samples_seen",
     "elapsed_seconds",
     "status",
+    # evaluation protocol (bench/protocol.py): validation metrics, evaluation sizes used, split sizes
+    "val_knn_accuracy",
+    "val_precision_at_1",
+    "val_map_at_r",
+    "val_gallery_size",
+    "val_queries_size",
+    "test_gallery_size",
+    "test_queries_size",
+    "train_size",
+    "val_size",
+    "test_size",
+    "n_train_classes",
 )
 
 # Trial outcomes. The trial itself reports the first three; the grid runner adds the last two.

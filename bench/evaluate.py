@@ -1,14 +1,21 @@
 """Exact, chunked nearest-neighbour retrieval metrics in torch, on the embeddings' device.
 
-The gallery (train-set embeddings) is searched for each query (test-set embedding) by Euclidean
-distance. Neighbours at equal distance come in an unspecified order.
-- knn_accuracy: the majority label of the k = 5 nearest gallery items; a tie between labels goes to
-  the smallest label, as in scikit-learn's KNeighborsClassifier(n_neighbors=5).
-- precision_at_1: the fraction of queries whose nearest gallery item has their label.
+Two searches, by Euclidean distance:
+- gallery → queries: each query [Q, D] searches the whole gallery [G, D] (the `seen` protocol's k-NN
+  classification: training images as gallery, validation or test images as queries);
+- leave-one-out (queries=None): each item of the set [G, D] searches the rest of the set, its own image
+  excluded from its neighbours and from R (the `unseen` protocol's retrieval within a set, as in
+  pytorch-metric-learning's AccuracyCalculator with the reference equal to the query set).
+Neighbours at equal distance come in an unspecified order.
+- knn_accuracy: the majority label of the k = 5 nearest items; a tie between labels goes to the tied
+  label with the nearest neighbour (scikit-learn's KNeighborsClassifier gives the smallest label instead).
+- precision_at_1: the fraction of queries whose nearest item has their label.
 - map_at_r (Musgrave et al. 2020, "A Metric Learning Reality Check"): per query, with R = the number of
-  gallery items with its label, (1/R) Σ_{i ≤ R} P(i)·rel(i), where rel(i) says whether the i-th
-  neighbour has the query's label and P(i) is the precision of the first i; averaged over the queries
-  whose label occurs in the gallery (NaN when none does).
+  searched items with its label (self excluded), (1/R) Σ_{i ≤ R} P(i)·rel(i), where rel(i) says whether
+  the i-th neighbour has the query's label and P(i) is the precision of the first i; averaged over the
+  queries with R > 0 (NaN when there is none). knn_accuracy and precision_at_1 count every query: one
+  whose label no searched item has is a miss (pytorch-metric-learning leaves it out of those too).
+The distances are computed in float32 (float64 for float64 inputs), CHUNK_ELEMENTS at a time.
 """
 
 from __future__ import annotations
@@ -21,16 +28,26 @@ from torch import Tensor
 CHUNK_ELEMENTS = 1 << 24  # distances held at once: 64 MiB in float32
 
 
-def _nearest(gallery: Tensor, queries: Tensor, depths: Tensor) -> Iterator[tuple[slice, Tensor]]:
-    """Per chunk of queries: its slice and the gallery indices [q, max depth] ordered nearest first."""
+def _nearest(
+    gallery: Tensor, queries: Tensor | None, depths: Tensor
+) -> Iterator[tuple[slice, Tensor]]:
+    """Per chunk of queries: its slice and the gallery indices [q, max depth] ordered nearest first.
+
+    queries=None searches the gallery for its own items, each item's own index excluded.
+    """
     dtype = torch.promote_types(gallery.dtype, torch.float32)
     gallery = gallery.to(dtype)
     gallery_sq = (gallery * gallery).sum(dim=1)
+    n_queries = len(gallery) if queries is None else len(queries)
     rows = max(1, CHUNK_ELEMENTS // max(len(gallery), 1))
-    for start in range(0, len(queries), rows):
-        part = slice(start, start + rows)
+    for start in range(0, n_queries, rows):
+        part = slice(start, min(start + rows, n_queries))
         depth = int(depths[part].max())
-        distances = gallery_sq - 2 * queries[part].to(dtype) @ gallery.T  # ‖q‖² is the same along a row
+        chunk = gallery[part] if queries is None else queries[part].to(dtype)
+        distances = gallery_sq - 2 * chunk @ gallery.T  # ‖q‖² is the same along a row
+        if queries is None:
+            own = torch.arange(part.stop - start, device=distances.device)
+            distances[own, own + start] = torch.inf
         yield part, distances.topk(depth, dim=1, largest=False, sorted=True).indices
 
 
@@ -40,19 +57,39 @@ def _label_positions(classes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return positions, classes[positions] == labels
 
 
+def knn_vote(neighbour_class: Tensor, n_classes: int) -> Tensor:
+    """Predicted class [Q] from neighbour classes [Q, k] (nearest first): most votes, ties to the nearest."""
+    k = neighbour_class.shape[1]
+    votes = torch.nn.functional.one_hot(neighbour_class, n_classes).sum(dim=1)
+    first = torch.full_like(votes, k)  # rank of each class's nearest neighbour (k: none among the k)
+    for rank in reversed(range(k)):  # nearer ranks written last: they win
+        first.scatter_(1, neighbour_class[:, rank, None], rank)
+    return (votes * (k + 1) + (k - first)).argmax(dim=1)  # votes first; then the nearer first neighbour
+
+
 def retrieval_metrics(
-    gallery: Tensor, gallery_labels: Tensor, queries: Tensor, query_labels: Tensor, k: int = 5
+    gallery: Tensor, gallery_labels: Tensor, queries: Tensor | None = None, query_labels: Tensor | None = None,
+    k: int = 5,
 ) -> dict[str, float]:
-    """knn_accuracy, precision_at_1 and map_at_r of queries [Q, D] against gallery [G, D], in one pass."""
+    """knn_accuracy, precision_at_1 and map_at_r of queries [Q, D] against gallery [G, D], in one pass.
+
+    queries=None (and query_labels=None): leave-one-out within the gallery, each item its own query.
+    """
+    leave_one_out = queries is None
+    if leave_one_out != (query_labels is None):
+        raise ValueError("pass queries and query_labels together, or neither (leave-one-out)")
+    if len(gallery) <= leave_one_out:
+        raise ValueError(f"a leave-one-out search needs at least 2 items, got {len(gallery)}")
+    query_labels = gallery_labels if query_labels is None else query_labels
     classes, gallery_class = torch.unique(gallery_labels, return_inverse=True)
     positions, known = _label_positions(classes, query_labels)
-    relevant = torch.where(known, torch.bincount(gallery_class, minlength=len(classes))[positions], 0)
-    k = min(k, len(gallery))
+    counts = torch.bincount(gallery_class, minlength=len(classes))
+    relevant = torch.where(known, counts[positions] - int(leave_one_out), 0)
+    k = min(k, len(gallery) - int(leave_one_out))
     depths = relevant.clamp(min=k)
-    correct_knn, correct_first, ap_sum = torch.zeros(3, dtype=torch.float64, device=queries.device)
+    correct_knn, correct_first, ap_sum = torch.zeros(3, dtype=torch.float64, device=gallery.device)
     for part, nearest in _nearest(gallery, queries, depths):
-        votes = torch.nn.functional.one_hot(gallery_class[nearest[:, :k]], len(classes)).sum(dim=1)
-        predicted = classes[votes.argmax(dim=1)]  # argmax takes the first maximum: the smallest label
+        predicted = classes[knn_vote(gallery_class[nearest[:, :k]], len(classes))]
         correct_knn += (predicted == query_labels[part]).sum()
         hits = gallery_labels[nearest] == query_labels[part, None]
         correct_first += hits[:, 0].sum()
@@ -61,11 +98,11 @@ def retrieval_metrics(
         precision = hits.cumsum(dim=1, dtype=torch.float64) / rank
         ap = (precision * (hits & within_r)).sum(dim=1) / relevant[part].clamp(min=1)
         ap_sum += ap.sum()
-    n_known = int(known.sum())
+    n_queries, n_relevant = len(query_labels), int((relevant > 0).sum())
     return {
-        "knn_accuracy": float(correct_knn) / len(queries),
-        "precision_at_1": float(correct_first) / len(queries),
-        "map_at_r": float(ap_sum) / n_known if n_known else float("nan"),
+        "knn_accuracy": float(correct_knn) / n_queries,
+        "precision_at_1": float(correct_first) / n_queries,
+        "map_at_r": float(ap_sum) / n_relevant if n_relevant else float("nan"),
     }
 
 

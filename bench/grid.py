@@ -403,6 +403,30 @@ def ray_failure(ctx: Context, point: dict[str, Any], error: BaseException) -> No
               flush=True)
 
 
+def record_baselines(ctx: Context, points: list[dict[str, Any]]) -> None:
+    """Write records/baseline-<id>.json for each of the grid's baselines not recorded yet (bench.baselines).
+
+    A protocol that cannot split the data (ConfigError) stops the grid here, before any trial (GridError).
+    """
+    from bench.baselines import baseline_records
+    from bench.config import ConfigError
+    from bench.data import DataError
+
+    configs = [trial_config(ctx, point) for point in points]
+    try:
+        for record in baseline_records(configs, ctx.data_dir, recorded=lambda bid: _record_path(ctx, bid).is_file()):
+            record = {**record, "experiment": ctx.experiment, "preset": ctx.grid.preset,
+                      "provenance": {**record["provenance"], "command": ctx.command}}
+            write_json(_record_path(ctx, record["trial_id"]), record)
+            final, config = record["final"], record["config"]
+            print(f"baseline {record['baseline']} {config['dataset']} {config['protocol']}"
+                  + (f" seed {config['seed']}" if config["seed"] is not None else "")
+                  + f": val MAP@R {final['val_map_at_r']:.4f}, test MAP@R {final['map_at_r']:.4f}, "
+                  f"test k-NN {final['knn_accuracy']:.4f}", flush=True)
+    except (ConfigError, DataError) as err:
+        raise GridError(str(err)) from None
+
+
 def check_data(datasets: list[str], data_dir: str) -> None:
     """Load each data set once, so that missing or corrupt data stops the grid before any trial (GridError)."""
     from bench.data import DataError, load_dataset
@@ -500,6 +524,8 @@ def run_grid(
     progress = Progress(ctx, points)
     print(f"grid {experiment} ({grid.preset}): {len(points)} trials, {len(progress.done)} already recorded; "
           f"backend {backend}; results in {experiment_dir}", flush=True)
+    if trial_fn is run_trial:  # baselines are evaluated as bench.trial evaluates; a substituted trial has none
+        record_baselines(ctx, points)
     if backend == "local":
         run_local(ctx, points, trial_fn, progress)
     else:

@@ -8,18 +8,21 @@ augments (CIFAR-10) and normalises it there. Training runs ⌈budget_samples / b
 fewer when `budget_seconds` of training time (evaluation excluded) run out first, and is evaluated at
 `checkpoints` evenly spaced steps, the last one included.
 
-Per checkpoint (see bench.config.METRICS): k-NN metrics of the eval queries (test set) against the
-eval gallery (train set), both fixed subsets drawn with a seed of their own, so that every trial sees
-the same ones; `loss` is the mean training loss since the previous checkpoint; the mining
-statistics are those of the last training batch; `samples_per_second` counts training steps only;
+The data is split by bench.protocol (config `protocol`, `val_fraction`): training never sees the
+validation or test images. Per checkpoint (see bench.config.METRICS): the validation metrics (val_*) and
+the test metrics of bench.protocol.evaluate, with the gallery and query sizes used and the split sizes.
+The last checkpoint evaluates the whole validation and test sets against the whole gallery; earlier ones
+use fixed subsets (bench.protocol.intermediate_sizes: `eval_gallery`, `eval_queries`, or by default the
+whole sets on CUDA and budget-scaled subsets on the CPU). Evaluation embeds under the trial's precision
+(bf16 autocast where bench.precision resolves it so), and the searched embeddings are float32.
+`loss` is the mean training loss since the previous checkpoint; the mining statistics are those of the
+last training batch; `samples_per_second` counts training steps only;
 `elapsed_seconds` is the wall time since the trial started. Status:
 - `diverged`: a training loss is not finite. Losses stay on the device and are inspected every
   CHECK_EVERY steps; the trial stops there, and `reason` names the first non-finite step.
-- `collapsed`: the eval queries' RMS distance to their centroid is below COLLAPSE_SPREAD times their
+- `collapsed`: the test queries' RMS distance to their centroid is below COLLAPSE_SPREAD times their
   RMS norm (with L2-normalised outputs: below 0.01), i.e. the embeddings have shrunk to a point.
 - `ok` otherwise.
-Eval sizes of None mean the device's default: everything on CUDA, CPU_EVAL on the CPU (a full MNIST
-evaluation embeds all 70k images at every checkpoint, which would dominate a short CPU trial).
 On CPU the trial runs with torch.use_deterministic_algorithms, so a seed fixes every metric but the
 timings; on CUDA it uses bf16 autocast, cudnn.benchmark and fused optimisers. Tensors are channels_last
 (faster on CPU as well).
@@ -45,18 +48,17 @@ from torch import Tensor
 
 from bench.cli import Parser
 from bench.config import DATASETS, SAMPLERS, ConfigError, resolve
-from bench.data import DataError, augment, channel_stats, load_dataset, normalize
-from bench.evaluate import retrieval_metrics
+from bench.data import DataError, augment, channel_stats, normalize
 from bench.models import build_model, build_optimizer, model_settings
+from bench.precision import autocast, resolve_precision
+from bench.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
 from bench.sampling import make_batches
 from bench.synthetic import write_synthetic
 from losses import LOSSES, mining_stats
 
-CPU_EVAL = {"eval_gallery": 10_000, "eval_queries": 0}  # 10k train images as gallery, the whole test set
 CHECK_EVERY = 50
 COLLAPSE_SPREAD = 0.01
 EVAL_BATCH = 1024
-SUBSET_SEED = 20170310  # fixed, so that eval and train subsets are the same in every trial
 SAVED_EMBEDDINGS = 1000
 REQUIRED = ("dataset", "loss", "margin", "batch_size", "budget_samples")
 SMOKE = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 32, "budget_samples": 256,
@@ -86,23 +88,15 @@ def checkpoint_steps(steps: int, checkpoints: int) -> list[int]:
     return sorted({max(1, (steps * i + checkpoints // 2) // checkpoints) for i in range(1, checkpoints + 1)})
 
 
-def fixed_subset(n: int, size: int) -> Tensor:
-    """Sorted indices of `size` of range(n) drawn with SUBSET_SEED (all of them when size is 0 or ≥ n)."""
-    if not size or size >= n:
-        return torch.arange(n)
-    generator = torch.Generator().manual_seed(SUBSET_SEED)
-    return torch.randperm(n, generator=generator)[:size].sort().values
-
-
-def embed(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Embeddings [N, D] float32 of uint8 images [N, C, H, W], in eval mode and batches of EVAL_BATCH."""
+def embed(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor, precision: str = "fp32") -> Tensor:
+    """Embeddings [N, D] float32 of uint8 images [N, C, H, W], in eval mode and batches of EVAL_BATCH,
+    the forward pass under `precision` ('fp32' | 'bf16' autocast, bench.precision)."""
     model.eval()
-    cuda = images.device.type == "cuda"
     parts = []
-    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+    with torch.inference_mode(), autocast(precision, images.device):
         for start in range(0, len(images), EVAL_BATCH):
             x = normalize(images[start:start + EVAL_BATCH], mean, std)
-            parts.append(model(x.contiguous(memory_format=torch.channels_last)))
+            parts.append(model(x.contiguous(memory_format=torch.channels_last)).float())
     model.train()
     return torch.cat(parts)
 
@@ -164,13 +158,10 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
     if cuda:
         torch.backends.cudnn.benchmark = True
     reset_peak_memory(device)
-    x_train, y_train, x_test, y_test = load_dataset(cfg["dataset"], cfg["data_dir"], device)
-    if 0 < int(cfg["train_subset"]) < len(x_train):
-        train = fixed_subset(len(x_train), int(cfg["train_subset"])).to(device)
-        x_train, y_train = x_train[train], y_train[train]
-    eval_sizes = {key: CPU_EVAL[key] if cfg[key] is None and not cuda else int(cfg[key] or 0) for key in CPU_EVAL}
-    gallery = fixed_subset(len(x_train), eval_sizes["eval_gallery"]).to(device)
-    queries = fixed_subset(len(x_test), eval_sizes["eval_queries"]).to(device)
+    splits = load_splits(cfg, device)
+    x_train, y_train = splits.x_train, splits.y_train
+    eval_sizes = intermediate_sizes(cfg, device)
+    eval_precision = resolve_precision(cfg["precision"], device)
     mean, std = channel_stats(x_train)
 
     seed, batch_size, margin = int(cfg["seed"]), int(cfg["batch_size"]), float(cfg["margin"])
@@ -226,16 +217,17 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
         }
         previous = step
         if len(bad):
-            metrics.update(dict.fromkeys((*MINING_KEYS, "knn_accuracy", "precision_at_1", "map_at_r"), math.nan))
+            metrics.update(dict.fromkeys((*MINING_KEYS, *EVAL_METRICS), math.nan))
+            metrics.update({**dict.fromkeys(EVAL_SIZE_KEYS, 0), **splits.sizes()})  # nothing evaluated
             metrics.update(status="diverged", reason=f"non-finite loss at step {int(bad[0]) + 1}")
         else:
             stats = mining_stats(embeddings.detach(), y_train[batch], margin)
             metrics.update({key: stats[key] for key in MINING_KEYS})
-            query_embeddings = embed(model, x_test[queries], mean, std)
-            metrics.update(retrieval_metrics(
-                embed(model, x_train[gallery], mean, std), y_train[gallery], query_embeddings, y_test[queries],
-            ))
-            metrics["status"] = "collapsed" if spread(query_embeddings) < COLLAPSE_SPREAD else "ok"
+            last = out_of_time or step == steps  # the last checkpoint evaluates the whole sets
+            evaluation, embedded = evaluate(lambda images: embed(model, images, mean, std, eval_precision),
+                                            splits, *((0, 0) if last else eval_sizes))
+            metrics.update(evaluation)
+            metrics["status"] = "collapsed" if spread(embedded["test"]) < COLLAPSE_SPREAD else "ok"
         metrics["peak_memory_mib"] = peak_memory_mib(device)
         metrics["elapsed_seconds"] = time.perf_counter() - started
         report(metrics)
@@ -248,8 +240,8 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
             path,
-            embeddings=query_embeddings[:SAVED_EMBEDDINGS].cpu().numpy().astype(np.float16),
-            labels=y_test[queries][:SAVED_EMBEDDINGS].cpu().numpy(),
+            embeddings=embedded["test"][:SAVED_EMBEDDINGS].cpu().numpy().astype(np.float16),
+            labels=splits.y_test[:SAVED_EMBEDDINGS].cpu().numpy(),  # the last evaluation embeds the whole test set
         )
     return metrics
 
@@ -271,13 +263,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-normalize", dest="normalize", action="store_false", default=None)
     p.add_argument("--optimizer", help="adam, adamw or sgd (default: the dataset's, see bench/models.py)")
     p.add_argument("--lr", type=float, help="default: the dataset's, see bench/models.py")
-    p.add_argument("--eval-gallery", type=int, help="train images searched (0 = all; default: all on CUDA, "
-                   f"{CPU_EVAL['eval_gallery']} on CPU)")
-    p.add_argument("--eval-queries", type=int, help="test images queried (0 = all, the default)")
+    p.add_argument("--protocol", help="seen (k-NN classification, the default) or unseen (held-out classes)")
+    p.add_argument("--val-fraction", type=float, help="validation part of each class's training images "
+                   "(default 0.1; seen only)")
+    p.add_argument("--eval-gallery", type=int, help="gallery images (unseen: images per searched set) at the "
+                   "checkpoints before the last (0 = all; default: all on CUDA, budget-scaled on CPU)")
+    p.add_argument("--eval-queries", type=int, help="validation and test queries at the checkpoints before the "
+                   "last (0 = all; default as --eval-gallery); the last checkpoint evaluates everything")
     p.add_argument("--train-subset", type=int, help="train on a fixed subset of this size (0 = all)")
     p.add_argument("--data-dir", help="default datasets/")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--save-embeddings", help="write ≤1000 test embeddings and labels to this .npz")
+    p.add_argument("--save-embeddings", help="write the first ≤1000 test embeddings and labels to this .npz")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line on stdout")
     p.add_argument("--smoke", action="store_true", help="a few steps on generated data in a temporary folder "
                    f"(ignores --data-dir); other flags override {SMOKE}")

@@ -1,4 +1,5 @@
-"""k-NN accuracy, precision@1 and MAP@R against scikit-learn, pytorch-metric-learning and brute force."""
+"""k-NN accuracy, precision@1 and MAP@R against scikit-learn, pytorch-metric-learning and brute force,
+gallery → queries and leave-one-out."""
 
 from __future__ import annotations
 
@@ -40,6 +41,16 @@ def brute_map_at_r(gallery: torch.Tensor, gl: torch.Tensor, queries: torch.Tenso
     return float(np.mean(values))
 
 
+def nearest_first(distances: np.ndarray) -> np.ndarray:
+    """scikit-learn vote weights [Q, k] for the tie rule: 1 each, plus a bonus 1e-3 · 2^-rank that only
+    decides between labels with equal votes, in favour of the label with the nearest neighbour."""
+    return 1 + 1e-3 * 0.5 ** np.arange(distances.shape[1])[None, :].repeat(len(distances), axis=0)
+
+
+def sklearn_knn(k: int, weighted: bool = True) -> KNeighborsClassifier:
+    return KNeighborsClassifier(n_neighbors=k, weights=nearest_first if weighted else "uniform")
+
+
 @pytest.fixture(params=[False, True], ids=["one-chunk", "many-chunks"])
 def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.param:
@@ -49,23 +60,37 @@ def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("seed", range(4))
 def test_knn_accuracy_matches_sklearn(seed: int, chunking: None) -> None:
     g, gl, q, ql = random_set(seed, 300, 200, 6, 4)
-    sk = KNeighborsClassifier(n_neighbors=5).fit(g.numpy(), gl.numpy()).predict(q.numpy())
+    sk = sklearn_knn(5).fit(g.numpy(), gl.numpy()).predict(q.numpy())
     expected = float((sk == ql.numpy()).mean())
     assert 0.3 < expected < 0.9  # neighbours disagree often enough for votes to tie
     assert knn_accuracy(g, gl, q, ql) == expected
+    plain = sklearn_knn(5, weighted=False).fit(g.numpy(), gl.numpy()).predict(q.numpy())
+    assert (plain != sk).any()  # some votes tie, and the tie rule decides them
     for k in (1, 3, 4):
-        sk = KNeighborsClassifier(n_neighbors=k).fit(g.numpy(), gl.numpy()).predict(q.numpy())
+        sk = sklearn_knn(k).fit(g.numpy(), gl.numpy()).predict(q.numpy())
         assert knn_accuracy(g, gl, q, ql, k) == float((sk == ql.numpy()).mean())
 
 
-def test_knn_vote_tie_goes_to_the_smallest_label() -> None:
+@pytest.mark.parametrize("seed", range(2))
+def test_leave_one_out_knn_matches_sklearn(seed: int, chunking: None) -> None:
+    g, gl, _, _ = random_set(seed, 300, 0, 6, 4)
+    sk = sklearn_knn(5).fit(g.numpy(), gl.numpy()).predict(None)  # X=None: no point is its own neighbour
+    expected = float((sk == gl.numpy()).mean())
+    assert 0.3 < expected < 0.9
+    assert retrieval_metrics(g, gl)["knn_accuracy"] == expected
+
+
+def test_knn_vote_tie_goes_to_the_label_with_the_nearest_neighbour() -> None:
     gallery = torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0], [50.0]])
-    gallery_labels = torch.tensor([9, 9, 4, 4, 7, 1])  # the 5 nearest of 0: two 9s, two 4s, one 7
     query = torch.zeros(1, 1)
-    assert knn_accuracy(gallery, gallery_labels, query, torch.tensor([4])) == 1.0
-    assert knn_accuracy(gallery, gallery_labels, query, torch.tensor([9])) == 0.0
-    sk = KNeighborsClassifier(n_neighbors=5).fit(gallery.numpy(), gallery_labels.numpy())
-    assert sk.predict(query.numpy()).tolist() == [4]
+    for labels, winner in (([9, 9, 4, 4, 7, 1], 9), ([4, 9, 9, 4, 7, 1], 4), ([7, 4, 4, 9, 9, 1], 4)):
+        gallery_labels = torch.tensor(labels)  # the 5 nearest of 0: two and two of two labels, one of another
+        for label in set(labels):
+            expected = float(label == winner)
+            assert knn_accuracy(gallery, gallery_labels, query, torch.tensor([label])) == expected, (labels, label)
+        assert sklearn_knn(5).fit(gallery.numpy(), gallery_labels.numpy()).predict(query.numpy()).tolist() == [winner]
+    plain = sklearn_knn(5, weighted=False).fit(gallery.numpy(), torch.tensor([9, 9, 4, 4, 7, 1]).numpy())
+    assert plain.predict(query.numpy()).tolist() == [4]  # scikit-learn's own rule: the smallest label
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -84,6 +109,51 @@ def test_map_at_r_matches_brute_force_and_pytorch_metric_learning(seed: int, chu
     calculator = AccuracyCalculator(include=("mean_average_precision_at_r",), knn_func=knn)
     pml = calculator.get_accuracy(q.float(), ql, g.float(), gl)["mean_average_precision_at_r"]
     assert ours == pytest.approx(pml, abs=1e-6)
+
+
+def brute_leave_one_out(points: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """P@1 and MAP@R of each item against the others, one query at a time, from the definition."""
+    first, aps = [], []
+    for i in range(len(points)):
+        others = torch.arange(len(points)) != i
+        order = torch.cdist(points[i:i + 1], points[others])[0].argsort()
+        hits = (labels[others][order] == labels[i]).double()
+        first.append(float(hits[0]))
+        r = int(hits.sum())
+        if r:
+            aps.append(float((hits[:r].cumsum(0) / torch.arange(1, r + 1) * hits[:r]).sum() / r))
+    return {"precision_at_1": float(np.mean(first)), "map_at_r": float(np.mean(aps))}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_leave_one_out_matches_brute_force_and_pytorch_metric_learning(seed: int, chunking: None) -> None:
+    points, labels, _, _ = random_set(seed, 260, 0, 5, 6)
+    labels[0] = 99  # a class of one: no relevant item, so left out of MAP@R
+    ours = retrieval_metrics(points, labels)
+    reference = brute_leave_one_out(points, labels)
+    assert ours["precision_at_1"] == reference["precision_at_1"]
+    assert ours["map_at_r"] == pytest.approx(reference["map_at_r"], abs=1e-12)
+    knn = CustomKNN(LpDistance(normalize_embeddings=False))
+    calculator = AccuracyCalculator(include=("mean_average_precision_at_r", "precision_at_1"), knn_func=knn)
+    pml = calculator.get_accuracy(points.float(), labels)  # no reference: the query set, each query excluded
+    assert ours["map_at_r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
+    # pml leaves the lone query out of P@1 too; here it counts, as a miss
+    assert ours["precision_at_1"] * len(labels) == pytest.approx(pml["precision_at_1"] * (len(labels) - 1), abs=1e-4)
+
+
+def test_leave_one_out_never_counts_the_query_itself() -> None:
+    # each item's nearest other item has the other label; itself (at distance 0) would have its own
+    points = torch.tensor([[0.0], [0.1], [10.0], [10.1]])
+    labels = torch.tensor([0, 1, 0, 1])
+    assert retrieval_metrics(points, labels, k=1) == {"knn_accuracy": 0.0, "precision_at_1": 0.0, "map_at_r": 0.0}
+    assert retrieval_metrics(points, labels, points, labels, k=1)["precision_at_1"] == 1.0  # with itself
+    # R excludes the query: R = 1 for every item, and the one same-label item is 2nd → AP = 0
+    duplicates = retrieval_metrics(torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]))  # all at one point
+    assert duplicates["knn_accuracy"] in (0.0, 1 / 4, 2 / 4, 3 / 4, 1.0)  # any order of equal distances
+    with pytest.raises(ValueError, match="at least 2 items"):
+        retrieval_metrics(points[:1], labels[:1])
+    with pytest.raises(ValueError, match="together"):
+        retrieval_metrics(points, labels, points)
 
 
 def test_map_at_r_on_a_hand_example() -> None:

@@ -118,8 +118,10 @@ def test_smoke_preset_through_ray_with_real_trials(
     spec = json.loads((folder / "grid.json").read_text())
     assert spec == {"preset": "smoke", "experiment": "smoke", "axes": grid.axes, "fixed": grid.fixed,
                     "per_dataset": grid.per_dataset}
-    found = records(folder)
+    found = {tid: record for tid, record in records(folder).items() if not tid.startswith("baseline-")}
     assert set(found) == {trial_id(grid.config(p)) for p in grid.points()}
+    baselines = [record["baseline"] for tid, record in records(folder).items() if tid.startswith("baseline-")]
+    assert sorted(baselines) == ["pixels", "pixels", "untrained", "untrained"]  # per data set (one seed)
     for tid, record in found.items():
         assert set(record) == RECORD_KEYS and record["trial_id"] == tid
         assert record["status"] in ("ok", "collapsed") and record["reason"] is None, record

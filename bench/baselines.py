@@ -1,0 +1,101 @@
+"""Reference rows evaluated exactly like a trial's final checkpoint: raw pixels and the untrained network.
+
+- `pixels`: each image's raw values (0..255), flattened and L2-normalised, as its embedding.
+- `untrained`: the trial's network before its first update (seeded and built as bench.trial builds it),
+  embedding under the trial's precision, as the trial's evaluation does.
+Both go through bench.protocol.evaluate on the whole validation and test sets against the whole gallery
+(sizes 0), so that they report the same metric and size names as a trial's checkpoint. A baseline config
+holds what its numbers depend on: the data keys for pixels, and also the network keys for untrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bench.config import resolve
+from bench.data import channel_stats
+from bench.models import build_model, model_settings
+from bench.precision import resolve_precision
+from bench.protocol import Splits, evaluate, load_splits
+from bench.provenance import provenance
+from bench.trial import EVAL_BATCH, embed, pick_device
+
+BASELINES = ("pixels", "untrained")
+DATA_KEYS = ("dataset", "protocol", "val_fraction", "train_subset")  # what both baselines depend on
+NET_KEYS = ("seed", "model", "embedding_dim", "normalize", "precision")  # what only the untrained net depends on
+
+
+def pixel_embeddings(images: Tensor) -> Tensor:
+    """Flattened, L2-normalised raw pixel values [N, C·H·W] float32 of uint8 images [N, C, H, W]."""
+    parts = [torch.nn.functional.normalize(images[start:start + EVAL_BATCH].flatten(1).float(), dim=1)
+             for start in range(0, len(images), EVAL_BATCH)]
+    return torch.cat(parts)
+
+
+def untrained_embedder(cfg: dict[str, Any], splits: Splits, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """The embedding function of the trial's network for resolved config `cfg` before its first update."""
+    settings = model_settings(cfg)
+    mean, std = channel_stats(splits.x_train)
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(cfg["dataset"], tuple(splits.x_train.shape[1:]), int(settings["embedding_dim"]),
+                        cfg["normalize"])
+    model = model.to(device, memory_format=torch.channels_last)
+    precision = resolve_precision(cfg["precision"], device)
+    return lambda images: embed(model, images, mean, std, precision)
+
+
+def baseline_config(baseline: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The identity of one baseline of a trial config: {"baseline", DATA_KEYS, NET_KEYS (None for pixels),
+    "eval_gallery": 0, "eval_queries": 0} (0: the whole sets)."""
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+    cfg = resolve({key: value for key, value in config.items() if key != "baseline"})
+    return {"baseline": baseline, **{key: cfg[key] for key in DATA_KEYS},
+            **{key: cfg[key] if baseline == "untrained" else None for key in NET_KEYS},
+            "eval_gallery": 0, "eval_queries": 0}
+
+
+def baseline_id(config: dict[str, Any]) -> str:
+    """'baseline-' and 12 hex characters of the sha1 of a baseline config as canonical JSON."""
+    return "baseline-" + hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_baseline(config: dict[str, Any], data_dir: str, device: str = "auto") -> dict[str, Any]:
+    """The final-checkpoint metrics and sizes (bench.protocol.evaluate) of one baseline config."""
+    keys = (*DATA_KEYS, *(NET_KEYS if config["baseline"] == "untrained" else ()))
+    cfg = resolve({**{key: config[key] for key in keys}, "data_dir": data_dir, "device": device})
+    where = pick_device(cfg["device"])
+    splits = load_splits(cfg, where)
+    embedder = pixel_embeddings if config["baseline"] == "pixels" else untrained_embedder(cfg, splits, where)
+    return evaluate(embedder, splits)[0]
+
+
+def baseline_configs(configs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct baseline configs of trial configs, in first-seen order: pixels per data set, protocol
+    and split; untrained also per seed and network."""
+    out: list[dict[str, Any]] = []
+    for config in configs:
+        out += [b for name in BASELINES if (b := baseline_config(name, config)) not in out]
+    return out
+
+
+def baseline_records(
+    configs: Iterable[dict[str, Any]], data_dir: str, device: str = "auto",
+    recorded: Callable[[str], bool] = lambda baseline_id: False,
+) -> Iterator[dict[str, Any]]:
+    """Per baseline of the trial configs not `recorded` yet (by id): its record, run now (the grid adds
+    experiment, preset, the command and the data fingerprint)."""
+    for config in baseline_configs(configs):
+        bid = baseline_id(config)
+        if recorded(bid):
+            continue
+        final = run_baseline(config, data_dir, device)
+        yield {"kind": "baseline", "baseline": config["baseline"], "trial_id": bid, "config": config,
+               "status": "ok", "reason": None, "final": final, "history": [final],
+               "provenance": provenance(pick_device(device))}

@@ -1,0 +1,105 @@
+"""Baselines: known answers on generated data, one config per data set × protocol (× seed), grid records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.baselines import BASELINES, baseline_config, baseline_configs, baseline_id, pixel_embeddings, run_baseline
+from bench.config import METRICS
+from bench.grid import Context, Grid, GridError, record_baselines
+from bench.protocol import EVAL_METRICS
+from bench.synthetic import synthetic_split, write_synthetic
+
+RECORD_KEYS = {"kind", "baseline", "trial_id", "experiment", "preset", "config", "status", "reason", "final",
+               "history", "provenance"}
+
+
+def test_pixel_embeddings_are_flat_unit_rows() -> None:
+    images = torch.randint(0, 256, (3000, 1, 5, 4), dtype=torch.uint8)
+    embedded = pixel_embeddings(images)
+    assert embedded.shape == (3000, 20) and embedded.dtype == torch.float32
+    torch.testing.assert_close(embedded, torch.nn.functional.normalize(images.flatten(1).double(), dim=1).float())
+
+
+@pytest.mark.parametrize("protocol", ["seen", "unseen"])
+def test_pixels_separate_well_separated_clusters_perfectly(tiny_data_dir: Path, protocol: str) -> None:
+    # bench.synthetic: class prototypes uniform in 0..255 per pixel, noise σ = 40: classes far apart in pixels
+    final = run_baseline(baseline_config("pixels", {"dataset": "mnist", "protocol": protocol}), str(tiny_data_dir),
+                         "cpu")
+    assert {key: final[key] for key in EVAL_METRICS} == dict.fromkeys(EVAL_METRICS, 1.0)
+    if protocol == "seen":  # the whole sets: 540 train (gallery), 60 validation, 200 test
+        assert (final["val_gallery_size"], final["val_queries_size"], final["test_queries_size"]) == (540, 60, 200)
+    else:  # held-out classes 5-9: their 300 training images, their 100 test images, each searched leave-one-out
+        assert (final["val_gallery_size"], final["val_queries_size"], final["test_gallery_size"]) == (300, 300, 100)
+    assert final["n_train_classes"] == (10 if protocol == "seen" else 5)
+
+
+def test_pixels_on_overlapping_clusters_fall_below_one(tmp_path: Path) -> None:
+    x_train, y_train = synthetic_split("mnist", 400, noise=1500.0, seed=1)  # noise ≫ the prototypes' spread
+    x_test, y_test = synthetic_split("mnist", 100, noise=1500.0, seed=2)
+    np.savez(tmp_path / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    final = run_baseline(baseline_config("pixels", {"dataset": "mnist"}), str(tmp_path), "cpu")
+    assert final["map_at_r"] < 0.9 and final["val_map_at_r"] < 0.9
+
+
+def test_untrained_net_is_the_trials_net_before_training(tiny_data_dir: Path) -> None:
+    config = {"dataset": "mnist", "protocol": "unseen", "seed": 3}
+    first = run_baseline(baseline_config("untrained", config), str(tiny_data_dir), "cpu")
+    assert first == run_baseline(baseline_config("untrained", config), str(tiny_data_dir), "cpu")
+    other = run_baseline(baseline_config("untrained", {**config, "seed": 4}), str(tiny_data_dir), "cpu")
+    assert other["map_at_r"] != first["map_at_r"]  # another seed, another net
+    assert 0 < first["map_at_r"] < 1 and set(EVAL_METRICS) <= set(first)
+
+
+def test_one_baseline_per_data_set_protocol_and_seed() -> None:
+    trials = [{"dataset": d, "protocol": p, "seed": s, "loss": loss, "margin": m}
+              for d in ("mnist", "cifar10") for p in ("seen", "unseen") for s in (0, 1)
+              for loss in ("batch-all", "batch-hard") for m in (0.1, 0.2)]
+    configs = baseline_configs(trials)
+    assert sum(c["baseline"] == "pixels" for c in configs) == 4  # data set × protocol
+    assert sum(c["baseline"] == "untrained" for c in configs) == 8  # × seed
+    assert all(c["seed"] is None and c["model"] is None for c in configs if c["baseline"] == "pixels")
+    ids = [baseline_id(c) for c in configs]
+    assert len(set(ids)) == 12 and all(i.startswith("baseline-") and len(i) == 21 for i in ids)
+    assert set(ids) == {baseline_id(c) for c in baseline_configs(trials[::-1])}  # ids do not depend on order
+    with pytest.raises(ValueError, match="unknown baseline 'noise'"):
+        baseline_config("noise", {})
+
+
+def context(tmp_path: Path, data_dir: Path, protocol: str = "seen") -> tuple[Context, list[dict]]:
+    grid = Grid("t", {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.2],
+                      "batch_size": [32], "seed": [0, 1]}, {"protocol": protocol, "budget_samples": 64}, {})
+    return Context(grid, "e", str(tmp_path / "e"), str(data_dir), "python -m bench.grid --preset t"), grid.points()
+
+
+def test_the_grid_records_each_baseline_once(tiny_data_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    ctx, points = context(tmp_path, tiny_data_dir)
+    record_baselines(ctx, points)
+    paths = sorted((tmp_path / "e" / "records").glob("baseline-*.json"))
+    records = [json.loads(path.read_text()) for path in paths]
+    assert sorted(r["baseline"] for r in records) == ["pixels", "untrained", "untrained"]  # seeds 0 and 1
+    for path, record in zip(paths, records, strict=True):
+        assert RECORD_KEYS <= set(record) and record["kind"] == "baseline" and record["baseline"] in BASELINES
+        assert record["trial_id"] == path.stem == baseline_id(record["config"]) and record["status"] == "ok"
+        assert record["history"] == [record["final"]] and record["experiment"] == "e" and record["preset"] == "t"
+        assert set(record["final"]) == set(METRICS[METRICS.index("val_knn_accuracy"):]) | {
+            "knn_accuracy", "precision_at_1", "map_at_r"}
+        assert record["provenance"]["command"] == ctx.command
+    assert capsys.readouterr().out.count("baseline ") == 3
+    mtimes = [path.stat().st_mtime_ns for path in paths]
+    record_baselines(ctx, points)  # already recorded: nothing runs, nothing is rewritten
+    assert [path.stat().st_mtime_ns for path in paths] == mtimes and capsys.readouterr().out == ""
+
+
+def test_a_protocol_the_data_cannot_take_stops_the_grid_in_one_line(tmp_path: Path) -> None:
+    write_synthetic(tmp_path / "three", n_classes=3)
+    ctx, points = context(tmp_path, tmp_path / "three", protocol="unseen")
+    with pytest.raises(GridError, match="protocol unseen needs at least 4 classes"):
+        record_baselines(ctx, points)
+    assert not list((tmp_path / "e").glob("**/*.json"))
