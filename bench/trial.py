@@ -140,8 +140,6 @@ def embed(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor) -> 
 
 def scaled_lr(lr: float, batch_size: int, rule: str, reference_batch: int) -> float:
     """lr × (batch_size / reference_batch) ** {none: 0, sqrt: 0.5, linear: 1}[rule]."""
-    if rule not in LR_EXPONENTS:
-        raise ConfigError(f"unknown lr_scaling {rule!r}; valid: {', '.join(LR_SCALINGS)}")
     return lr * (batch_size / reference_batch) ** LR_EXPONENTS[rule]
 
 
@@ -304,8 +302,9 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     resumed = time.perf_counter()
     while True:
         batch = plan[step]
+        x = batch_images(batch, augment_generator)
         with autocast(precision, device):
-            embeddings = model(batch_images(batch, augment_generator))
+            embeddings = model(x)
         embeddings = embeddings.float()  # the loss in fp32 whatever ran in the forward pass
         loss = loss_fn(embeddings, y_train[batch], margin, check_finite=False)
         optimizer.zero_grad(set_to_none=True)
