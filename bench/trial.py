@@ -43,6 +43,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import json
 import math
@@ -143,6 +146,16 @@ def scaled_lr(lr: float, batch_size: int, rule: str, reference_batch: int) -> fl
     return lr * (batch_size / reference_batch) ** LR_EXPONENTS[rule]
 
 
+def _release_free_memory() -> None:
+    """Collect Python's garbage and hand the C heap's free pages back to the OS (glibc's malloc_trim).
+
+    Otherwise memory that earlier work freed stays resident, and training reuses it without raising the RSS.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+
+
 def _rss_mib(field: str) -> float:
     """/proc/self/status `field` (VmRSS: resident now, VmHWM: resident peak) in MiB; ru_maxrss without /proc."""
     with contextlib.suppress(OSError, StopIteration):
@@ -158,13 +171,18 @@ class TrainingPeak:
       on the device, counts).
     - CPU (Linux): the process's peak RSS (VmHWM, reset to the current RSS at each start() through
       /proc/self/clear_refs) above its RSS when this object is made, once the data is loaded: neither the
-      dataset nor what earlier work in the process peaked at counts, only what training adds. Without /proc
+      dataset nor what earlier work in the process peaked at counts, only what the model, the optimiser and
+      training add. Free memory is handed back to the OS first (_release_free_memory), at the baseline and at
+      each start(), so that training's allocations are counted even where earlier work left freed pages
+      resident. Without /proc
       (macOS): the lifetime peak RSS above the lifetime peak at data load, which misses a training peak
       below an earlier one.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        if device.type != "cuda":
+            _release_free_memory()
         self.baseline = 0.0 if device.type == "cuda" else _rss_mib("VmRSS")
         self.peak = 0.0
 
@@ -173,6 +191,7 @@ class TrainingPeak:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        _release_free_memory()
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
 
