@@ -224,11 +224,13 @@ def test_an_unnormalised_net_shrinking_to_zero_is_pinned_then_collapsed(
     collapsed); once the outputs coincide, the information is gone (collapsed). The old spread rule saw neither."""
     original = bench.trial.build_model
     monkeypatch.setattr(bench.trial, "build_model", lambda *args, **kwargs: Shrinking(original(*args, **kwargs)))
-    final, reports = run(tiny(tiny_data_dir, normalize=False))
+    final, reports = run(tiny(
+        tiny_data_dir, normalize=False, batch_size=16, budget_samples=160, eval_gallery=100, eval_queries=50,
+    ))
     assert [r["step"] for r in reports] == [3, 5, 8, 10]
     assert all(r["pinned_at_margin"] for r in reports[1:])  # from 1e-6 of the first step's scale on
     assert [r["status"] for r in reports] == ["ok", "ok", "ok", "collapsed"]
-    assert reports[1]["loss"] == pytest.approx(0.2, rel=1e-3) and reports[1]["knn_accuracy"] > 0.9
+    assert reports[1]["loss"] == pytest.approx(0.2, rel=1e-3) and reports[1]["knn_accuracy"] > 0.5
     assert final["effective_rank"] == 0 and final["collapsed"]
 
 
