@@ -6,7 +6,13 @@
 The whole split lives on the device as uint8; each step gathers a batch from a precomputed index plan,
 augments (CIFAR-10) and normalises it there. Training runs ⌈budget_samples / batch_size⌉ steps, or
 fewer when `budget_seconds` of training time (evaluation excluded) run out first, and is evaluated at
-`checkpoints` evenly spaced steps, the last one included.
+`checkpoints` evenly spaced steps, the last one included. The lr is the configured one scaled by
+(batch_size / lr_reference_batch) ** {none: 0, sqrt: 0.5, linear: 1} (config `lr_scaling`). The forward pass
+runs under config `precision` (bench/precision.py: bf16 autocast or fp32); the loss is computed in fp32.
+
+Before the first update, the margin check (bench/diagnostics.py) embeds the first INITIAL_BATCHES planned
+batches, augmented exactly as training will augment them, in eval mode without gradients: nothing of the
+model, its BatchNorm statistics, the optimiser or the random streams of training changes.
 
 The data is split by bench.protocol (config `protocol`, `val_fraction`): training never sees the
 validation or test images. Per checkpoint (see bench.config.METRICS): the validation metrics (val_*) and
@@ -16,25 +22,41 @@ use fixed subsets (bench.protocol.intermediate_sizes: `eval_gallery`, `eval_quer
 whole sets on CUDA and budget-scaled subsets on the CPU). Evaluation embeds under the trial's precision
 (bf16 autocast where bench.precision resolves it so), and the searched embeddings are float32.
 `loss` is the mean training loss since the previous checkpoint; the mining statistics are those of the
-last training batch; `samples_per_second` counts training steps only;
-`elapsed_seconds` is the wall time since the trial started. Status:
+last training batch; `elapsed_seconds` is the wall time since the trial started.
+Systems columns:
+- `train_seconds`: cumulative training time (device-synchronised), evaluation and data loading excluded.
+- `samples_per_second`: samples of the steps after the first WARMUP_STEPS over their training time; at a
+  checkpoint with no step after the warm-up yet, over all steps so far (`warmup_steps` says which: 0 or
+  WARMUP_STEPS).
+- `peak_memory_mib`: the training peak, read before each evaluation and reset after it (see TrainingPeak).
+- `planned_steps`, `images_per_class` (mean over the plan's batches of B / distinct classes), `lr` (after
+  lr_scaling), `precision` (what ran: fp32 or bf16), `threads` (torch's intra-op threads during the trial).
+Diagnostics (bench/diagnostics.py): the initial_* statistics and `effective_margin` of the margin check (the
+same at every checkpoint), and, on the validation embeddings, `pinned_at_margin`, `collapsed` and
+`effective_rank`. Status:
 - `diverged`: a training loss is not finite. Losses stay on the device and are inspected every
   CHECK_EVERY steps; the trial stops there, and `reason` names the first non-finite step.
-- `collapsed`: the test queries' RMS distance to their centroid is below COLLAPSE_SPREAD times their
-  RMS norm (with L2-normalised outputs: below 0.01), i.e. the embeddings have shrunk to a point.
-- `ok` otherwise.
-On CPU the trial runs with torch.use_deterministic_algorithms, so a seed fixes every metric but the
-timings; on CUDA it uses bf16 autocast, cudnn.benchmark and fused optimisers. Tensors are channels_last
-(faster on CPU as well).
+- `collapsed`: the checkpoint's `collapsed` diagnostic (validation k-NN accuracy near chance, or effective
+  rank < 2).
+- `ok` otherwise. The trial's status is its last checkpoint's.
+On CPU the trial runs with torch.use_deterministic_algorithms, so at a fixed thread count (config `threads`,
+set for the trial and restored afterwards) and precision a seed fixes every metric but the timings; on CUDA
+it uses cudnn.benchmark and fused optimisers. Tensors are channels_last (faster on CPU as well).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import gc
+import hashlib
 import json
 import math
+import os
 import resource
+import shlex
 import sys
 import tempfile
 import time
@@ -47,23 +69,36 @@ import torch
 from torch import Tensor
 
 from bench.cli import Parser
-from bench.config import DATASETS, SAMPLERS, ConfigError, resolve
+from bench.config import DATASETS, LR_SCALINGS, PRECISIONS, SAMPLERS, ConfigError, resolve, trial_identity
 from bench.data import DataError, augment, channel_stats, normalize
+from bench.diagnostics import (
+    INITIAL_BATCHES,
+    INITIAL_KEYS,
+    checkpoint_diagnostics,
+    images_per_class,
+    initial_statistics,
+)
 from bench.models import build_model, build_optimizer, model_settings
 from bench.precision import autocast, resolve_precision
 from bench.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
+from bench.provenance import provenance
 from bench.sampling import make_batches
 from bench.synthetic import write_synthetic
 from losses import LOSSES, mining_stats
 
 CHECK_EVERY = 50
-COLLAPSE_SPREAD = 0.01
+# steps left out of samples_per_second: the first steps pay for allocator growth, cudnn.benchmark's autotuning
+# and cold caches (make bench likewise times after 5 warm-up steps)
+WARMUP_STEPS = 5
+LR_EXPONENTS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+PROGRESS_SECONDS = 30.0  # plain progress lines: at every tenth of the steps, or after this long without one
 EVAL_BATCH = 1024
 SAVED_EMBEDDINGS = 1000
 REQUIRED = ("dataset", "loss", "margin", "batch_size", "budget_samples")
 SMOKE = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 32, "budget_samples": 256,
          "checkpoints": 2, "eval_gallery": 300, "eval_queries": 100}
 MINING_KEYS = ("fraction_easy", "fraction_semihard", "fraction_hard", "mu_pos", "mu_neg")
+RECORDS_DIR = Path("results") / "trials"
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -101,37 +136,68 @@ def embed(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor, pre
     return torch.cat(parts)
 
 
-def spread(embeddings: Tensor) -> float:
-    """RMS distance of embeddings [N, D] to their centroid over their RMS norm (0 when collapsed)."""
-    centred = embeddings - embeddings.mean(dim=0)
-    norm = embeddings.square().sum(dim=1).mean().sqrt()
-    return float(centred.square().sum(dim=1).mean().sqrt() / norm.clamp_min(1e-12))
+def scaled_lr(lr: float, batch_size: int, rule: str, reference_batch: int) -> float:
+    """lr × (batch_size / reference_batch) ** {none: 0, sqrt: 0.5, linear: 1}[rule]."""
+    return lr * (batch_size / reference_batch) ** LR_EXPONENTS[rule]
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or on Linux the process's RSS high-water mark (VmHWM).
+def _release_free_memory() -> None:
+    """Collect Python's garbage and hand the C heap's free pages back to the OS (glibc's malloc_trim).
 
-    Without the reset a trial would inherit the peak of whatever ran before it in the same process (the
-    local backend's earlier trials, or an earlier trial in a reused Ray actor).
+    Otherwise memory that earlier work freed stays resident, and training reuses it without raising the RSS.
     """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    """CUDA peak allocated memory on a GPU, else peak RSS since reset_peak_memory (VmHWM), in MiB.
-
-    Where /proc is missing (macOS), the process's lifetime peak RSS (ru_maxrss) is the fallback.
-    """
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def _rss_mib(field: str) -> float:
+    """/proc/self/status `field` (VmRSS: resident now, VmHWM: resident peak) in MiB; ru_maxrss without /proc."""
     with contextlib.suppress(OSError, StopIteration):
         status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 2**10
+        return int(next(line for line in status if line.startswith(f"{field}:")).split()[1]) / 2**10
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class TrainingPeak:
+    """peak_memory_mib: the largest peak over the training windows (start() … stop()), evaluation left out.
+
+    - CUDA: torch.cuda.max_memory_allocated, its statistics reset at each start() (the split, which lives
+      on the device, counts).
+    - CPU (Linux): the process's peak RSS (VmHWM, reset to the current RSS at each start() through
+      /proc/self/clear_refs) above its RSS when this object is made, once the data is loaded: neither the
+      dataset nor what earlier work in the process peaked at counts, only what the model, the optimiser and
+      training add. Free memory is handed back to the OS first (_release_free_memory), at the baseline and at
+      each start(), so that training's allocations are counted even where earlier work left freed pages
+      resident. Without /proc
+      (macOS): the lifetime peak RSS above the lifetime peak at data load, which misses a training peak
+      below an earlier one.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type != "cuda":
+            _release_free_memory()
+        self.baseline = 0.0 if device.type == "cuda" else _rss_mib("VmRSS")
+        self.peak = 0.0
+
+    def start(self) -> None:
+        """Open a training window: reset the device's peak statistics."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        _release_free_memory()
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
+
+    def stop(self) -> float:
+        """Close the window; return the largest peak so far in MiB above the baseline."""
+        if self.device.type == "cuda":
+            window = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            window = _rss_mib("VmHWM")
+        self.peak = max(self.peak, window - self.baseline)
+        return self.peak
 
 
 def _sync(device: torch.device) -> None:
@@ -139,66 +205,130 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_trial(config: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
+class Progress:
+    """What a running trial tells its caller besides the checkpoints; this one tells nothing (the grid's trials)."""
+
+    def setup(self, info: dict[str, Any]) -> None:
+        """The resolved setup, before anything is trained."""
+
+    def step(self, step: int, steps: int, train_seconds: float) -> None:
+        """After each training step: steps done, planned steps, training seconds so far (not synchronised)."""
+
+
+def run_trial(
+    config: dict[str, Any], report: Report | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Train and evaluate one config; call report(metrics) at each checkpoint; return the last metrics."""
     cfg = resolve(config)
     device = pick_device(cfg["device"])
     deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(device.type == "cpu" or deterministic)
+    if cfg["threads"] is not None:
+        torch.set_num_threads(int(cfg["threads"]))
     try:
-        return _run(cfg, device, report or (lambda metrics: None))
+        return _run(cfg, device, report or (lambda metrics: None), progress or Progress())
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
 
 
-def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str, Any]:
+@torch.no_grad()
+def initial_check(
+    model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]], loss: str, margin: float, precision: str,
+    device: torch.device,
+) -> dict[str, Any]:
+    """bench.diagnostics.initial_statistics of (images, labels) batches embedded in eval mode, nothing updated."""
+    model.eval()
+    with autocast(precision, device):
+        embedded = [(model(x).float(), labels) for x, labels in batches]
+    model.train()
+    return initial_statistics(embedded, loss, margin)
+
+
+def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Progress) -> dict[str, Any]:
     started = time.perf_counter()
     settings = model_settings(cfg)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    reset_peak_memory(device)
     splits = load_splits(cfg, device)
     x_train, y_train = splits.x_train, splits.y_train
     eval_sizes = intermediate_sizes(cfg, device)
-    eval_precision = resolve_precision(cfg["precision"], device)
     mean, std = channel_stats(x_train)
+    memory = TrainingPeak(device)  # its baseline: the process once the data is loaded
 
     seed, batch_size, margin = int(cfg["seed"]), int(cfg["batch_size"]), float(cfg["margin"])
+    precision = resolve_precision(cfg["precision"], device)
+    lr = scaled_lr(float(settings["lr"]), batch_size, cfg["lr_scaling"], int(cfg["lr_reference_batch"]))
     torch.manual_seed(seed)
     model = build_model(cfg["dataset"], tuple(x_train.shape[1:]), int(settings["embedding_dim"]), cfg["normalize"])
     # channels_last on CPU too: an MNIST step at B = 256 on 2 cores took 291-297 ms vs 308-363 ms contiguous
     # (median of 6 steps after 2 warm-ups, two alternating runs each, commit 7f30cd4)
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = build_optimizer(settings["optimizer"], model.parameters(), float(settings["lr"]), fused=cuda)
+    optimizer = build_optimizer(settings["optimizer"], model.parameters(), lr, fused=cuda)
     loss_fn = LOSSES[cfg["loss"]]
     steps = math.ceil(float(cfg["budget_samples"]) / batch_size)
     plan = make_batches(
         cfg["sampler"], y_train, batch_size, int(cfg["samples_per_class"]), steps,
         torch.Generator().manual_seed(seed),
     ).to(device)
-    augment_generator = torch.Generator(device).manual_seed(seed + 1)
     augmenting = cfg["dataset"] == "cifar10"
+
+    def batch_images(batch: Tensor, generator: torch.Generator) -> Tensor:
+        """The training input of plan row `batch`: gathered, augmented (CIFAR-10), normalised, channels_last."""
+        x = x_train[batch]
+        x = normalize(augment(x, generator) if augmenting else x, mean, std)
+        return x.contiguous(memory_format=torch.channels_last)
+
     budget_seconds = float("inf") if cfg["budget_seconds"] is None else float(cfg["budget_seconds"])
     evaluate_at = checkpoint_steps(steps, int(cfg["checkpoints"]))
+    fixed = {
+        "planned_steps": steps,
+        "images_per_class": images_per_class(y_train[plan]),
+        "lr": lr,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+    }
+    progress.setup({
+        "dataset": cfg["dataset"], "loss": cfg["loss"], "margin": margin, "batch_size": batch_size, "seed": seed,
+        "model": cfg["model"] or f"the {cfg['dataset']} default", "optimizer": settings["optimizer"],
+        "lr": lr, "lr_scaling": cfg["lr_scaling"], "precision": precision, "device": str(device),
+        "threads": fixed["threads"], "steps": steps, "checkpoints at steps": evaluate_at,
+        "protocol": cfg["protocol"], **splits.sizes(), "eval gallery": eval_sizes[0] or "all",
+        "eval queries": eval_sizes[1] or "all", "last checkpoint": "the whole sets",
+    })
+    # the first planned batches with the augmentations training will draw for them (a fresh generator, same seed)
+    initial_generator = torch.Generator(device).manual_seed(seed + 1)
+    fixed |= initial_check(
+        model, [(batch_images(batch, initial_generator), y_train[batch]) for batch in plan[:INITIAL_BATCHES]],
+        cfg["loss"], margin, precision, device,
+    )
+    augment_generator = torch.Generator(device).manual_seed(seed + 1)
     losses = torch.full((steps,), math.nan, device=device)
 
-    train_seconds, step, previous, checkpoint = 0.0, 0, 0, 0
+    train_seconds, warmup_seconds, step, previous, checkpoint = 0.0, 0.0, 0, 0, 0
+    memory.start()
     _sync(device)
     resumed = time.perf_counter()
     while True:
         batch = plan[step]
-        x = x_train[batch]
-        x = normalize(augment(x, augment_generator) if augmenting else x, mean, std)
-        with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-            embeddings = model(x.contiguous(memory_format=torch.channels_last))
+        x = batch_images(batch, augment_generator)
+        with autocast(precision, device):
+            embeddings = model(x)
+        embeddings = embeddings.float()  # the loss in fp32 whatever ran in the forward pass
         loss = loss_fn(embeddings, y_train[batch], margin, check_finite=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses[step] = loss.detach()
         step += 1
-        out_of_time = train_seconds + time.perf_counter() - resumed >= budget_seconds
+        if step == WARMUP_STEPS < steps:
+            _sync(device)
+            warmup_seconds = train_seconds + time.perf_counter() - resumed
+        trained = train_seconds + time.perf_counter() - resumed
+        progress.step(step, steps, trained)
+        out_of_time = trained >= budget_seconds
         at_checkpoint = step == evaluate_at[checkpoint] or out_of_time
         if not (at_checkpoint or step % CHECK_EVERY == 0):
             continue
@@ -207,32 +337,43 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
             continue
         _sync(device)
         train_seconds += time.perf_counter() - resumed
+        peak_memory = memory.stop()  # before the evaluation: the training peak
         checkpoint += 1
+        warm = WARMUP_STEPS if step > WARMUP_STEPS else 0
         metrics: dict[str, Any] = {
             "checkpoint": checkpoint,
             "step": step,
             "loss": float(losses[previous:step].mean()),
             "samples_seen": step * batch_size,
-            "samples_per_second": step * batch_size / train_seconds,
+            "train_seconds": train_seconds,
+            "samples_per_second": (step - warm) * batch_size / (train_seconds - (warmup_seconds if warm else 0.0)),
+            "warmup_steps": warm,
+            "peak_memory_mib": peak_memory,
+            **fixed,
         }
         previous = step
         if len(bad):
             metrics.update(dict.fromkeys((*MINING_KEYS, *EVAL_METRICS), math.nan))
             metrics.update({**dict.fromkeys(EVAL_SIZE_KEYS, 0), **splits.sizes()})  # nothing evaluated
+            metrics.update(pinned_at_margin=False, collapsed=False, effective_rank=math.nan)
             metrics.update(status="diverged", reason=f"non-finite loss at step {int(bad[0]) + 1}")
         else:
             stats = mining_stats(embeddings.detach(), y_train[batch], margin)
             metrics.update({key: stats[key] for key in MINING_KEYS})
             last = out_of_time or step == steps  # the last checkpoint evaluates the whole sets
-            evaluation, embedded = evaluate(lambda images: embed(model, images, mean, std, eval_precision),
+            evaluation, embedded = evaluate(lambda images: embed(model, images, mean, std, precision),
                                             splits, *((0, 0) if last else eval_sizes))
             metrics.update(evaluation)
-            metrics["status"] = "collapsed" if spread(embedded["test"]) < COLLAPSE_SPREAD else "ok"
-        metrics["peak_memory_mib"] = peak_memory_mib(device)
+            metrics.update(checkpoint_diagnostics(
+                cfg["loss"], margin, metrics["loss"], stats, metrics["val_knn_accuracy"],
+                len(splits.y_val.unique()), embedded["val"],
+            ))
+            metrics["status"] = "collapsed" if metrics["collapsed"] else "ok"
         metrics["elapsed_seconds"] = time.perf_counter() - started
         report(metrics)
         if len(bad) or out_of_time or step == steps:
             break
+        memory.start()
         _sync(device)
         resumed = time.perf_counter()
     if cfg["save_embeddings"] and metrics["status"] != "diverged":
@@ -263,6 +404,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-normalize", dest="normalize", action="store_false", default=None)
     p.add_argument("--optimizer", help="adam, adamw or sgd (default: the dataset's, see bench/models.py)")
     p.add_argument("--lr", type=float, help="default: the dataset's, see bench/models.py")
+    p.add_argument("--lr-scaling", help=f"one of {', '.join(LR_SCALINGS)}: lr × (batch size / reference batch) "
+                   "** 0, 0.5 or 1 (default none)")
+    p.add_argument("--lr-reference-batch", type=int, help="the batch size at which the lr is as given (default 256)")
+    p.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)} (default auto: bf16 on CUDA and on CPUs "
+                   "with native bf16, else fp32)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: as the process has)")
     p.add_argument("--protocol", help="seen (k-NN classification, the default) or unseen (held-out classes)")
     p.add_argument("--val-fraction", type=float, help="validation part of each class's training images "
                    "(default 0.1; seen only)")
@@ -274,6 +421,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", help="default datasets/")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument("--save-embeddings", help="write the first ≤1000 test embeddings and labels to this .npz")
+    p.add_argument("--out", help=f"write the trial's record to this .json (default {RECORDS_DIR}/"
+                   "<dataset>-<loss>-m<margin>-b<batch size>-seed<seed>-<hash of the config>.json)")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line on stdout")
     p.add_argument("--smoke", action="store_true", help="a few steps on generated data in a temporary folder "
                    f"(ignores --data-dir); other flags override {SMOKE}")
@@ -285,37 +434,136 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _json_value(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    """`value` with non-finite floats as None, recursively: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    return value
 
 
-def _progress(metrics: dict[str, Any]) -> None:
-    print(
-        f"checkpoint {metrics['checkpoint']}: step {metrics['step']}, {metrics['samples_seen']} samples, "
-        f"loss {metrics['loss']:.4f}, knn {metrics['knn_accuracy']:.4f}, p@1 {metrics['precision_at_1']:.4f}, "
-        f"MAP@R {metrics['map_at_r']:.4f}, {metrics['samples_per_second']:.0f} samples/s, "
-        f"{metrics['elapsed_seconds']:.1f} s, {metrics['status']} {metrics.get('reason', '')}".rstrip(),
-        file=sys.stderr, flush=True,
-    )
+class Console(Progress):
+    """The CLI's progress on stderr: the resolved setup, then a tqdm bar on a terminal (when tqdm is installed)
+    or plain lines at every tenth of the steps or PROGRESS_SECONDS, each with the training time left at the
+    pace so far (evaluation not included), and one line per checkpoint."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.last_line = time.perf_counter()
+        self.tenths = 0
+
+    def write(self, line: str) -> None:
+        """One line on stderr, above the bar if there is one."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def setup(self, info: dict[str, Any]) -> None:
+        """Print the resolved setup; open the bar on a terminal."""
+        self.write("trial: " + ", ".join(f"{key} {value}" for key, value in info.items()))
+        if sys.stderr.isatty():
+            with contextlib.suppress(ImportError):
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=info["steps"], unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def step(self, step: int, steps: int, train_seconds: float) -> None:
+        """Advance the bar, or print a line at a new tenth of the steps or after PROGRESS_SECONDS."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            return
+        tenths, now = step * 10 // steps, time.perf_counter()
+        if step < steps and (tenths > self.tenths or now - self.last_line >= PROGRESS_SECONDS):
+            self.tenths, self.last_line = tenths, now
+            left = train_seconds / step * (steps - step)
+            self.write(f"step {step}/{steps} ({100 * step / steps:.0f}%), {train_seconds:.1f} s of training, "
+                       f"about {left:.0f} s of training left")
+
+    def checkpoint(self, metrics: dict[str, Any]) -> None:
+        """One line per checkpoint."""
+        self.write(
+            f"checkpoint {metrics['checkpoint']}: step {metrics['step']}, {metrics['samples_seen']} samples, "
+            f"loss {metrics['loss']:.4f}, knn {metrics['knn_accuracy']:.4f}, p@1 {metrics['precision_at_1']:.4f}, "
+            f"MAP@R {metrics['map_at_r']:.4f}, {metrics['samples_per_second']:.0f} samples/s, "
+            f"{metrics['train_seconds']:.1f} s training, {metrics['elapsed_seconds']:.1f} s elapsed, "
+            f"{metrics['status']} {metrics.get('reason', '')}".rstrip()
+        )
+
+    def close(self) -> None:
+        """Close the bar, if any."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+def default_out(config: dict[str, Any]) -> Path:
+    """RECORDS_DIR/<dataset>-<loss>-m<margin>-b<batch size>-seed<seed>-<8 hex of the trial identity>.json."""
+    cfg = trial_identity(config)
+    digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{cfg['dataset']}-{cfg['loss']}-m{float(cfg['margin']):g}-b{cfg['batch_size']}-seed{cfg['seed']}"
+    return RECORDS_DIR / f"{name}-{digest}.json"
+
+
+def check_out(path: Path) -> None:
+    """Raise ConfigError unless a record can be written at `path` (before the trial runs, so nothing is lost)."""
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give the path of a .json file")
+    existing = next(folder for folder in path.absolute().parents if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(f"--out {path}: cannot write under {existing}")
+
+
+def write_record(path: Path, config: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """The trial's record, shaped like the grid's: config, status, reason, history, final, initial, provenance."""
+    cfg = resolve(config)
+    final = history[-1]
+    record = {
+        "trial_id": default_out(cfg).stem,
+        "config": cfg,
+        "status": final["status"],
+        "reason": final.get("reason"),
+        "history": history,
+        "final": final,
+        "initial": {key.removeprefix("initial_"): final[key] for key in INITIAL_KEYS},
+        "provenance": {**provenance(pick_device(cfg["device"])), "command": shlex.join(["python", "-m",
+                                                                                       "bench.trial", *sys.argv[1:]])},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(_json_value(record), indent=1, allow_nan=False) + "\n")
+    os.replace(temp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: exit code 0 after a trial (whatever its status), 2 on bad input or data."""
     args = vars(parse_args(argv))
-    as_json, smoke = args.pop("json"), args.pop("smoke")
+    as_json, smoke, out = args.pop("json"), args.pop("smoke"), args.pop("out")
     config = {key: value for key, value in args.items() if value is not None}
+    console, history = Console(), []
+
+    def on_checkpoint(metrics: dict[str, Any]) -> None:
+        history.append(dict(metrics))
+        console.checkpoint(metrics)
+
     try:
-        if smoke:
-            with tempfile.TemporaryDirectory(prefix="tripletbench-trial-smoke-") as data_dir:
+        with contextlib.ExitStack() as stack:
+            stack.callback(console.close)
+            if smoke:
+                data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tripletbench-trial-smoke-"))
                 config = {**SMOKE, **config, "data_dir": data_dir}
                 write_synthetic(data_dir, config["dataset"])
-                metrics = run_trial(config, _progress)
-        else:
-            metrics = run_trial(config, _progress)
+            path = Path(out) if out else default_out(config)
+            check_out(path)
+            metrics = run_trial(config, on_checkpoint, console)
+            write_record(path, config, history)
     except (ConfigError, DataError) as err:
         print(f"python -m bench.trial: error: {err}", file=sys.stderr)
         return 2
+    console.write(f"record: {path}")
     if as_json:
-        print(json.dumps({key: _json_value(value) for key, value in metrics.items()}, allow_nan=False))
+        print(json.dumps(_json_value(metrics), allow_nan=False))
     return 0
 
 

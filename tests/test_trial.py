@@ -1,4 +1,4 @@
-"""Whole trials on tiny generated data: checkpoints, metrics, determinism, divergence, collapse, the CLI."""
+"""Whole trials on tiny generated data: checkpoints, metrics, timing, memory, determinism, diagnostics, the CLI."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ import torch
 
 import bench.trial
 from bench.config import METRICS, ConfigError
+from bench.diagnostics import INITIAL_KEYS
 from bench.protocol import fixed_subset
-from bench.trial import checkpoint_steps, pick_device, run_trial, spread
+from bench.trial import WARMUP_STEPS, checkpoint_steps, initial_check, pick_device, run_trial, scaled_lr
 from losses import LOSSES
 
-TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds")
+TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_seconds")
+TRAINING = ("planned_steps", "train_seconds", "warmup_steps", "images_per_class", "lr", "precision", "threads")
+DIAGNOSTICS = ("pinned_at_margin", "collapsed", "effective_rank")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,7 +32,7 @@ def tiny(data_dir: Path, **changes: Any) -> dict[str, Any]:
     """A trial of a few steps on the tiny generated MNIST, evaluated on small subsets."""
     config = {
         "dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 32, "budget_samples": 300,
-        "data_dir": str(data_dir), "device": "cpu", "eval_gallery": 300, "eval_queries": 100,
+        "data_dir": str(data_dir), "device": "cpu", "eval_gallery": 300, "eval_queries": 100, "precision": "fp32",
     }
     return {**config, **changes}
 
@@ -38,29 +42,121 @@ def run(config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return run_trial(config, reports.append), reports
 
 
-def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path) -> None:
+def recording(name: str, step_losses: list[float]) -> Any:
+    """LOSSES[name], appending each training step's loss value to step_losses."""
+    original = LOSSES[name]
+
+    def loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float, check_finite: bool = True) -> torch.Tensor:
+        value = original(embeddings, labels, margin, check_finite)
+        step_losses.append(float(value.detach()))
+        return value
+
+    return loss
+
+
+def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    step_losses: list[float] = []
+    monkeypatch.setitem(LOSSES, "batch-all", recording("batch-all", step_losses))
     final, reports = run(tiny(tiny_data_dir))
     assert [r["checkpoint"] for r in reports] == [1, 2, 3, 4]
     assert [r["step"] for r in reports] == [3, 5, 8, 10]  # ⌈300 / 32⌉ = 10 steps, evaluated at 1/4 … 4/4
     assert [r["samples_seen"] for r in reports] == [96, 160, 256, 320]
-    assert final == reports[-1]
+    assert [r["warmup_steps"] for r in reports] == [0, 0, WARMUP_STEPS, WARMUP_STEPS] and WARMUP_STEPS == 5
+    assert final == reports[-1] and len(step_losses) == 10  # the margin check computes no loss
+    previous = 0
+    for metrics in reports:  # each checkpoint's loss: the mean since the previous checkpoint
+        since = step_losses[previous:metrics["step"]]
+        assert metrics["loss"] == pytest.approx(sum(since) / len(since))
+        previous = metrics["step"]
     for metrics in reports:
-        assert set(METRICS) | {"checkpoint", "step"} == set(metrics)
-        assert metrics["status"] == "ok"
+        assert set(METRICS) | {"checkpoint", "step", *TRAINING, *INITIAL_KEYS, *DIAGNOSTICS} == set(metrics)
+        assert metrics["status"] == "ok" and not metrics["collapsed"] and metrics["effective_rank"] > 2
+        assert not metrics["pinned_at_margin"]
         assert math.isclose(metrics["fraction_easy"] + metrics["fraction_semihard"] + metrics["fraction_hard"], 1)
         assert 0 <= metrics["mu_pos"] and 0 <= metrics["mu_neg"] <= 2  # unit embeddings
-        assert metrics["samples_per_second"] > 0 and metrics["peak_memory_mib"] > 10
-    assert [r["elapsed_seconds"] for r in reports] == sorted(r["elapsed_seconds"] for r in reports)
+        assert metrics["samples_per_second"] > 0 and metrics["peak_memory_mib"] > 1
+        assert metrics["planned_steps"] == 10 and metrics["images_per_class"] == 4  # pk: 8 classes × 4
+        assert metrics["lr"] == 2e-4 and metrics["precision"] == "fp32"
+        assert metrics["threads"] == torch.get_num_threads()
+        assert {key: metrics[key] for key in INITIAL_KEYS} == {key: final[key] for key in INITIAL_KEYS}
+    assert math.isclose(final["initial_fraction_easy"] + final["initial_fraction_semihard"]
+                        + final["initial_fraction_hard"], 1)
+    assert final["initial_active_anchors"] is None and final["effective_margin"] == 0.2
+    for key in ("elapsed_seconds", "train_seconds"):
+        assert [r[key] for r in reports] == sorted(r[key] for r in reports)
+    assert final["train_seconds"] < final["elapsed_seconds"]
     assert final["mu_neg"] > final["mu_pos"] + 0.2  # the classes moved apart
+
+
+def test_the_margin_check_changes_nothing(tiny_data_dir: Path) -> None:
+    """Parameters and BatchNorm buffers are the same before and after it; training mode is restored."""
+    model = bench.trial.build_model("cifar10", (3, 32, 32), 16, True).to(memory_format=torch.channels_last)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    images = torch.randn(4, 8, 3, 32, 32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    stats = initial_check(model, [(x, labels) for x in images], "batch-hard", 0.2, "fp32", torch.device("cpu"))
+    after = model.state_dict()
+    assert model.training and before.keys() == after.keys()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert any("running_var" in key for key in before) and 0 <= stats["initial_active_anchors"] <= 1
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def strip(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.items() if k not in TIMINGS} for m in reports]
 
 
 def test_same_seed_same_metrics_on_cpu(tiny_data_dir: Path) -> None:
     config = tiny(tiny_data_dir, loss="batch-hard", sampler="random", budget_samples=96, checkpoints=2)
     first, again = run(config)[1], run(config)[1]
-    strip = [{k: v for k, v in m.items() if k not in TIMINGS} for m in first]
-    assert strip == [{k: v for k, v in m.items() if k not in TIMINGS} for m in again]
+    assert strip(first) == strip(again)
     other_seed = run_trial({**config, "seed": 1})
     assert other_seed["loss"] != first[-1]["loss"]
+
+
+def test_a_seed_fixes_every_metric_at_a_thread_count_and_in_bf16(tiny_data_dir: Path) -> None:
+    threads = torch.get_num_threads()
+    config = tiny(tiny_data_dir, loss="batch-hard", precision="bf16", threads=1, budget_samples=64, checkpoints=1)
+    first, again = run(config)[1], run(config)[1]
+    assert strip(first) == strip(again) and first[0]["threads"] == 1 and first[0]["precision"] == "bf16"
+    assert torch.get_num_threads() == threads  # restored
+    fp32 = run_trial({**config, "precision": "fp32"})
+    assert fp32["precision"] == "fp32" and fp32["loss"] != first[0]["loss"]  # bf16 really ran
+
+
+def test_lr_scaling(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert scaled_lr(1e-3, 64, "none", 256) == 1e-3 and scaled_lr(1e-3, 64, "linear", 256) == pytest.approx(2.5e-4)
+    assert scaled_lr(1e-3, 1024, "sqrt", 256) == pytest.approx(2e-3)
+    used: list[float] = []
+    original = bench.trial.build_optimizer
+    monkeypatch.setattr(bench.trial, "build_optimizer", lambda name, params, lr, **kw: (
+        used.append(lr), original(name, params, lr, **kw))[1])
+    final = run_trial(tiny(tiny_data_dir, lr_scaling="sqrt", lr_reference_batch=128, budget_samples=32, checkpoints=1))
+    assert used == [pytest.approx(2e-4 * 0.5)] and final["lr"] == used[0]
+    with pytest.raises(ConfigError, match="unknown lr_scaling 'cubic'; valid: none, sqrt, linear"):
+        run_trial(tiny(tiny_data_dir, lr_scaling="cubic"))
+
+
+def test_the_margin_check_sees_training_augmentations_and_changes_nothing(
+    tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CIFAR-10 (augmented, BatchNorm): the check's images are training's, and training is the same without it."""
+    augmented: list[torch.Tensor] = []
+    original = bench.trial.augment
+    monkeypatch.setattr(bench.trial, "augment", lambda x, generator: augmented.append(original(x, generator))
+                        or augmented[-1])
+    config = tiny(
+        tiny_data_dir, dataset="cifar10", loss="batch-hard", batch_size=8, budget_samples=16, checkpoints=1,
+        sampler="random", eval_gallery=30, eval_queries=20,
+    )
+    final = run_trial(config)
+    assert final["status"] == "ok" and final["step"] == 2 and final["samples_seen"] == 16
+    assert len(augmented) == 4 and all(torch.equal(augmented[i], augmented[i + 2]) for i in range(2))
+    assert 0 <= final["initial_active_anchors"] <= 1
+    monkeypatch.setattr(bench.trial, "INITIAL_BATCHES", 0)
+    without = run_trial(config)
+    assert math.isnan(without["effective_margin"])
+    assert strip([without]) == [{**strip([final])[0], **{key: without[key] for key in INITIAL_KEYS}}]
 
 
 def nan_from_call(call: int) -> Any:
@@ -91,25 +187,67 @@ def test_divergence_stops_at_the_next_look_and_names_the_first_bad_step(
     assert len(reports) == 1 and final["step"] == 8 and final["reason"] == "non-finite loss at step 7"
 
 
-def test_collapse_is_detected(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collapse_to_a_point_is_detected(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def to_one_point(embeddings: torch.Tensor, labels: torch.Tensor, margin: float, **_: Any) -> torch.Tensor:
         return (embeddings - embeddings.mean(dim=0)).square().sum(dim=1).mean()
 
     monkeypatch.setitem(LOSSES, "quadruplet", to_one_point)
     final = run_trial(tiny(tiny_data_dir, loss="quadruplet", lr=1e-2, budget_samples=160, checkpoints=1))
-    assert final["status"] == "collapsed" and final["mu_neg"] < 0.02
+    assert final["status"] == "collapsed" and final["collapsed"] and final["mu_neg"] < 0.02
+    assert final["effective_rank"] < 2 or final["knn_accuracy"] <= 0.15
 
 
-def test_spread() -> None:
-    assert spread(torch.ones(5, 3)) == 0
-    points = torch.nn.functional.normalize(torch.randn(2000, 16), dim=1)
-    assert spread(points) == pytest.approx(1, abs=0.02)
-    assert spread(points * 0.001 + torch.tensor([1.0] + [0.0] * 15)) < 0.01
+class Shrinking(torch.nn.Module):
+    """A net whose outputs shrink 100× per training step and are exactly 0 from the 10th step on."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.steps = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += self.training
+        scale = 0.0 if self.steps >= 10 else 0.01 ** max(self.steps - 1, 0)
+        return self.net(x) * scale
+
+
+def test_an_unnormalised_net_shrinking_to_zero_is_pinned_then_collapsed(
+    tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shrunk far below the margin, every hinge stays active (pinned) although the neighbours still hold (not
+    collapsed); once the outputs coincide, the information is gone (collapsed). The old spread rule saw neither."""
+    original = bench.trial.build_model
+    monkeypatch.setattr(bench.trial, "build_model", lambda *args, **kwargs: Shrinking(original(*args, **kwargs)))
+    final, reports = run(tiny(
+        tiny_data_dir, normalize=False, batch_size=16, budget_samples=160, eval_gallery=100, eval_queries=50,
+    ))
+    assert [r["step"] for r in reports] == [3, 5, 8, 10]
+    assert all(r["pinned_at_margin"] for r in reports[1:])  # from 1e-6 of the first step's scale on
+    assert [r["status"] for r in reports] == ["ok", "ok", "ok", "collapsed"]
+    assert reports[1]["loss"] == pytest.approx(0.2, rel=1e-3) and reports[1]["knn_accuracy"] > 0.5
+    assert final["effective_rank"] == 0 and final["collapsed"]
 
 
 def test_budget_seconds_ends_training(tiny_data_dir: Path) -> None:
     final, reports = run(tiny(tiny_data_dir, budget_seconds=1e-9))
     assert len(reports) == 1 and final["step"] == 1 and final["samples_seen"] == 32 and final["status"] == "ok"
+    assert final["warmup_steps"] == 0 and final["samples_per_second"] == pytest.approx(32 / final["train_seconds"])
+
+
+def test_evaluation_time_counts_neither_in_throughput_nor_in_the_budget(
+    tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedding sleeps 1 s: 10 s of evaluation before the 6th and last step, a budget of 8 s of training."""
+    original = bench.trial.embed
+    monkeypatch.setattr(bench.trial, "embed", lambda *args: time.sleep(1) or original(*args))
+    final, reports = run(tiny(
+        tiny_data_dir, batch_size=16, budget_samples=96, checkpoints=6, budget_seconds=8, eval_gallery=50,
+        eval_queries=20,
+    ))
+    assert len(reports) == 6 and final["step"] == 6
+    assert final["elapsed_seconds"] > final["train_seconds"] + 10
+    assert final["warmup_steps"] == WARMUP_STEPS
+    # the steps after the warm-up at this pace take at most the training time
+    assert (6 - WARMUP_STEPS) * 16 / final["samples_per_second"] <= final["train_seconds"]
 
 
 def test_fixed_subset_and_checkpoint_steps() -> None:
@@ -143,11 +281,12 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     )
 
 
-def test_cli_prints_progress_and_one_json_line(tiny_data_dir: Path) -> None:
+def test_cli_prints_setup_progress_and_one_json_line_and_writes_the_record(tiny_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "records" / "trial.json"
     process = cli(
         "--dataset", "mnist", "--loss", "batch-hard", "--margin", "0.2", "--batch-size", "32",
-        "--budget-samples", "64", "--data-dir", str(tiny_data_dir), "--device", "cpu",
-        "--eval-gallery", "100", "--eval-queries", "50", "--json",
+        "--budget-samples", "64", "--data-dir", str(tiny_data_dir), "--device", "cpu", "--precision", "fp32",
+        "--threads", "1", "--eval-gallery", "100", "--eval-queries", "50", "--json", "--out", str(out),
     )
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
@@ -155,7 +294,17 @@ def test_cli_prints_progress_and_one_json_line(tiny_data_dir: Path) -> None:
     assert len(lines) == 1
     metrics = json.loads(lines[0])
     assert set(METRICS) <= set(metrics) and metrics["samples_seen"] == 64 and metrics["status"] == "ok"
+    assert set(INITIAL_KEYS) <= set(metrics) and metrics["threads"] == 1
+    first = stderr.splitlines()[0]
+    for part in ("trial: dataset mnist", "lr 0.0002", "precision fp32", "device cpu", "threads 1", "steps 2",
+                 "eval gallery 100", "eval queries 50"):
+        assert part in first, first
+    assert "step 1/2 (50%)" in stderr and "s of training left" in stderr
     assert "checkpoint 2: step 2, 64 samples" in stderr and "Traceback" not in stderr  # 2 steps: 2 checkpoints
+    record = json.loads(out.read_text())
+    assert record["final"] == metrics and len(record["history"]) == 2 and record["status"] == "ok"
+    assert record["config"]["threads"] == 1 and record["provenance"]["command"].startswith("python -m bench.trial")
+    assert record["initial"] == {key.removeprefix("initial_"): metrics[key] for key in INITIAL_KEYS}
 
 
 BAD_INPUTS = {
@@ -175,6 +324,11 @@ BAD_INPUTS = {
     "mnist.npz is not a readable .npz file": {"--data-dir": "{corrupt}"},
     "unknown optimizer 'rmsprop'; valid: adam, adamw, sgd": {"--optimizer": "rmsprop"},
     "argument --margin: invalid float value: 'abc'": {"--margin": "abc"},
+    "unknown lr_scaling 'cubic'; valid: none, sqrt, linear": {"--lr-scaling": "cubic"},
+    "lr_reference_batch must be > 0, got 0": {"--lr-reference-batch": "0"},
+    "unknown precision 'fp16'; valid: auto, fp32, bf16": {"--precision": "fp16"},
+    "threads must be >= 1, got 0": {"--threads": "0"},
+    "--out {corrupt} is a folder; give the path of a .json file": {"--out": "{corrupt}"},
     "the following arguments are required: --loss": {"--loss": None},
 }
 SUBPROCESS_CASES = ("unknown loss", "no mnist.npz", "invalid float value")
@@ -187,7 +341,8 @@ def bad_input_argv(tiny_data_dir: Path, tmp_path: Path) -> dict[str, list[str]]:
     (tmp_path / "corrupt" / "mnist.npz").write_bytes(b"PK\x03\x04 garbage")
     folders = {"empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt")}
     good = {"--dataset": "mnist", "--loss": "batch-hard", "--margin": "0.2", "--batch-size": "32",
-            "--budget-samples": "64", "--data-dir": str(tiny_data_dir), "--device": "cpu"}
+            "--budget-samples": "64", "--data-dir": str(tiny_data_dir), "--device": "cpu",
+            "--out": str(tmp_path / "record.json")}
     cases = {}
     for message, change in BAD_INPUTS.items():
         args = {**good, **{key: value and value.format(**folders) for key, value in change.items()}}
@@ -196,7 +351,8 @@ def bad_input_argv(tiny_data_dir: Path, tmp_path: Path) -> dict[str, list[str]]:
 
 
 def test_cli_bad_input_is_exit_2_and_one_line(
-    bad_input_argv: dict[str, list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    bad_input_argv: dict[str, list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("TRIPLETBENCH_OFFLINE", "1")
     for message, argv in bad_input_argv.items():
@@ -207,6 +363,7 @@ def test_cli_bad_input_is_exit_2_and_one_line(
         out, err = capsys.readouterr()
         assert code == 2 and out == "", (message, err)
         assert err.endswith("\n") and err.count("\n") == 1 and message in err and "error:" in err, (message, err)
+        assert not (tmp_path / "record.json").exists()
 
 
 def test_cli_bad_input_in_a_process(bad_input_argv: dict[str, list[str]]) -> None:
@@ -222,23 +379,48 @@ def test_cli_bad_input_in_a_process(bad_input_argv: dict[str, list[str]]) -> Non
         assert stderr.count("\n") == 1 and message in stderr
 
 
+def allocating(function: Any, mib: int) -> Any:
+    """`function`, allocating, touching and freeing `mib` MiB on each call."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        block = torch.ones(mib * 2**20, dtype=torch.uint8)
+        assert int(block[:: 2**12].sum()) == mib * 2**8
+        del block
+        return function(*args, **kwargs)
+
+    return wrapped
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="VmHWM reset needs Linux /proc")
-def test_cpu_peak_memory_is_the_trials_own(tiny_data_dir: Path) -> None:
-    """A trial's peak_memory_mib does not inherit a larger peak from earlier work in the same process."""
+def test_cpu_peak_memory_is_the_training_peak(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It counts what a training step allocates, and neither the evaluation nor earlier work in the process."""
     earlier_peak_mib = 1500
     block = np.ones(earlier_peak_mib * 2**20, dtype=np.uint8)  # touched pages: RSS really rises
     assert block.sum() == block.size
     del block
-    final, _ = run(tiny(tiny_data_dir, budget_samples=64, checkpoints=1))
-    assert 10 < final["peak_memory_mib"] < earlier_peak_mib
+    config = tiny(tiny_data_dir, batch_size=16, budget_samples=32, checkpoints=1, eval_gallery=50, eval_queries=20)
+    plain = run_trial(config)["peak_memory_mib"]
+    assert 1 < plain < earlier_peak_mib
+    monkeypatch.setattr(bench.trial, "embed", allocating(bench.trial.embed, 300))
+    assert run_trial(config)["peak_memory_mib"] < plain + 100  # evaluation is left out
+    monkeypatch.setitem(LOSSES, "batch-all", allocating(LOSSES["batch-all"], 320))
+    assert run_trial(config)["peak_memory_mib"] >= plain + 300  # a training step's peak counts
 
 
-def test_cli_smoke_runs_on_generated_data(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_smoke_runs_on_generated_data(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     assert bench.trial.main(["--smoke", "--loss", "quadruplet", "--device", "cpu", "--json"]) == 0
     out, err = capsys.readouterr()
     metrics = json.loads(out)
     assert metrics["samples_seen"] == 256 and metrics["checkpoint"] == 2 and metrics["status"] == "ok"
     assert "checkpoint 2: step 8, 256 samples" in err
+    records = list((tmp_path / "results" / "trials").glob("mnist-quadruplet-m0.2-b32-seed0-*.json"))
+    assert len(records) == 1 and f"record: {records[0].relative_to(tmp_path)}" in err
+    record = json.loads(records[0].read_text())
+    assert record["final"] == metrics and [m["checkpoint"] for m in record["history"]] == [1, 2]
+    assert record["initial"]["active_anchors"] is None and record["initial"]["effective_margin"] > 0.2
     with pytest.raises(SystemExit) as exit_:
         bench.trial.main(["--dataset", "mnist", "--loss", "batch-all"])
     assert exit_.value.code == 2

@@ -69,12 +69,15 @@ def test_reported_metrics_match_sklearn_on_the_searched_embeddings(
     assert [(r["val_gallery_size"], r["val_queries_size"], r["test_gallery_size"], r["test_queries_size"])
             for r in reports] == [(100, 30, 100, 30), (540, 60, 540, 200)]
     assert (final["train_size"], final["val_size"], final["test_size"], final["n_train_classes"]) == (540, 60, 200, 2)
-    for prefix, searched in (("val_", calls[2]), ("", calls[3])):
-        assert all(t.dtype == torch.float32 for t in searched[::2])
-        expected = sklearn_accuracy(5, *searched)
-        assert final[f"{prefix}knn_accuracy"] == expected and 0.6 < expected < 1
-        assert sklearn_accuracy(3, *searched) != expected  # a k other than 5 would show
-        assert final[f"{prefix}precision_at_1"] == sklearn_accuracy(1, *searched)
+    k_matters = False
+    for report, searches in zip(reports, (calls[:2], calls[2:]), strict=True):
+        for prefix, searched in zip(("val_", ""), searches, strict=True):
+            assert all(t.dtype == torch.float32 for t in searched[::2])
+            expected = sklearn_accuracy(5, *searched)
+            assert report[f"{prefix}knn_accuracy"] == expected and 0 < expected < 1  # not trivially perfect
+            assert report[f"{prefix}precision_at_1"] == sklearn_accuracy(1, *searched)
+            k_matters |= sklearn_accuracy(3, *searched) != expected
+    assert k_matters  # a k other than 5 would show in at least one search
 
 
 def test_trained_net_beats_the_untrained_net(tiny_data_dir: Path) -> None:

@@ -1,0 +1,140 @@
+"""Training diagnostics: the margin check before the first update, pinned at the margin, collapse, batch makeup.
+
+- Effective margin: the margin a loss's triplet hinges use. m for batch-all, batch-hard and semi-hard;
+  m + max(μ, 0) for adaptive-mu and quadruplet, with μ = mean negative − mean positive pair distance of the
+  batch, as losses/triplet.py computes it (a mean over no pairs counts as 0 there, and here).
+- Initial statistics: the mining statistics of the trial's first INITIAL_BATCHES planned batches, embedded
+  before the first update, at each batch's effective margin; fractions are of all their valid triplets
+  together, `effective_margin` is the mean over the batches. For batch-hard, `initial_active_anchors` is
+  the fraction of anchors (with a positive and a negative) whose hinge max_p d_ap − min_n d_an + m is > 0.
+- pinned_at_margin: the training loss is within PINNED_TOLERANCE (relative) of its value when all distances
+  are equal (the effective margin; 1.5 × it for quadruplet, whose pair term adds half of it) and μ_neg is
+  below the effective margin: every hinge stays active and the net only shrinks or holds the embeddings.
+- collapsed: the embeddings lost their information. k-NN accuracy at most CHANCE_POINTS above chance (1 / the
+  number of classes), or an effective rank below MIN_EFFECTIVE_RANK.
+- effective rank (Roy & Vetterli 2007): exp of the Shannon entropy of the normalised singular values of the
+  centred embeddings. Scale-free, so a shrunk but intact embedding keeps it; 0 for a single point, 1 for
+  two points or any embedding on a line, k for k equal orthogonal directions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from losses import mining_stats, pair_masks, pairwise_distance
+
+INITIAL_BATCHES = 8
+ADAPTIVE_MARGIN_LOSSES = ("adaptive-mu", "quadruplet")
+PINNED_TOLERANCE = 0.05
+# 5 points above chance: an embedding with any class information left scores far higher (an untrained MNIST
+# net scores ~0.9, an untrained CIFAR-10 net ~0.3 against chance 0.1), one without it scores chance ± noise
+CHANCE_POINTS = 0.05
+# C ≥ 3 classes that a metric embedding separates span at least a plane (3 equidistant points have effective
+# rank 2); below 2 the variance lies essentially along one line: two points, or a point with a 1-d smear
+MIN_EFFECTIVE_RANK = 2.0
+INITIAL_KEYS = ("initial_fraction_easy", "initial_fraction_semihard", "initial_fraction_hard",
+                "initial_active_anchors", "effective_margin")
+
+
+def effective_margin(loss: str, margin: float, mu_pos: float, mu_neg: float) -> float:
+    """The margin of `loss`'s triplet hinges on a batch with mean positive / negative distances mu_pos, mu_neg."""
+    if loss not in ADAPTIVE_MARGIN_LOSSES:
+        return margin
+    mu = (mu_neg if math.isfinite(mu_neg) else 0.0) - (mu_pos if math.isfinite(mu_pos) else 0.0)
+    return margin + max(mu, 0.0)
+
+
+def pinned_loss(loss: str, margin: float) -> float:
+    """The value of `loss` when every pair distance is (nearly) equal, at effective margin `margin`."""
+    return 1.5 * margin if loss == "quadruplet" else margin
+
+
+@torch.no_grad()
+def active_anchors(embeddings: Tensor, labels: Tensor, margin: float) -> tuple[int, int]:
+    """(#anchors whose batch-hard hinge max_p d_ap − min_n d_an + m is > 0, #anchors with a positive and a negative)."""
+    d = pairwise_distance(embeddings.float())
+    pos, neg = pair_masks(labels)
+    anchors = pos.any(dim=1) & neg.any(dim=1)
+    hinge = d.masked_fill(~pos, -math.inf).amax(dim=1) - d.masked_fill(~neg, math.inf).amin(dim=1) + margin
+    return int((anchors & (hinge > 0)).sum()), int(anchors.sum())
+
+
+def initial_statistics(batches: Iterable[tuple[Tensor, Tensor]], loss: str, margin: float) -> dict[str, Any]:
+    """INITIAL_KEYS from (embeddings [B, D], labels [B]) of the first batches, each at its effective margin.
+
+    A fraction over no valid triplets (anchors) is NaN; initial_active_anchors is None unless `loss` is batch-hard.
+    """
+    counts = {"easy": 0, "semihard": 0, "hard": 0}
+    margins, active, anchors = [], 0, 0
+    for embeddings, labels in batches:
+        embeddings = embeddings.float()
+        nominal = mining_stats(embeddings, labels, margin)
+        m_eff = effective_margin(loss, margin, nominal["mu_pos"], nominal["mu_neg"])
+        stats = nominal if m_eff == margin else mining_stats(embeddings, labels, m_eff)
+        for kind in counts:
+            if stats["valid_triplets"]:
+                counts[kind] += round(stats[f"fraction_{kind}"] * stats["valid_triplets"])
+        margins.append(m_eff)
+        if loss == "batch-hard":
+            batch_active, batch_anchors = active_anchors(embeddings, labels, m_eff)
+            active, anchors = active + batch_active, anchors + batch_anchors
+    valid = sum(counts.values())
+    return {
+        **{f"initial_fraction_{kind}": count / valid if valid else math.nan for kind, count in counts.items()},
+        "initial_active_anchors": (active / anchors if anchors else math.nan) if loss == "batch-hard" else None,
+        "effective_margin": math.fsum(margins) / len(margins) if margins else math.nan,
+    }
+
+
+def effective_rank(embeddings: Tensor) -> float:
+    """exp(entropy of σ / Σσ), σ the singular values of embeddings [N, D] minus their mean; 0 for one point."""
+    centred = embeddings.double() - embeddings.double().mean(dim=0)
+    singular = torch.linalg.svdvals(centred)
+    total = singular.sum()
+    if not total > 0:
+        return 0.0
+    p = singular[singular > 0] / total
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def is_pinned(loss: str, loss_mean: float, m_eff: float, mu_neg: float) -> bool:
+    """Whether the training loss sits at its all-distances-equal value (± PINNED_TOLERANCE) with μ_neg < m_eff."""
+    pinned = pinned_loss(loss, m_eff)
+    return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and mu_neg < m_eff
+
+
+def is_collapsed(knn_accuracy: float, n_classes: int, rank: float) -> bool:
+    """Whether k-NN accuracy ≤ chance (1 / n_classes) + CHANCE_POINTS, or the effective rank < MIN_EFFECTIVE_RANK."""
+    return knn_accuracy <= 1 / n_classes + CHANCE_POINTS or rank < MIN_EFFECTIVE_RANK
+
+
+def checkpoint_diagnostics(
+    loss: str, margin: float, loss_mean: float, mining: dict[str, float], knn_accuracy: float, n_classes: int,
+    embeddings: Tensor,
+) -> dict[str, Any]:
+    """pinned_at_margin, collapsed and effective_rank of a checkpoint.
+
+    `mining` holds the last training batch's mu_pos and mu_neg (which give its effective margin), `loss_mean`
+    the mean training loss since the previous checkpoint; knn_accuracy, n_classes and embeddings [N, D] are
+    those of the evaluated split.
+    """
+    m_eff = effective_margin(loss, margin, mining["mu_pos"], mining["mu_neg"])
+    rank = effective_rank(embeddings)
+    return {
+        "pinned_at_margin": is_pinned(loss, loss_mean, m_eff, mining["mu_neg"]),
+        "collapsed": is_collapsed(knn_accuracy, n_classes, rank),
+        "effective_rank": rank,
+    }
+
+
+@torch.no_grad()
+def images_per_class(batch_labels: Tensor) -> float:
+    """Mean over the batches of labels [S, B] of B / the number of distinct classes in the batch."""
+    ordered = batch_labels.sort(dim=1).values
+    distinct = 1 + (ordered.diff(dim=1) != 0).sum(dim=1)
+    return float((batch_labels.shape[1] / distinct.double()).mean())

@@ -1,0 +1,159 @@
+"""Training diagnostics against plain-loop references and the review's cases: shrunk, two-point, pinned."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from bench.diagnostics import (
+    CHANCE_POINTS,
+    active_anchors,
+    checkpoint_diagnostics,
+    effective_margin,
+    effective_rank,
+    images_per_class,
+    initial_statistics,
+    is_collapsed,
+    is_pinned,
+)
+from bench.evaluate import retrieval_metrics
+from losses import LOSSES, mining_stats
+
+
+def clustered(n_classes: int = 10, per_class: int = 30, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit embeddings [n_classes·per_class, dim] in tight clusters around random class centres, and their labels."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=generator), dim=1)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    noise = 0.15 * torch.randn(len(labels), dim, generator=generator)
+    return torch.nn.functional.normalize(centres[labels] + noise, dim=1), labels
+
+
+def knn(embeddings: torch.Tensor, labels: torch.Tensor) -> float:
+    """5-NN accuracy of the second half of the points against the first half."""
+    half = torch.arange(len(labels)) % 2 == 0
+    return retrieval_metrics(embeddings[half], labels[half], embeddings[~half], labels[~half])["knn_accuracy"]
+
+
+def test_effective_margin_is_the_margin_the_adaptive_losses_use() -> None:
+    embeddings, labels = clustered(4, 6, 8)
+    embeddings = embeddings.double()
+    stats = mining_stats(embeddings, labels, 0.1)
+    m_eff = effective_margin("adaptive-mu", 0.1, stats["mu_pos"], stats["mu_neg"])
+    assert m_eff == pytest.approx(0.1 + stats["mu_neg"] - stats["mu_pos"]) and m_eff > 0.5
+    # adaptive-mu is batch-all at the effective margin: the library's own μ and ours agree
+    assert float(LOSSES["adaptive-mu"](embeddings, labels, 0.1)) == pytest.approx(
+        float(LOSSES["batch-all"](embeddings, labels, m_eff)), rel=1e-12)
+    for loss in ("batch-all", "batch-hard", "semi-hard"):
+        assert effective_margin(loss, 0.1, stats["mu_pos"], stats["mu_neg"]) == 0.1
+    assert effective_margin("quadruplet", 0.3, 0.9, 0.5) == 0.3  # μ < 0 counts as 0
+    assert effective_margin("quadruplet", 0.3, math.nan, 0.5) == pytest.approx(0.8)  # no positive pair: μ_pos = 0
+
+
+def reference_initial(batches: list[tuple[torch.Tensor, torch.Tensor]], loss: str, margin: float) -> dict[str, float]:
+    """Plain loops over every valid triplet and anchor of every batch, at each batch's effective margin."""
+    easy = semihard = hard = active = anchors = 0
+    margins = []
+    for embeddings, labels in batches:
+        d = torch.cdist(embeddings.double(), embeddings.double()).tolist()
+        y = labels.tolist()
+        n = len(y)
+        positive = [(a, p) for a, p in itertools.permutations(range(n), 2) if y[a] == y[p]]
+        negative = [(a, b) for a, b in itertools.product(range(n), repeat=2) if y[a] != y[b]]
+        mu = sum(d[a][b] for a, b in negative) / len(negative) - sum(d[a][p] for a, p in positive) / len(positive)
+        m = margin + max(mu, 0) if loss in ("adaptive-mu", "quadruplet") else margin
+        margins.append(m)
+        for a, p in positive:
+            for k in range(n):
+                if y[k] != y[a]:
+                    easy += d[a][k] >= d[a][p] + m
+                    hard += d[a][k] < d[a][p]
+                    semihard += d[a][p] <= d[a][k] < d[a][p] + m
+        for a in range(n):
+            pos = [d[a][p] for p in range(n) if p != a and y[p] == y[a]]
+            neg = [d[a][k] for k in range(n) if y[k] != y[a]]
+            if pos and neg:
+                anchors += 1
+                active += max(pos) - min(neg) + m > 0
+    total = easy + semihard + hard
+    return {"initial_fraction_easy": easy / total, "initial_fraction_semihard": semihard / total,
+            "initial_fraction_hard": hard / total, "active": active / anchors,
+            "effective_margin": sum(margins) / len(margins)}
+
+
+@pytest.mark.parametrize("loss", ["batch-all", "batch-hard", "quadruplet"])
+def test_initial_statistics_against_plain_loops(loss: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(12, 5, generator=generator, dtype=torch.float64),
+                torch.randint(0, 3, (12,), generator=generator)) for _ in range(3)]
+    ours, reference = initial_statistics(batches, loss, 0.3), reference_initial(batches, loss, 0.3)
+    for key in ("initial_fraction_easy", "initial_fraction_semihard", "initial_fraction_hard", "effective_margin"):
+        assert ours[key] == pytest.approx(reference[key], rel=1e-6), key
+    assert ours["initial_active_anchors"] == (pytest.approx(reference["active"]) if loss == "batch-hard" else None)
+    if loss == "quadruplet":
+        assert ours["effective_margin"] > 0.3  # the per-batch μ entered
+
+
+def test_active_anchors_skips_anchors_without_a_positive() -> None:
+    embeddings = torch.tensor([[0.0], [0.1], [1.0], [5.0]])
+    assert active_anchors(embeddings, torch.tensor([0, 0, 1, 2]), 0.2) == (0, 2)  # 0.1 - 0.9 + 0.2 < 0
+    assert active_anchors(embeddings, torch.tensor([0, 0, 1, 2]), 1.0) == (2, 2)
+
+
+def test_effective_rank() -> None:
+    assert effective_rank(torch.ones(7, 3)) == 0
+    two_points = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).repeat(20, 1)
+    assert effective_rank(two_points) == pytest.approx(1)
+    assert effective_rank(torch.eye(4)[torch.arange(4).repeat(10)] * 3) == pytest.approx(3)  # 4 vertices: a 3-d simplex
+    embeddings, _ = clustered()
+    assert effective_rank(embeddings) > 5
+    assert effective_rank(embeddings * 0.003 + 5) == pytest.approx(effective_rank(embeddings), rel=1e-4)
+
+
+def test_a_shrunk_but_healthy_embedding_is_not_collapsed() -> None:
+    embeddings, labels = clustered()
+    shrunk = embeddings * 0.003 + torch.nn.functional.normalize(torch.ones(16), dim=0)  # radius 0.003
+    assert knn(shrunk, labels) == knn(embeddings, labels) > 0.9
+    diagnosis = checkpoint_diagnostics("batch-all", 0.2, 0.05, {"mu_pos": 0.3, "mu_neg": 1.2}, knn(shrunk, labels),
+                                       10, shrunk)
+    assert not diagnosis["collapsed"] and diagnosis["effective_rank"] > 5
+
+
+def test_a_two_point_embedding_is_collapsed() -> None:
+    embeddings, labels = clustered()
+    two_points = torch.where((labels < 5)[:, None], embeddings[0], embeddings[-1])
+    accuracy = knn(two_points, labels)
+    assert 0.15 < accuracy < 0.3  # 5 classes share each point: above the chance rule, so the rank must catch it
+    diagnosis = checkpoint_diagnostics("batch-all", 0.2, 0.2, {"mu_pos": 0.3, "mu_neg": 0.9}, accuracy, 10, two_points)
+    assert diagnosis["collapsed"] and diagnosis["effective_rank"] == pytest.approx(1)
+
+
+def test_collapse_rules() -> None:
+    assert is_collapsed(0.1 + CHANCE_POINTS, 10, 8.0) and not is_collapsed(0.1 + CHANCE_POINTS + 0.01, 10, 8.0)
+    assert is_collapsed(0.99, 10, 1.9) and not is_collapsed(0.99, 10, 2.0)
+    assert is_collapsed(0.5 + CHANCE_POINTS, 2, 8.0)
+
+
+@pytest.mark.parametrize("loss", ["batch-all", "batch-hard", "semi-hard", "adaptive-mu", "quadruplet"])
+def test_a_net_shrinking_toward_zero_is_pinned_a_healthy_one_is_not(loss: str) -> None:
+    embeddings, labels = clustered(4, 8, 8)
+    for scale, pinned in ((1.0, False), (1e-4, True)):
+        points = (embeddings * scale).double()
+        value = float(LOSSES[loss](points, labels, 0.2))
+        stats = mining_stats(points, labels, 0.2)
+        m_eff = effective_margin(loss, 0.2, stats["mu_pos"], stats["mu_neg"])
+        assert is_pinned(loss, value, m_eff, stats["mu_neg"]) == pinned, (loss, scale, value)
+
+
+def test_pinned_needs_mu_neg_below_the_margin() -> None:
+    assert is_pinned("batch-all", 0.2, 0.2, 0.19) and is_pinned("batch-all", 0.2 * 1.049, 0.2, 0.01)
+    assert not is_pinned("batch-all", 0.2, 0.2, 0.25) and not is_pinned("batch-all", 0.2 * 1.06, 0.2, 0.01)
+    assert is_pinned("quadruplet", 0.3, 0.2, 0.01) and not is_pinned("quadruplet", 0.2, 0.2, 0.01)
+
+
+def test_images_per_class() -> None:
+    assert images_per_class(torch.tensor([[0, 0, 1, 1], [3, 1, 2, 0]])) == 1.5
+    assert images_per_class(torch.tensor([[7, 7, 7, 7]])) == 4
