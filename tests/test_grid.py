@@ -3,9 +3,13 @@
 import json
 import math
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +21,10 @@ from bench.config import METRICS
 from bench.fingerprint import fingerprint
 from bench.grid import (
     AXES,
+    MAX_NODE_FAILURES,
     GridError,
     is_oom,
     load_preset,
-    main,
     pick_backend,
     preset_names,
     run_grid,
@@ -41,12 +45,16 @@ FAKE_GRID = {
 
 
 def fake_trial(config: dict, report) -> dict:
-    """Logs its call in data_dir, fails on purpose, and stops like Ctrl-C while data_dir/INTERRUPT exists."""
+    """Logs its call in data_dir, fails on purpose, stops like Ctrl-C while data_dir/INTERRUPT exists, and kills
+    its own (Ray worker) process at one grid point while data_dir/KILL exists."""
     data_dir = Path(config["data_dir"])
     with open(data_dir / "calls.log", "a") as log:
         log.write(json.dumps({axis: config[axis] for axis in AXES}) + "\n")
     if (data_dir / "INTERRUPT").exists() and (config["seed"], config["margin"], config["batch_size"]) == (1, 0.2, 8):
         raise KeyboardInterrupt
+    if (data_dir / "KILL").exists() and (config["loss"], config["seed"], config["margin"], config["batch_size"]) == (
+            "batch-all", 1, 0.2, 8):
+        os.kill(os.getpid(), signal.SIGKILL)
     if config["margin"] == 0.5:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
     if config["batch_size"] == 16:
@@ -81,6 +89,11 @@ def fake_setup(tmp_path: Path) -> tuple[Path, Path]:
     return preset, data_dir
 
 
+def snapshot(folder: Path) -> dict[Path, tuple[int, bytes]]:
+    """(mtime_ns, bytes) of every file in an experiment's records/."""
+    return {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in (folder / "records").glob("*")}
+
+
 def records(folder: Path) -> dict[str, dict]:
     """trial_id → record of every record file in an experiment folder."""
     return {path.stem: json.loads(path.read_text()) for path in sorted((folder / "records").glob("*.json"))}
@@ -109,37 +122,42 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     assert len(load_preset("smoke").points()) <= 8
 
 
-def test_smoke_preset_through_ray_with_real_trials(
-    ray_session: None, tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    assert main(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--results", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+@pytest.mark.slow
+def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.grid", "--smoke", "--backend", "ray", "--results",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
     folder = tmp_path / "smoke"
     grid = load_preset("smoke")
     spec = json.loads((folder / "grid.json").read_text())
-    prints = {name: fingerprint(name, tiny_data_dir) for name in ("mnist", "cifar10")}
+    prints = {name: fingerprint(name, tiny_data_dir) for name in ("mnist", "cifar10")}  # the same generated data
     assert spec == {"preset": "smoke", "experiment": "smoke", "axes": grid.axes, "fixed": grid.fixed,
                     "per_dataset": grid.per_dataset, "threads": 1, "data": prints}
     found = records(folder)
     assert set(found) == {trial_id({**grid.config(p), "threads": 1}, prints[p["dataset"]]) for p in grid.points()}
     for tid, record in found.items():
         assert set(record) == RECORD_KEYS and record["trial_id"] == tid
-        assert record["data"] == {"fingerprint": prints[record["config"]["dataset"]]}
-        assert record["config"]["threads"] == 1
-        assert record["provenance"]["resources"] == {"cpu": 1.0, "gpu": 0.0}
-        assert record["provenance"]["concurrent_trials"] == 2
-        assert record["provenance"]["node"]["node_id"] == ray.get_runtime_context().get_node_id()
         assert record["status"] in ("ok", "collapsed") and record["reason"] is None, record
         assert len(record["history"]) == record["config"]["checkpoints"] == 2
         assert record["final"] == record["history"][-1] and set(METRICS) <= set(record["final"])
-        assert record["config"]["data_dir"] == str(tiny_data_dir.resolve())
+        assert record["data"] == {"fingerprint": prints[record["config"]["dataset"]]}
+        assert record["config"]["threads"] == 1 and record["config"]["data_dir"].startswith(tempfile.gettempdir())
         assert (folder / "records" / record["embeddings"]).is_file() and record["embeddings"] == f"{tid}.npz"
-        assert record["provenance"]["command"].startswith("python -m bench.grid --preset smoke")
-        assert record["provenance"]["ray"] == ray.__version__
+        provenance = record["provenance"]
+        assert provenance["command"] == f"python -m bench.grid --smoke --backend ray --results {tmp_path}"
+        assert provenance["ray"] == ray.__version__ and provenance["resources"] == {"cpu": 1.0, "gpu": 0.0}
+        assert provenance["concurrent_trials"] == os.cpu_count()
+        assert re.fullmatch(r"[0-9a-f]{56}", provenance["node"]["node_id"])
+        assert provenance["node"]["hostname"] == socket.gethostname()
     assert sum(line.startswith("[") for line in out.splitlines()) == len(found) == 8
     assert "grid smoke: 8 trials: " in out and "unfinished" not in out
+    assert sorted(path.name for path in folder.iterdir()) == ["grid.json", "ray", "records"]
+    for noise in ("Token authentication", "tensorboard", "Tuner.restore", "Failed to fetch metrics"):
+        assert noise not in proc.stdout + proc.stderr, noise
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_and_local_backend_writes_the_same_files(
     ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -174,6 +192,7 @@ def test_failures_are_recorded_and_local_backend_writes_the_same_files(
             assert record["final"]["knn_accuracy"] == pytest.approx(0.6 + cfg["seed"] / 100)
 
 
+@pytest.mark.slow
 def test_interrupted_grid_resumes_without_rerunning_finished_trials(
     ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -336,3 +355,32 @@ def test_argparse_abbreviations_are_refused(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unrecognized arguments: --smok" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_reported_rerun_finishes_it_and_a_resume_without_rays_state_runs_nothing(
+    ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    preset, data_dir = fake_setup
+    (data_dir / "KILL").touch()
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 1
+    out = capsys.readouterr().out
+    assert "'loss': 'batch-all', 'margin': 0.2, 'batch_size': 8, 'seed': 1} failed in Ray (" in out
+    assert "re-run the same command to resume it" in out and "15 ok" not in out and "1 unfinished" in out
+    first = snapshot(tmp_path / "fake")
+    assert len([path for path in first if path.suffix == ".json"]) == 15
+    killed = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 8, "seed": 1}
+    assert calls(data_dir).count(killed) == 1 + MAX_NODE_FAILURES
+
+    (data_dir / "KILL").unlink()
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
+    assert calls(data_dir).count(killed) == 2 + MAX_NODE_FAILURES and len(calls(data_dir)) == 17 + MAX_NODE_FAILURES
+    assert {path: snapshot(tmp_path / "fake")[path] for path in first} == first
+    done = snapshot(tmp_path / "fake")
+    assert len(records(tmp_path / "fake")) == 16
+
+    shutil.rmtree(tmp_path / "fake" / "ray")  # Ray's state gone: a fresh Tune run must skip every record
+    capsys.readouterr()
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
+    assert "16 trials, 16 already recorded" in capsys.readouterr().out
+    assert len(calls(data_dir)) == 17 + MAX_NODE_FAILURES and snapshot(tmp_path / "fake") == done
