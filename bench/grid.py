@@ -379,12 +379,15 @@ def _poll_records(ctx: Context, points: list[dict[str, Any]], progress: Progress
 
 
 def quiet_ray() -> None:
-    """Silence Ray's advice that the project's own lines replace: the token-auth notice, the TensorBoard hint
-    (no default logger callbacks: the records are the results), "Resume experiment with: Tuner.restore(...)"
-    and "Failed to fetch metrics" after an interruption; Ray Tune's errors still show."""
+    """Silence Ray's output that the project's own lines replace: the token-auth notice, Tune's tables, the
+    TensorBoard hint (no default logger callbacks: the records are the results), "Resume experiment with:
+    Tuner.restore(...)" and "Failed to fetch metrics" after an interruption, and Tune's tracebacks of lost
+    trials (run_ray prints one line for each)."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter at verbose=0 prints nothing; the new
+    # one prints its configuration table, "View detailed results here" and every errored trial regardless
     for name in ("ray.tune", "ray.train", "ray._private.authentication"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def ray_storage(ctx: Context) -> Path:
@@ -435,14 +438,15 @@ def run_ray(
         poller = threading.Thread(target=_poll_records, args=(ctx, points, progress, stop), daemon=True)
         poller.start()
         try:
-            results = tuner.fit()
+            tuner.fit()
         finally:
             stop.set()
             poller.join()
-        for result in results:
-            point = {axis: result.config[axis] for axis in AXES}
-            if result.error is not None and read_record(ctx, point) is None:
-                ray_failure(ctx, point, result.error)
+        for trial in tune.ExperimentAnalysis(str(state)).trials:  # a trial lost before its first report has
+            point = {axis: trial.config[axis] for axis in AXES}  # no config in its Result, hence the Trials
+            if trial.status == "ERROR" and read_record(ctx, point) is None:
+                error = trial.get_pickled_error() or trial.get_error() or RuntimeError("lost without an error")
+                ray_failure(ctx, point, error)
         for point in points:
             if (record := read_record(ctx, point)) is not None:
                 progress.finished(record)

@@ -28,7 +28,8 @@ SLEEPY = {"doc": "trials that sleep", "fixed": {"budget_samples": 64, "checkpoin
 
 def sleepy_trial(config: dict, report) -> dict:
     """Logs {"event", "seed", "time", "node", "pid", "gpu_ids", "device"} to data_dir/trials.log around a sleep
-    of data_dir/SLEEP seconds (default 3)."""
+    of data_dir/SLEEP seconds (default 3); with data_dir/BARRIER = n, first waits (up to 60 s) until n trials
+    have started."""
     import ray
 
     data_dir = Path(config["data_dir"])
@@ -42,6 +43,11 @@ def sleepy_trial(config: dict, report) -> dict:
             file.write(json.dumps(line) + "\n")
 
     log("start")
+    if (data_dir / "BARRIER").exists():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(
+                e["event"] == "start" for e in events(data_dir)) < int((data_dir / "BARRIER").read_text()):
+            time.sleep(0.1)
     time.sleep(seconds)
     metrics = {"knn_accuracy": 0.5 + config["seed"] / 100, "status": "ok"}
     report(metrics)
@@ -166,7 +172,8 @@ def test_a_lost_node_is_survived_and_nothing_recorded_is_rewritten(cluster, tmp_
 
 
 def test_gpu_shares_are_reserved_and_four_trials_run_at_once_on_two_logical_gpus(tmp_path: Path) -> None:
-    preset, data_dir = setup_sleepy(tmp_path, seeds=8, seconds=3)
+    preset, data_dir = setup_sleepy(tmp_path, seeds=8, seconds=0.5)
+    (data_dir / "BARRIER").write_text("4")  # 4 trials could run at once: every trial waits for the 4th to start
     init = "ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)"
     proc = drive(grid_code(preset, data_dir, tmp_path / "results", init, gpus_per_trial=0.5, device="cpu"), {})
     assert proc.returncode == 0, proc.stdout + proc.stderr
