@@ -65,7 +65,7 @@ OOM_PATTERN = re.compile(r"out of memory|low on memory|OutOfMemoryError", re.IGN
 POLL_SECONDS = 2.0
 # Ray retries a trial whose worker or node died this many times in the same run; a trial's own exceptions
 # never reach Ray (run_one records them), so only lost workers and nodes are retried.
-MAX_NODE_FAILURES = 0
+MAX_NODE_FAILURES = 2
 LOST = {"node": None, "resources": None, "concurrent_trials": None}  # placement of a trial whose worker died
 
 TrialFn = Callable[..., dict[str, Any]]
@@ -410,8 +410,8 @@ def run_ray(
               "must be on storage that every node sees", flush=True)
         ray.init(logging_level=logging.WARNING, log_to_driver=False)
     elif started_ray:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,  # "local": never a cluster
+                 logging_level=logging.WARNING, log_to_driver=False)  # that an earlier `ray start` left running
     try:
         gpus_here = ray.cluster_resources().get("GPU", 0)
         gpus = (1 if gpus_here else 0) if gpus_per_trial is None else gpus_per_trial

@@ -8,8 +8,10 @@ the token in ~/.ray/auth_token, shared by both nodes on one machine).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,28 +103,64 @@ def grid_code(preset: Path, data_dir: Path, results: Path, init: str = "", **opt
             f"trial_fn=sleepy_trial{', ' + args if args else ''}))")
 
 
+CLUSTER = """
+import json, sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+worker = cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id, "worker": worker.node_id}),
+      flush=True)
+for line in sys.stdin:
+    cluster.remove_node(worker, allow_graceful=False)
+    print("killed", flush=True)
+cluster.shutdown()
+"""
+
+
+class TwoNodes:
+    """A two-node Ray cluster on this machine, one CPU per node, token auth, run by a helper process (so that
+    its processes get this environment, and only they are stopped): address, head and worker node ids."""
+
+    def __init__(self) -> None:
+        # its own Ray temp folder: Ray records the latest cluster's address there, and a plain ray.init()
+        # elsewhere on this machine would otherwise connect to this cluster
+        self.tmp = tempfile.mkdtemp(prefix="tb-ray-")
+        self.env = {"RAY_TMPDIR": self.tmp}
+        self.proc = subprocess.Popen([sys.executable, "-c", CLUSTER], cwd=ROOT, env=env(**self.env),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        info = json.loads(self.proc.stdout.readline())
+        self.address, self.head, self.worker = info["address"], info["head"], info["worker"]
+
+    def kill_worker(self) -> None:
+        """Kill every process of the worker node at once (no graceful shutdown)."""
+        self.proc.stdin.write("kill\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "killed\n"
+
+    def stop(self) -> None:
+        """Shut the cluster down."""
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 @pytest.fixture
-def cluster(monkeypatch: pytest.MonkeyPatch):
-    """A two-node Ray cluster on this machine, one CPU per node, token auth; yields (cluster, worker node)."""
-    from ray.cluster_utils import Cluster
-
-    for key, value in env().items():
-        monkeypatch.setenv(key, value)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+def cluster():
+    """A fresh TwoNodes, shut down after the test."""
+    nodes = TwoNodes()
     try:
-        yield cluster, worker
+        yield nodes
     finally:
-        cluster.shutdown()
+        nodes.stop()
 
 
-def test_the_smoke_grid_spreads_over_a_two_node_cluster(cluster, tmp_path: Path) -> None:
-    ray_cluster, worker = cluster
+def test_the_smoke_grid_spreads_over_a_two_node_cluster(cluster: TwoNodes, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.grid", "--smoke", "--results", str(tmp_path)], cwd=ROOT,
-                          env=env(RAY_ADDRESS=ray_cluster.address), capture_output=True, text=True, timeout=600)
+                          env=env(RAY_ADDRESS=cluster.address, **cluster.env), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"Ray: connecting to the cluster at {ray_cluster.address}" in proc.stdout
+    assert f"Ray: connecting to the cluster at {cluster.address}" in proc.stdout
     found = records(tmp_path / "smoke")
     grid = load_preset("smoke")
     prints = json.loads((tmp_path / "smoke/grid.json").read_text())["data"]
@@ -130,51 +168,50 @@ def test_the_smoke_grid_spreads_over_a_two_node_cluster(cluster, tmp_path: Path)
     progress = sorted(line.split(" ", 1)[0] for line in proc.stdout.splitlines() if line.startswith("["))
     assert progress == sorted(f"[{n}/8]" for n in range(1, 9))  # each trial reported (and recorded) once
     nodes = {record["provenance"]["node"]["node_id"] for record in found.values()}
-    assert nodes == {ray_cluster.head_node.node_id, worker.node_id}
+    assert nodes == {cluster.head, cluster.worker}
     assert all(record["status"] == "ok" and record["provenance"]["concurrent_trials"] == 1 for record in found.values())
     for noise in ("Token authentication", "tensorboard", "Tuner.restore", "Failed to fetch metrics"):
         assert noise not in proc.stdout + proc.stderr
 
 
-def test_a_lost_node_is_survived_and_nothing_recorded_is_rewritten(cluster, tmp_path: Path) -> None:
-    ray_cluster, worker = cluster
+def test_a_lost_node_is_survived_and_nothing_recorded_is_rewritten(cluster: TwoNodes, tmp_path: Path) -> None:
     preset, data_dir = setup_sleepy(tmp_path, seeds=6, seconds=4)
     results = tmp_path / "results"
     driver = subprocess.Popen([sys.executable, "-c", grid_code(preset, data_dir, results)], cwd=ROOT,
-                              env=env(RAY_ADDRESS=ray_cluster.address), stdout=subprocess.PIPE,
+                              env=env(RAY_ADDRESS=cluster.address, **cluster.env), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not [e for e in events(data_dir) if e["event"] == "start" and e["node"] == worker.node_id and
+    while not [e for e in events(data_dir) if e["event"] == "start" and e["node"] == cluster.worker and
                not any(f["event"] == "end" and f["pid"] == e["pid"] and f["seed"] == e["seed"]
                        for f in events(data_dir))]:
         assert time.monotonic() < deadline and driver.poll() is None, "no trial started on the worker node"
         time.sleep(0.2)
     before = snapshot(results / "sleepy")
-    lost = [e["seed"] for e in events(data_dir) if e["node"] == worker.node_id][-1]
+    lost = [e["seed"] for e in events(data_dir) if e["node"] == cluster.worker][-1]
     killed = time.monotonic()
-    ray_cluster.remove_node(worker, allow_graceful=False)
+    cluster.kill_worker()
     out = driver.communicate(timeout=300)[0]
     first_run = time.monotonic() - killed
     if MAX_NODE_FAILURES:  # retried in the same run, on the head
         assert driver.returncode == 0, out
     else:  # reported; the same command finishes it
         assert driver.returncode == 1 and "re-run the same command" in out, out
-        again = drive(grid_code(preset, data_dir, results), {"RAY_ADDRESS": ray_cluster.address})
+        again = drive(grid_code(preset, data_dir, results), {"RAY_ADDRESS": cluster.address, **cluster.env})
         assert again.returncode == 0, again.stdout + again.stderr
     found = records(results / "sleepy")
     assert len(found) == 6 and all(record["status"] == "ok" for record in found.values())
     assert {path: snapshot(results / "sleepy")[path] for path in before} == before
     starts = [e for e in events(data_dir) if e["event"] == "start" and e["seed"] == lost]
-    assert len(starts) == 2 and starts[-1]["node"] == ray_cluster.head_node.node_id
+    assert len(starts) == 2 and starts[-1]["node"] == cluster.head
     record = next(r for r in found.values() if r["config"]["seed"] == lost)
-    assert record["provenance"]["node"]["node_id"] == ray_cluster.head_node.node_id
+    assert record["provenance"]["node"]["node_id"] == cluster.head
     print(f"node lost: first run ended {first_run:.1f} s after the kill; output:\n{out}")
 
 
 def test_gpu_shares_are_reserved_and_four_trials_run_at_once_on_two_logical_gpus(tmp_path: Path) -> None:
     preset, data_dir = setup_sleepy(tmp_path, seeds=8, seconds=0.5)
     (data_dir / "BARRIER").write_text("4")  # 4 trials could run at once: every trial waits for the 4th to start
-    init = "ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)"
+    init = "ray.init(address='local', num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)"
     proc = drive(grid_code(preset, data_dir, tmp_path / "results", init, gpus_per_trial=0.5, device="cpu"), {})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     found = records(tmp_path / "results/sleepy")
@@ -192,7 +229,7 @@ def test_gpu_shares_are_reserved_and_four_trials_run_at_once_on_two_logical_gpus
 
 def test_a_worker_killed_by_rays_memory_monitor_is_recorded_as_oom(tmp_path: Path) -> None:
     preset, data_dir = setup_sleepy(tmp_path, seeds=1, seconds=30)
-    init = "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)"
+    init = "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)"
     proc = drive(grid_code(preset, data_dir, tmp_path / "results", init),
                  {"RAY_memory_usage_threshold": "0.01", "RAY_memory_monitor_refresh_ms": "100"})
     assert proc.returncode == 0, proc.stdout + proc.stderr

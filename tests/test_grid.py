@@ -44,6 +44,10 @@ FAKE_GRID = {
 }
 
 
+INITIAL = {"initial_fraction_easy": 0.25, "initial_fraction_semihard": 0.5, "initial_fraction_hard": 0.25,
+           "initial_active_anchors": None, "effective_margin": 0.2}
+
+
 def fake_trial(config: dict, report) -> dict:
     """Logs its call in data_dir, fails on purpose, stops like Ctrl-C while data_dir/INTERRUPT exists, and kills
     its own (Ray worker) process at one grid point while data_dir/KILL exists."""
@@ -61,7 +65,7 @@ def fake_trial(config: dict, report) -> dict:
         raise ValueError("loss is NaN\nat step 3")
     for checkpoint in (1, 2):
         metrics = {**dict.fromkeys(METRICS, 0.5), "checkpoint": checkpoint, "step": checkpoint, "status": "ok",
-                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100}
+                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100, **INITIAL}
         if config["loss"] == "batch-hard" and checkpoint == 2:
             metrics.update(status="diverged", reason="non-finite loss at step 2", knn_accuracy=math.nan)
         report(metrics)
@@ -73,7 +77,8 @@ def fake_trial(config: dict, report) -> dict:
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory: pytest.TempPathFactory):
     """One local Ray instance with 2 CPUs for this module, its temp folder under pytest's, shut down after."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")),
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield
     ray.shutdown()
@@ -190,6 +195,9 @@ def test_failures_are_recorded_and_local_backend_writes_the_same_files(
         else:
             assert record["status"] == "ok" and record["embeddings"] == f"{tid}.npz"
             assert record["final"]["knn_accuracy"] == pytest.approx(0.6 + cfg["seed"] / 100)
+        lifted = {"fraction_easy": 0.25, "fraction_semihard": 0.5, "fraction_hard": 0.25, "active_anchors": None,
+                  "effective_margin": 0.2}
+        assert record["initial"] == (lifted if record["history"] else None)
 
 
 @pytest.mark.slow
