@@ -9,6 +9,7 @@ the token in ~/.ray/auth_token, shared by both nodes on one machine).
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -237,3 +238,22 @@ def test_a_worker_killed_by_rays_memory_monitor_is_recorded_as_oom(tmp_path: Pat
     assert record["status"] == "OOM" and "memory" in record["reason"], record["reason"]
     assert record["history"] == [] and record["data"] == {"fingerprint": fingerprint("mnist", data_dir)}
     assert "grid sleepy: 1 trials: 1 OOM" in proc.stdout
+
+
+def test_ctrl_c_under_ray_ends_with_the_projects_line_and_no_ray_advice(tmp_path: Path) -> None:
+    preset, data_dir = setup_sleepy(tmp_path, seeds=4, seconds=8)
+    init = "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)"
+    driver = subprocess.Popen([sys.executable, "-c", grid_code(preset, data_dir, tmp_path / "results", init)],
+                              cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(e["event"] == "end" for e in events(data_dir)):
+        assert time.monotonic() < deadline and driver.poll() is None, "no trial finished"
+        time.sleep(0.2)
+    time.sleep(1)
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 1, out + err
+    assert "unfinished; re-run the same command to resume" in out
+    for noise in ("Tuner.restore", "Resume experiment with", "Failed to fetch metrics", "tensorboard", "Token auth"):
+        assert noise not in out + err, noise
+    assert (tmp_path / "results/sleepy/ray/tuner.pkl").is_file()
