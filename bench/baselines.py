@@ -61,9 +61,10 @@ def baseline_config(baseline: str, config: dict[str, Any]) -> dict[str, Any]:
             "eval_gallery": 0, "eval_queries": 0}
 
 
-def baseline_id(config: dict[str, Any]) -> str:
-    """'baseline-' and 12 hex characters of the sha1 of a baseline config as canonical JSON."""
-    return "baseline-" + hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+def baseline_id(config: dict[str, Any], fingerprint: str) -> str:
+    """'baseline-' and 12 hex characters of the sha1 of a baseline config and its data's fingerprint."""
+    identity = {**config, "data_fingerprint": fingerprint}
+    return "baseline-" + hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_baseline(config: dict[str, Any], data_dir: str, device: str = "auto") -> dict[str, Any]:
@@ -86,16 +87,17 @@ def baseline_configs(configs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def baseline_records(
-    configs: Iterable[dict[str, Any]], data_dir: str, device: str = "auto",
+    configs: Iterable[dict[str, Any]], data_dir: str, fingerprints: dict[str, str], device: str = "auto",
     recorded: Callable[[str], bool] = lambda baseline_id: False,
 ) -> Iterator[dict[str, Any]]:
-    """Per baseline of the trial configs not `recorded` yet (by id): its record, run now (the grid adds
-    experiment, preset, the command and the data fingerprint)."""
+    """Per baseline of the trial configs not `recorded` yet (by id, which holds the data set's fingerprint of
+    `fingerprints`): its record, run now (the grid adds experiment, preset and the command)."""
     for config in baseline_configs(configs):
-        bid = baseline_id(config)
+        fingerprint = fingerprints[config["dataset"]]
+        bid = baseline_id(config, fingerprint)
         if recorded(bid):
             continue
         final = run_baseline(config, data_dir, device)
         yield {"kind": "baseline", "baseline": config["baseline"], "trial_id": bid, "config": config,
                "status": "ok", "reason": None, "final": final, "history": [final],
-               "provenance": provenance(pick_device(device))}
+               "data": {"fingerprint": fingerprint}, "provenance": provenance(pick_device(device))}

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line on stderr and exit code 2."""
+    """argparse without prefix abbreviations (--budget-sample is not --budget-samples) that reports a usage
+    error as one line on stderr and exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -66,15 +66,26 @@ def _read_npz(path: Path) -> tuple[np.ndarray, ...] | str:
         return f"{path.name} is not a readable .npz file ({type(err).__name__}: {str(err).splitlines()[0]})"
 
 
+def _paths(data_dir: Path) -> set[Path]:
+    """Every path under data_dir, and data_dir itself when it exists."""
+    return {data_dir, *data_dir.rglob("*")} if data_dir.is_dir() else set()
+
+
 def _read_torchvision(name: str, data_dir: Path, download: bool) -> tuple[np.ndarray, ...] | str:
-    """The four arrays from torchvision's folder under data_dir (downloading it first if asked)."""
+    """The four arrays from torchvision's folder under data_dir (downloading it first if asked; a failed
+    download removes the files and folders it created, e.g. an empty MNIST/raw/)."""
     splits = []
+    before = _paths(data_dir) if download else set()
     try:
         with contextlib.redirect_stdout(sys.stderr):
             for train in (True, False):
                 dataset = TORCHVISION[name](str(data_dir), train=train, download=download)
                 splits += [np.asarray(dataset.data), np.asarray(dataset.targets, dtype=np.int64)]
     except Exception as err:  # torchvision raises anything from RuntimeError to URLError and OSError
+        if download:
+            for path in sorted(_paths(data_dir) - before, key=lambda path: len(path.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"no {name}.npz, torchvision {'download failed' if download else 'folder not found'} ({reason})"
     return tuple(splits)

@@ -7,15 +7,22 @@ for every one of AXES, "fixed": {config key: value} for every trial, "per_datase
 overriding "fixed" for one dataset}. Every expanded config is checked with bench.config.resolve, and the
 data sets are loaded once, before any trial starts.
 
+Trials whose preset leaves config `threads` None get the CPUs the backend gives one trial: Ray's
+--cpus-per-trial rounded (at least 1), or all of os.cpu_count() on the local backend.
+
 Experiment E (default: the preset's name) lives in RESULTS/E/:
-- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset"}. Running a different grid under an
-  existing experiment name is refused, so that two grids never mix.
+- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", "threads", "data"}, "threads" the
+  default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
+  (bench/fingerprint.py). Running a different grid, or the same grid on other data, under an existing
+  experiment name is refused in one line, so that two grids or two data sets never mix.
+- run.lock while a run is going on (bench/lock.py): a second run of the same experiment is refused.
 - records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
-  records/<trial_id>.npz its test embeddings; trial_id = sha1(json.dumps(trial_identity(config),
-  sort_keys=True)) in hex, first 12 characters. A trial with a record is never rerun or rewritten.
-  Non-finite metrics are written as null.
-- Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
-  what is left, errored trials included. Nothing in RESULTS is ever deleted.
+  records/<trial_id>.npz its test embeddings; trial_id = the first 12 hex characters of the sha1 of
+  json.dumps({**trial_identity(config), "data_fingerprint": fingerprint}, sort_keys=True). A trial with a
+  record is never rerun or rewritten. Non-finite metrics are written as null.
+- ray/: Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
+  what is left, errored trials included; without it (deleted), a fresh Tune run skips every recorded trial.
+  Nothing in RESULTS is ever deleted.
 
 With RAY_ADDRESS set, the trials spread over that Ray cluster. RESULTS and the data folder must then be
 on storage that every node sees at the same path: since Ray 2.7, results are not synced to the head.
@@ -46,8 +53,9 @@ import torch
 
 from bench.cli import Parser
 from bench.config import DEFAULTS, LOCATION_KEYS, STATUSES, resolve, trial_identity
+from bench.lock import LOCK_NAME, LockError, acquire, release
 from bench.models import model_settings
-from bench.provenance import provenance
+from bench.provenance import local_placement, provenance, ray_placement
 from bench.trial import run_trial
 
 AXES = ("dataset", "loss", "margin", "batch_size", "seed")
@@ -55,6 +63,10 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PRESET_SECTIONS = ("doc", "axes", "fixed", "per_dataset")
 OOM_PATTERN = re.compile(r"out of memory|low on memory|OutOfMemoryError", re.IGNORECASE)
 POLL_SECONDS = 2.0
+# Ray retries a trial whose worker or node died this many times in the same run; a trial's own exceptions
+# never reach Ray (run_one records them), so only lost workers and nodes are retried.
+MAX_NODE_FAILURES = 2
+LOST = {"node": None, "resources": None, "concurrent_trials": None}  # placement of a trial whose worker died
 
 TrialFn = Callable[..., dict[str, Any]]
 
@@ -80,21 +92,33 @@ class Grid:
         """The trial config of one grid point, without location keys."""
         return {**self.fixed, **self.per_dataset.get(point["dataset"], {}), **point}
 
-    def spec(self, experiment: str) -> dict[str, Any]:
-        """The content of grid.json."""
+    def spec(self, experiment: str, threads: int | None, fingerprints: dict[str, str]) -> dict[str, Any]:
+        """The content of grid.json: the preset, the default thread count and each dataset's fingerprint."""
         return {"preset": self.preset, "experiment": experiment, "axes": self.axes, "fixed": self.fixed,
-                "per_dataset": self.per_dataset}
+                "per_dataset": self.per_dataset, "threads": threads, "data": fingerprints}
 
 
 @dataclass(frozen=True)
 class Context:
-    """What every trial of one run shares: the grid and where things are (absolute paths)."""
+    """What every trial of one run shares: the grid, its data, its thread default and where things are."""
 
     grid: Grid
     experiment: str
     experiment_dir: str
     data_dir: str
     command: str
+    fingerprints: dict[str, str]  # dataset -> bench.fingerprint.fingerprint: part of every trial's identity
+    threads: int | None  # config `threads` where the preset leaves it None: the CPUs the backend gives a trial
+    device: str = "auto"  # config `device` of every trial (a location key; tests force "cpu")
+
+    def config(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The trial config of one grid point without location keys, `threads` filled in."""
+        config = self.grid.config(point)
+        return {**config, "threads": self.threads} if config.get("threads") is None else config
+
+    def trial_id(self, point: dict[str, Any]) -> str:
+        """The trial id of one grid point (config and data fingerprint)."""
+        return trial_id(self.config(point), self.fingerprints[point["dataset"]])
 
 
 def preset_names() -> list[str]:
@@ -168,9 +192,10 @@ def load_preset(name: str) -> Grid:
     return grid
 
 
-def trial_id(config: dict[str, Any]) -> str:
-    """12 hex characters of the sha1 of the trial's identity as canonical JSON: equal for the same trial."""
-    return hashlib.sha1(json.dumps(trial_identity(config), sort_keys=True).encode()).hexdigest()[:12]
+def trial_id(config: dict[str, Any], fingerprint: str) -> str:
+    """12 hex characters of the sha1 of the trial's identity and its data's fingerprint as canonical JSON."""
+    identity = {**trial_identity(config), "data_fingerprint": fingerprint}
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _finite(value: Any) -> Any:
@@ -208,41 +233,56 @@ def _record_path(ctx: Context, tid: str, suffix: str = ".json") -> Path:
 
 
 def trial_config(ctx: Context, point: dict[str, Any]) -> dict[str, Any]:
-    """The config a grid point runs with: the grid's, the absolute data folder, records/<trial_id>.npz."""
-    config = {**ctx.grid.config(point), "data_dir": ctx.data_dir}
-    return {**config, "save_embeddings": str(_record_path(ctx, trial_id(config), ".npz"))}
+    """The config a grid point runs with: ctx.config, the absolute data folder, device, records/<trial_id>.npz."""
+    config = {**ctx.config(point), "data_dir": ctx.data_dir, "device": ctx.device}
+    return {**config, "save_embeddings": str(_record_path(ctx, ctx.trial_id(point), ".npz"))}
 
 
 def read_record(ctx: Context, point: dict[str, Any]) -> dict[str, Any] | None:
     """The record of a grid point's finished trial, or None."""
-    path = _record_path(ctx, trial_id(ctx.grid.config(point)))
+    path = _record_path(ctx, ctx.trial_id(point))
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def initial_margin_check(final: dict[str, Any]) -> dict[str, Any] | None:
+    """record["initial"]: the final checkpoint's initial_* keys and effective_margin, None when it has none."""
+    keys = ("fraction_easy", "fraction_semihard", "fraction_hard", "active_anchors")
+    lifted = {key: final.get(f"initial_{key}") for key in keys} | {"effective_margin": final.get("effective_margin")}
+    return lifted if any(f"initial_{key}" in final for key in keys) else None
+
+
 def make_record(
-    ctx: Context, config: dict[str, Any], status: str, reason: str | None, history: list[dict[str, Any]]
+    ctx: Context, point: dict[str, Any], status: str, reason: str | None, history: list[dict[str, Any]],
+    placement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A finished trial's record: identity, resolved config, status, reason, checkpoints, provenance."""
-    tid = trial_id(config)
+    """A finished trial's record: identity, resolved config, status, reason, checkpoints, data, provenance.
+
+    `placement` is {"node", "resources", "concurrent_trials"} of bench.provenance (default: this process,
+    local backend).
+    """
+    config = trial_config(ctx, point)
     embeddings = Path(config["save_embeddings"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if torch.cuda.is_available() and ctx.device in ("auto", "cuda") else "cpu"
+    final = history[-1] if history else {}
     return {
-        "trial_id": tid,
+        "trial_id": ctx.trial_id(point),
         "experiment": ctx.experiment,
         "preset": ctx.grid.preset,
         "config": resolve(config),
         "status": status,
         "reason": reason,
         "history": history,
-        "final": history[-1] if history else {},
-        "provenance": {**provenance(device), "command": ctx.command},
+        "final": final,
+        "provenance": {**provenance(device), "command": ctx.command, **(placement or local_placement(device))},
         "embeddings": embeddings.name if status in ("ok", "collapsed") and embeddings.is_file() else None,
+        "data": {"fingerprint": ctx.fingerprints[point["dataset"]]},
+        "initial": initial_margin_check(final),
     }
 
 
 def run_one(
     point: dict[str, Any], ctx: Context, trial_fn: TrialFn = run_trial,
-    report: Callable[[dict[str, Any]], None] | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None, placement: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Run one grid point unless it has a record; write its record; return (record, whether it ran now).
 
@@ -266,7 +306,7 @@ def run_one(
         status, reason = ("OOM" if is_oom(err) else "error"), one_line(err)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    record = make_record(ctx, config, status, reason, history)
+    record = make_record(ctx, point, status, reason, history, placement)
     write_json(_record_path(ctx, record["trial_id"]), record)
     return record, True
 
@@ -275,8 +315,10 @@ def ray_trial(point: dict[str, Any], ctx: Context, trial_fn: TrialFn) -> None:
     """Ray Tune's function trainable: run_one, forwarding each checkpoint's metrics with tune.report."""
     from ray import tune
 
-    tid = trial_id(ctx.grid.config(point))
-    record, ran = run_one(point, ctx, trial_fn, lambda metrics: tune.report({**metrics, "trial_id": tid}))
+    tid = ctx.trial_id(point)
+    point = {axis: point[axis] for axis in AXES}
+    report = lambda metrics: tune.report({**metrics, "trial_id": tid})  # noqa: E731
+    record, ran = run_one(point, ctx, trial_fn, report, ray_placement(len(ctx.grid.points())))
     if not (ran and record["history"]):  # failed before its first checkpoint, or finished in an earlier run
         result = {**record["final"], "trial_id": tid, "status": record["status"], "reason": record["reason"]}
         tune.report({key: value for key, value in result.items() if value is not None})
@@ -329,30 +371,47 @@ def run_local(ctx: Context, points: list[dict[str, Any]], trial_fn: TrialFn, pro
 
 def _poll_records(ctx: Context, points: list[dict[str, Any]], progress: Progress, stop: threading.Event) -> None:
     """Report new records to `progress` until `stop` is set (Ray's trials run in other processes)."""
-    ids = {trial_id(ctx.grid.config(point)): point for point in points}
+    ids = {ctx.trial_id(point): point for point in points}
     while not stop.wait(POLL_SECONDS):
         for tid in set(ids) - progress.done:
             if (record := read_record(ctx, ids[tid])) is not None:
                 progress.finished(record)
 
 
+def quiet_ray() -> None:
+    """Silence Ray's output that the project's own lines replace: the token-auth notice, Tune's tables, the
+    TensorBoard hint (no default logger callbacks: the records are the results), "Resume experiment with:
+    Tuner.restore(...)" and "Failed to fetch metrics" after an interruption, and Tune's tracebacks of lost
+    trials (run_ray prints one line for each)."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter at verbose=0 prints nothing; the new
+    # one prints its configuration table, "View detailed results here" and every errored trial regardless
+    for name in ("ray.tune", "ray.train", "ray._private.authentication"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def ray_storage(ctx: Context) -> Path:
+    """Ray Tune's experiment state of this experiment: RESULTS/E/ray/."""
+    return Path(ctx.experiment_dir) / "ray"
+
+
 def run_ray(
     ctx: Context, points: list[dict[str, Any]], trial_fn: TrialFn, progress: Progress,
     cpus_per_trial: float, gpus_per_trial: float | None,
 ) -> None:
-    """Run (or resume) the grid as a Ray Tune experiment in ctx.experiment_dir; starts Ray if needed."""
+    """Run (or resume) the grid as a Ray Tune experiment in RESULTS/E/ray/; starts Ray if needed."""
+    quiet_ray()
     import ray
     from ray import tune
 
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     started_ray = not ray.is_initialized()
     if started_ray and os.environ.get("RAY_ADDRESS"):
         print(f"Ray: connecting to the cluster at {os.environ['RAY_ADDRESS']}; RESULTS and the data folder "
               "must be on storage that every node sees", flush=True)
         ray.init(logging_level=logging.WARNING, log_to_driver=False)
     elif started_ray:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,  # "local": never a cluster
+                 logging_level=logging.WARNING, log_to_driver=False)  # that an earlier `ray start` left running
     try:
         gpus_here = ray.cluster_resources().get("GPU", 0)
         gpus = (1 if gpus_here else 0) if gpus_per_trial is None else gpus_per_trial
@@ -361,30 +420,33 @@ def run_ray(
         trainable = tune.with_resources(
             tune.with_parameters(ray_trial, ctx=ctx, trial_fn=trial_fn), {"cpu": cpus_per_trial, "gpu": gpus}
         )
-        if tune.Tuner.can_restore(ctx.experiment_dir):
-            print(f"Ray: resuming the experiment in {ctx.experiment_dir}", flush=True)
-            tuner = tune.Tuner.restore(ctx.experiment_dir, trainable, resume_errored=True)
+        state = ray_storage(ctx)
+        if tune.Tuner.can_restore(state):
+            print(f"Ray: resuming the experiment from {state}", flush=True)
+            tuner = tune.Tuner.restore(str(state), trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
                 param_space={axis: tune.grid_search(values) for axis, values in ctx.grid.axes.items()},
                 tune_config=tune.TuneConfig(reuse_actors=True),
                 run_config=tune.RunConfig(
-                    name=ctx.experiment, storage_path=str(Path(ctx.experiment_dir).parent), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                    name=state.name, storage_path=str(state.parent), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=MAX_NODE_FAILURES, fail_fast=False),
                 ),
             )
         stop = threading.Event()
         poller = threading.Thread(target=_poll_records, args=(ctx, points, progress, stop), daemon=True)
         poller.start()
         try:
-            results = tuner.fit()
+            tuner.fit()
         finally:
             stop.set()
             poller.join()
-        for result in results:
-            if result.error is not None and read_record(ctx, result.config) is None:
-                ray_failure(ctx, result.config, result.error)
+        for trial in tune.ExperimentAnalysis(str(state)).trials:  # a trial lost before its first report has
+            point = {axis: trial.config[axis] for axis in AXES}  # no config in its Result, hence the Trials
+            if trial.status == "ERROR" and read_record(ctx, point) is None:
+                error = trial.get_pickled_error() or trial.get_error() or RuntimeError("lost without an error")
+                ray_failure(ctx, point, error)
         for point in points:
             if (record := read_record(ctx, point)) is not None:
                 progress.finished(record)
@@ -396,8 +458,7 @@ def run_ray(
 def ray_failure(ctx: Context, point: dict[str, Any], error: BaseException) -> None:
     """A trial that Ray lost: recorded as OOM when its worker was killed for memory, else left to resume."""
     if is_oom(error):
-        config = trial_config(ctx, point)
-        write_json(_record_path(ctx, trial_id(config)), make_record(ctx, config, "OOM", one_line(error), []))
+        write_json(_record_path(ctx, ctx.trial_id(point)), make_record(ctx, point, "OOM", one_line(error), [], LOST))
     else:
         print(f"trial {point} failed in Ray ({one_line(error, 200)}); re-run the same command to resume it",
               flush=True)
@@ -414,7 +475,8 @@ def record_baselines(ctx: Context, points: list[dict[str, Any]]) -> None:
 
     configs = [trial_config(ctx, point) for point in points]
     try:
-        for record in baseline_records(configs, ctx.data_dir, recorded=lambda bid: _record_path(ctx, bid).is_file()):
+        for record in baseline_records(configs, ctx.data_dir, ctx.fingerprints, ctx.device,
+                                       recorded=lambda bid: _record_path(ctx, bid).is_file()):
             record = {**record, "experiment": ctx.experiment, "preset": ctx.grid.preset,
                       "provenance": {**record["provenance"], "command": ctx.command}}
             write_json(_record_path(ctx, record["trial_id"]), record)
@@ -427,20 +489,26 @@ def record_baselines(ctx: Context, points: list[dict[str, Any]]) -> None:
         raise GridError(str(err)) from None
 
 
-def check_data(datasets: list[str], data_dir: str) -> None:
-    """Load each data set once, so that missing or corrupt data stops the grid before any trial (GridError)."""
-    from bench.data import DataError, load_dataset
+def fingerprints(datasets: list[str], data_dir: str) -> dict[str, str]:
+    """Each data set's fingerprint (bench/fingerprint.py); loading it on a cache miss also checks it, so that
+    missing or corrupt data stops the grid before any trial (GridError)."""
+    from bench.data import DataError
+    from bench.fingerprint import fingerprint
 
-    for name in datasets:
-        try:
-            load_dataset(name, data_dir, "cpu")
-        except DataError as err:
-            raise GridError(str(err)) from None
+    try:
+        return {name: fingerprint(name, data_dir) for name in datasets}
+    except DataError as err:
+        raise GridError(str(err)) from None
+
+
+def new_experiment_hint() -> str:
+    """How to name a new experiment on the command line the user typed: make's variable or the flag."""
+    return "EXPERIMENT=NAME" if os.environ.get("MAKELEVEL") else "--experiment NAME"
 
 
 def _flat(spec: dict[str, Any]) -> dict[str, Any]:
-    """grid.json's axes, fixed keys and per-dataset keys as {"section.key[.key]": value}."""
-    out = {}
+    """grid.json's axes, fixed keys, per-dataset keys and thread default as {"section.key[.key]": value}."""
+    out = {"threads": spec.get("threads")}
     for section in ("axes", "fixed", "per_dataset"):
         for key, value in spec.get(section, {}).items():
             if section == "per_dataset":
@@ -450,26 +518,49 @@ def _flat(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_experiment(experiment_dir: Path, spec: dict[str, Any]) -> bool:
-    """Whether the folder holds this grid already (GridError if it holds another, or foreign files)."""
+def stored_spec(experiment_dir: Path) -> dict[str, Any] | None:
+    """The experiment's grid.json, or None for a new (empty) folder (GridError for a foreign or broken one)."""
     path = experiment_dir / "grid.json"
     if not path.is_file():
-        if experiment_dir.is_dir() and any(experiment_dir.iterdir()):
-            raise GridError(f"{experiment_dir} has files but no grid.json; pass --experiment NAME for a new folder")
-        return False
+        if experiment_dir.is_dir() and any(p.name != LOCK_NAME for p in experiment_dir.iterdir()):
+            raise GridError(f"{experiment_dir} has files but no grid.json; pass {new_experiment_hint()} for a new "
+                            "folder")
+        return None
     try:
-        stored = _flat(json.loads(path.read_text()))
+        stored = json.loads(path.read_text())
+        _flat(stored)
     except (OSError, ValueError, AttributeError) as err:
-        raise GridError(f"{path} is unreadable ({err}); pass --experiment NAME for a new folder") from None
-    wanted = _flat(json.loads(json.dumps(spec)))
-    changed = [f"{key}: {stored.get(key)!r} there, {wanted.get(key)!r} now"
-               for key in sorted(set(stored) | set(wanted)) if stored.get(key) != wanted.get(key)]
+        raise GridError(f"{path} is unreadable ({err}); pass {new_experiment_hint()} for a new folder") from None
+    return stored
+
+
+def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, spec: dict[str, Any]) -> None:
+    """Refuse (GridError) when the folder holds another grid than `spec` (the data aside)."""
+    if stored is None:
+        return
+    before, now = _flat(stored), _flat(json.loads(json.dumps(spec)))
+    changed = [f"{key}: {before.get(key)!r} there, {now.get(key)!r} now"
+               for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     if changed:
         raise GridError(
-            f"{experiment_dir} holds a different grid ({'; '.join(changed)}); pass --experiment NAME to start "
-            "a new experiment, or run its original grid to resume it"
+            f"{experiment_dir} holds a different grid ({'; '.join(changed)}); pass {new_experiment_hint()} to "
+            "start a new experiment, or run its original grid to resume it"
         )
-    return True
+
+
+def check_data(experiment_dir: Path, stored: dict[str, Any] | None, prints: dict[str, str], data_dir: str) -> None:
+    """Refuse (GridError) when the folder's trials ran on other data than `prints` (dataset -> fingerprint)."""
+    if stored is None:
+        return
+    before = stored.get("data") if isinstance(stored.get("data"), dict) else {}
+    changed = [f"{name} {before.get(name)} there, {value} now" for name, value in prints.items()
+               if before.get(name) != value]
+    if changed:
+        raise GridError(
+            f"{experiment_dir} was run on other data (fingerprint {'; '.join(changed)} in {data_dir}); pass "
+            f"{new_experiment_hint()} to start a new experiment on this data, or point at its original data to "
+            "resume it"
+        )
 
 
 def summarize(ctx: Context, points: list[dict[str, Any]]) -> int:
@@ -501,9 +592,12 @@ def pick_backend(name: str) -> str:
 def run_grid(
     preset: str, data_dir: str | Path, results: str | Path, *, experiment: str = "", backend: str = "auto",
     trial_fn: TrialFn = run_trial, cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None,
-    command: str = "",
+    command: str = "", device: str = "auto",
 ) -> int:
-    """Run or resume a preset's grid into results/<experiment>/; return 0 when every trial has a record."""
+    """Run or resume a preset's grid into results/<experiment>/; return 0 when every trial has a record.
+
+    `device` is every trial's config `device` (a location key: tests force "cpu" under logical Ray GPUs).
+    """
     if not cpus_per_trial > 0 or (gpus_per_trial or 0) < 0:
         raise GridError(f"need --cpus-per-trial > 0 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
     grid = load_preset(preset)
@@ -511,26 +605,40 @@ def run_grid(
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", experiment):
         raise GridError(f"experiment name {experiment!r} must be letters, digits, '.', '_' or '-'")
     experiment_dir = Path(results).resolve() / experiment
-    spec = grid.spec(experiment)
-    known = check_experiment(experiment_dir, spec)
     backend = pick_backend(backend)
+    threads = max(1, round(cpus_per_trial)) if backend == "ray" else os.cpu_count() or 1
+    if all(grid.config(point).get("threads") is not None for point in grid.points()):
+        threads = None  # the preset sets it everywhere: the backend does not matter
+    stored = stored_spec(experiment_dir)
+    check_grid(experiment_dir, stored, grid.spec(experiment, threads, {}))
     data_dir = str(Path(data_dir).resolve())
-    check_data(grid.axes["dataset"], data_dir)
-    if not known:
-        write_json(experiment_dir / "grid.json", spec)
-    (experiment_dir / "records").mkdir(exist_ok=True)
-    ctx = Context(grid, experiment, str(experiment_dir), data_dir, command or shlex.join(sys.argv))
-    points = grid.points()
-    progress = Progress(ctx, points)
-    print(f"grid {experiment} ({grid.preset}): {len(points)} trials, {len(progress.done)} already recorded; "
-          f"backend {backend}; results in {experiment_dir}", flush=True)
-    if trial_fn is run_trial:  # baselines are evaluated as bench.trial evaluates; a substituted trial has none
-        record_baselines(ctx, points)
-    if backend == "local":
-        run_local(ctx, points, trial_fn, progress)
-    else:
-        run_ray(ctx, points, trial_fn, progress, cpus_per_trial, gpus_per_trial)
-    return summarize(ctx, points)
+    prints = fingerprints(grid.axes["dataset"], data_dir)
+    check_data(experiment_dir, stored, prints, data_dir)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    command = command or shlex.join(sys.argv)
+    try:
+        lock = acquire(experiment_dir, command)
+    except LockError as err:
+        raise GridError(str(err)) from None
+    try:
+        if stored is None:
+            write_json(experiment_dir / "grid.json", grid.spec(experiment, threads, prints))
+        (experiment_dir / "records").mkdir(exist_ok=True)
+        ctx = Context(grid, experiment, str(experiment_dir), data_dir, command, prints, threads, device)
+        points = grid.points()
+        progress = Progress(ctx, points)
+        print(f"grid {experiment} ({grid.preset}): {len(points)} trials, {len(progress.done)} already recorded; "
+              f"backend {backend}; data {', '.join(f'{k} {v}' for k, v in prints.items())}; results in "
+              f"{experiment_dir}", flush=True)
+        if trial_fn is run_trial:  # baselines are evaluated as bench.trial evaluates; a substituted trial has none
+            record_baselines(ctx, points)
+        if backend == "local":
+            run_local(ctx, points, trial_fn, progress)
+        else:
+            run_ray(ctx, points, trial_fn, progress, cpus_per_trial, gpus_per_trial)
+        return summarize(ctx, points)
+    finally:
+        release(lock)
 
 
 def default_preset() -> str:

@@ -1,10 +1,13 @@
-"""Where a result came from: date, commit, hardware and versions, saved beside every result."""
+"""Where a result came from: date, commit, hardware and versions, and for a trial the node and resources it ran on."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import math
+import os
 import platform
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -64,3 +67,27 @@ def provenance(device: str | torch.device = "cpu") -> dict[str, Any]:
         "ray": _version("ray"),
         "numpy": _version("numpy"),
     }
+
+
+def local_placement(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Where a trial of the local backend ran: this host, all its CPUs (and its GPU on CUDA), one trial at a time."""
+    host = socket.gethostname()
+    gpu = 1 if torch.device(device).type == "cuda" else 0
+    return {"node": {"node_id": host, "hostname": host}, "resources": {"cpu": os.cpu_count() or 1, "gpu": gpu},
+            "concurrent_trials": 1}
+
+
+def ray_placement(n_trials: int) -> dict[str, Any]:
+    """Where the calling Ray trial runs: Ray's node id and hostname, the CPUs and GPUs Ray reserved for it, and
+    how many trials of that size its node can hold at once (its CPUs and GPUs over the reservation, capped at
+    the grid's `n_trials`)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    node_id = context.get_node_id()
+    assigned = context.get_assigned_resources()
+    cpu, gpu = assigned.get("CPU", 0.0), assigned.get("GPU", 0.0)
+    total = next((node["Resources"] for node in ray.nodes() if node["NodeID"] == node_id), {})
+    fits = [math.floor(total.get(name, 0.0) / need + 1e-9) for name, need in (("CPU", cpu), ("GPU", gpu)) if need > 0]
+    return {"node": {"node_id": node_id, "hostname": socket.gethostname()}, "resources": {"cpu": cpu, "gpu": gpu},
+            "concurrent_trials": min([n_trials, *fits])}

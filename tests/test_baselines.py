@@ -11,6 +11,7 @@ import torch
 
 from bench.baselines import BASELINES, baseline_config, baseline_configs, baseline_id, pixel_embeddings, run_baseline
 from bench.config import METRICS
+from bench.fingerprint import fingerprint
 from bench.grid import Context, Grid, GridError, record_baselines
 from bench.protocol import EVAL_METRICS
 from bench.synthetic import synthetic_split, write_synthetic
@@ -64,9 +65,10 @@ def test_one_baseline_per_data_set_protocol_and_seed() -> None:
     assert sum(c["baseline"] == "pixels" for c in configs) == 4  # data set × protocol
     assert sum(c["baseline"] == "untrained" for c in configs) == 8  # × seed
     assert all(c["seed"] is None and c["model"] is None for c in configs if c["baseline"] == "pixels")
-    ids = [baseline_id(c) for c in configs]
+    ids = [baseline_id(c, "f" * 16) for c in configs]
     assert len(set(ids)) == 12 and all(i.startswith("baseline-") and len(i) == 21 for i in ids)
-    assert set(ids) == {baseline_id(c) for c in baseline_configs(trials[::-1])}  # ids do not depend on order
+    assert set(ids) == {baseline_id(c, "f" * 16) for c in baseline_configs(trials[::-1])}  # not order-dependent
+    assert baseline_id(configs[0], "0" * 16) != ids[0]  # other data, another baseline
     with pytest.raises(ValueError, match="unknown baseline 'noise'"):
         baseline_config("noise", {})
 
@@ -74,7 +76,9 @@ def test_one_baseline_per_data_set_protocol_and_seed() -> None:
 def context(tmp_path: Path, data_dir: Path, protocol: str = "seen") -> tuple[Context, list[dict]]:
     grid = Grid("t", {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.2],
                       "batch_size": [32], "seed": [0, 1]}, {"protocol": protocol, "budget_samples": 64}, {})
-    return Context(grid, "e", str(tmp_path / "e"), str(data_dir), "python -m bench.grid --preset t"), grid.points()
+    ctx = Context(grid, "e", str(tmp_path / "e"), str(data_dir), "python -m bench.grid --preset t",
+                  {"mnist": fingerprint("mnist", data_dir)}, 1)
+    return ctx, grid.points()
 
 
 def test_the_grid_records_each_baseline_once(tiny_data_dir: Path, tmp_path: Path,
@@ -86,7 +90,9 @@ def test_the_grid_records_each_baseline_once(tiny_data_dir: Path, tmp_path: Path
     assert sorted(r["baseline"] for r in records) == ["pixels", "untrained", "untrained"]  # seeds 0 and 1
     for path, record in zip(paths, records, strict=True):
         assert RECORD_KEYS <= set(record) and record["kind"] == "baseline" and record["baseline"] in BASELINES
-        assert record["trial_id"] == path.stem == baseline_id(record["config"]) and record["status"] == "ok"
+        assert record["data"] == {"fingerprint": ctx.fingerprints["mnist"]}
+        assert record["trial_id"] == path.stem == baseline_id(record["config"], ctx.fingerprints["mnist"])
+        assert record["status"] == "ok"
         assert record["history"] == [record["final"]] and record["experiment"] == "e" and record["preset"] == "t"
         assert set(record["final"]) == set(METRICS[METRICS.index("val_knn_accuracy"):]) | {
             "knn_accuracy", "precision_at_1", "map_at_r"}

@@ -3,56 +3,70 @@
 import json
 import math
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import torch
 
 from bench.config import METRICS
+from bench.fingerprint import fingerprint
 from bench.grid import (
     AXES,
-    Context,
+    MAX_NODE_FAILURES,
     GridError,
     is_oom,
     load_preset,
-    main,
     pick_backend,
     preset_names,
-    ray_failure,
-    read_record,
+    quiet_ray,
     run_grid,
     trial_id,
 )
+from bench.lock import LOCK_NAME
 from bench.synthetic import write_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {"trial_id", "experiment", "preset", "config", "status", "reason", "history", "final", "provenance",
-               "embeddings"}
+               "embeddings", "data", "initial"}
 FAKE_GRID = {
     "doc": "fake trials: margin 0.5 raises OOM, batch size 16 raises a NaN error, batch-hard diverges",
     "axes": {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.2, 0.5],
              "batch_size": [8, 16], "seed": [0, 1]},
-    "fixed": {"budget_samples": 64, "checkpoints": 2},
+    "fixed": {"budget_samples": 64, "checkpoints": 2, "threads": 1},
 }
 
 
+INITIAL = {"initial_fraction_easy": 0.25, "initial_fraction_semihard": 0.5, "initial_fraction_hard": 0.25,
+           "initial_active_anchors": None, "effective_margin": 0.2}
+
+
 def fake_trial(config: dict, report) -> dict:
-    """Logs its call in data_dir, fails on purpose, and stops like Ctrl-C while data_dir/INTERRUPT exists."""
+    """Logs its call in data_dir, fails on purpose, stops like Ctrl-C while data_dir/INTERRUPT exists, and kills
+    its own (Ray worker) process at one grid point while data_dir/KILL exists."""
     data_dir = Path(config["data_dir"])
     with open(data_dir / "calls.log", "a") as log:
         log.write(json.dumps({axis: config[axis] for axis in AXES}) + "\n")
     if (data_dir / "INTERRUPT").exists() and (config["seed"], config["margin"], config["batch_size"]) == (1, 0.2, 8):
         raise KeyboardInterrupt
+    if (data_dir / "KILL").exists() and (config["loss"], config["seed"], config["margin"], config["batch_size"]) == (
+            "batch-all", 1, 0.2, 8):
+        os.kill(os.getpid(), signal.SIGKILL)
     if config["margin"] == 0.5:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
     if config["batch_size"] == 16:
         raise ValueError("loss is NaN\nat step 3")
     for checkpoint in (1, 2):
         metrics = {**dict.fromkeys(METRICS, 0.5), "checkpoint": checkpoint, "step": checkpoint, "status": "ok",
-                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100}
+                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100, **INITIAL}
         if config["loss"] == "batch-hard" and checkpoint == 2:
             metrics.update(status="diverged", reason="non-finite loss at step 2", knn_accuracy=math.nan)
         report(metrics)
@@ -64,7 +78,9 @@ def fake_trial(config: dict, report) -> dict:
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory: pytest.TempPathFactory):
     """One local Ray instance with 2 CPUs for this module, its temp folder under pytest's, shut down after."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    quiet_ray()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")),
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield
     ray.shutdown()
@@ -78,6 +94,11 @@ def fake_setup(tmp_path: Path) -> tuple[Path, Path]:
     data_dir = tmp_path / "data"
     write_synthetic(data_dir, "mnist", n_train=50, n_test=20)
     return preset, data_dir
+
+
+def snapshot(folder: Path) -> dict[Path, tuple[int, bytes]]:
+    """(mtime_ns, bytes) of every file in an experiment's records/."""
+    return {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in (folder / "records").glob("*")}
 
 
 def records(folder: Path) -> dict[str, dict]:
@@ -99,7 +120,7 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
         assert four <= set(grid.axes["loss"])
         budgets = {(p["dataset"], grid.config(p).get("budget_samples")) for p in grid.points()}
         assert len(budgets) == len(grid.axes["dataset"]), (name, budgets)
-        assert len({trial_id(grid.config(p)) for p in grid.points()}) == len(grid.points())
+        assert len({trial_id(grid.config(p), "0" * 16) for p in grid.points()}) == len(grid.points())
     paper = load_preset("paper")
     assert paper.axes["dataset"] == ["mnist", "cifar10"] and len(paper.axes["seed"]) == 3
     assert len(paper.axes["margin"]) >= 3 and len(paper.axes["batch_size"]) >= 3
@@ -108,18 +129,20 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     assert len(load_preset("smoke").points()) <= 8
 
 
-def test_smoke_preset_through_ray_with_real_trials(
-    ray_session: None, tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    assert main(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--results", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+@pytest.mark.slow
+def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.grid", "--smoke", "--backend", "ray", "--results",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
     folder = tmp_path / "smoke"
     grid = load_preset("smoke")
     spec = json.loads((folder / "grid.json").read_text())
+    prints = {name: fingerprint(name, tiny_data_dir) for name in ("mnist", "cifar10")}  # the same generated data
     assert spec == {"preset": "smoke", "experiment": "smoke", "axes": grid.axes, "fixed": grid.fixed,
-                    "per_dataset": grid.per_dataset}
+                    "per_dataset": grid.per_dataset, "threads": 1, "data": prints}
     found = {tid: record for tid, record in records(folder).items() if not tid.startswith("baseline-")}
-    assert set(found) == {trial_id(grid.config(p)) for p in grid.points()}
+    assert set(found) == {trial_id({**grid.config(p), "threads": 1}, prints[p["dataset"]]) for p in grid.points()}
     baselines = [record["baseline"] for tid, record in records(folder).items() if tid.startswith("baseline-")]
     assert sorted(baselines) == ["pixels", "pixels", "untrained", "untrained"]  # per data set (one seed)
     for tid, record in found.items():
@@ -127,14 +150,23 @@ def test_smoke_preset_through_ray_with_real_trials(
         assert record["status"] in ("ok", "collapsed") and record["reason"] is None, record
         assert len(record["history"]) == record["config"]["checkpoints"] == 2
         assert record["final"] == record["history"][-1] and set(METRICS) <= set(record["final"])
-        assert record["config"]["data_dir"] == str(tiny_data_dir.resolve())
+        assert record["data"] == {"fingerprint": prints[record["config"]["dataset"]]}
+        assert record["config"]["threads"] == 1 and record["config"]["data_dir"].startswith(tempfile.gettempdir())
         assert (folder / "records" / record["embeddings"]).is_file() and record["embeddings"] == f"{tid}.npz"
-        assert record["provenance"]["command"].startswith("python -m bench.grid --preset smoke")
-        assert record["provenance"]["ray"] == ray.__version__
+        provenance = record["provenance"]
+        assert provenance["command"] == f"python -m bench.grid --smoke --backend ray --results {tmp_path}"
+        assert provenance["ray"] == ray.__version__ and provenance["resources"] == {"cpu": 1.0, "gpu": 0.0}
+        assert provenance["concurrent_trials"] == os.cpu_count()
+        assert re.fullmatch(r"[0-9a-f]{56}", provenance["node"]["node_id"])
+        assert provenance["node"]["hostname"] == socket.gethostname()
     assert sum(line.startswith("[") for line in out.splitlines()) == len(found) == 8
     assert "grid smoke: 8 trials: " in out and "unfinished" not in out
+    assert sorted(path.name for path in folder.iterdir()) == ["grid.json", "ray", "records"]
+    for noise in ("Token authentication", "tensorboard", "Tuner.restore", "Failed to fetch metrics"):
+        assert noise not in proc.stdout + proc.stderr, noise
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_and_local_backend_writes_the_same_files(
     ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -151,6 +183,11 @@ def test_failures_are_recorded_and_local_backend_writes_the_same_files(
             assert record[key] == other[key], key
         cfg = record["config"]
         assert {**cfg, "save_embeddings": ""} == {**other["config"], "save_embeddings": ""}
+        assert record["data"] == other["data"] == {"fingerprint": fingerprint("mnist", data_dir)}
+        assert record["provenance"]["resources"] == {"cpu": 1.0, "gpu": 0.0}
+        assert other["provenance"]["resources"] == {"cpu": os.cpu_count(), "gpu": 0}
+        assert (record["provenance"]["concurrent_trials"], other["provenance"]["concurrent_trials"]) == (2, 1)
+        assert other["provenance"]["node"] == {"node_id": socket.gethostname(), "hostname": socket.gethostname()}
         if cfg["margin"] == 0.5:
             assert record["status"] == "OOM" and record["reason"].startswith("OutOfMemoryError: CUDA out of memory")
             assert record["history"] == [] and record["final"] == {}
@@ -162,8 +199,12 @@ def test_failures_are_recorded_and_local_backend_writes_the_same_files(
         else:
             assert record["status"] == "ok" and record["embeddings"] == f"{tid}.npz"
             assert record["final"]["knn_accuracy"] == pytest.approx(0.6 + cfg["seed"] / 100)
+        lifted = {"fraction_easy": 0.25, "fraction_semihard": 0.5, "fraction_hard": 0.25, "active_anchors": None,
+                  "effective_margin": 0.2}
+        assert record["initial"] == (lifted if record["history"] else None)
 
 
+@pytest.mark.slow
 def test_interrupted_grid_resumes_without_rerunning_finished_trials(
     ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -173,7 +214,7 @@ def test_interrupted_grid_resumes_without_rerunning_finished_trials(
     assert "2 unfinished; re-run the same command to resume" in capsys.readouterr().out
     first = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in (tmp_path / "fake/records").glob("*")}
     assert sorted(path.suffix for path in first) == [".json"] * 14 + [".npz"]
-    assert (tmp_path / "fake" / "tuner.pkl").is_file()
+    assert (tmp_path / "fake" / "ray" / "tuner.pkl").is_file() and not (tmp_path / "fake" / "tuner.pkl").exists()
     ran_before = len(calls(data_dir))
 
     (data_dir / "INTERRUPT").unlink()
@@ -192,11 +233,13 @@ def test_local_backend_resumes_and_refuses_a_changed_grid(fake_setup: tuple[Path
     (data_dir / "INTERRUPT").touch()
     with pytest.raises(KeyboardInterrupt):
         run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial)
+    assert not (tmp_path / "fake" / LOCK_NAME).exists()
     before = {tid: (tmp_path / "fake/records" / f"{tid}.json").stat().st_mtime_ns for tid in records(tmp_path / "fake")}
     assert len(before) == 1
     (data_dir / "INTERRUPT").unlink()
     assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
     assert len(records(tmp_path / "fake")) == 16 and len(calls(data_dir)) == 17
+    assert not (tmp_path / "fake" / LOCK_NAME).exists()
     assert all((tmp_path / "fake/records" / f"{tid}.json").stat().st_mtime_ns == ns for tid, ns in before.items())
 
     changed = json.loads(preset.read_text())
@@ -245,21 +288,10 @@ def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path) -> None
     assert not (tmp_path / "results").exists()
 
 
-def test_a_worker_killed_for_memory_is_recorded_as_oom_and_other_losses_are_not(
-    fake_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    preset, data_dir = fake_setup
-    grid = load_preset(str(preset))
-    ctx = Context(grid, "fake", str(tmp_path / "fake"), str(data_dir), "cmd")
-    oom, lost = grid.points()[:2]
-    ray_failure(ctx, oom, RuntimeError("Task was killed due to the node running low on memory.\nMemory on the node"))
-    ray_failure(ctx, lost, RuntimeError("The actor died unexpectedly before finishing this task."))
-    record = read_record(ctx, oom)
-    assert record["status"] == "OOM" and record["reason"].startswith("RuntimeError: Task was killed due to the node")
-    assert record["history"] == [] and record["provenance"]["command"] == "cmd" and record["embeddings"] is None
-    assert read_record(ctx, lost) is None and "re-run the same command" in capsys.readouterr().out
+def test_out_of_memory_errors_are_recognised() -> None:
     assert is_oom(RuntimeError("CUDA error: out of memory")) and is_oom(MemoryError())
-    assert not is_oom(ValueError("loss is NaN"))
+    assert is_oom(RuntimeError("Task was killed due to the node running low on memory.\nMemory on the node"))
+    assert not is_oom(ValueError("loss is NaN")) and not is_oom(RuntimeError("The actor died unexpectedly"))
 
 
 def test_without_ray_auto_falls_back_to_local(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -268,3 +300,102 @@ def test_without_ray_auto_falls_back_to_local(monkeypatch: pytest.MonkeyPatch, c
     assert pick_backend("local") == "local"
     with pytest.raises(GridError, match="Ray Tune cannot be imported"):
         pick_backend("ray")
+
+
+def test_data_is_part_of_the_experiment_same_data_resumes_other_data_is_refused(
+    fake_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    preset, data_dir = fake_setup
+    unfixed = json.loads(preset.read_text())
+    del unfixed["fixed"]["threads"]
+    preset.write_text(json.dumps(unfixed))
+    results = tmp_path / "results"
+    assert run_grid(str(preset), data_dir, results, backend="local", trial_fn=fake_trial) == 0
+    first = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in (results / "fake/records").glob("*")}
+    print_a = fingerprint("mnist", data_dir)
+    spec = json.loads((results / "fake/grid.json").read_text())
+    assert spec["data"] == {"mnist": print_a} and spec["threads"] == os.cpu_count()
+    assert all(record["config"]["threads"] == os.cpu_count() for record in records(results / "fake").values())
+
+    same = tmp_path / "same"  # the same images at another path, written anew: a new mtime, the same content
+    write_synthetic(same, "mnist", n_train=50, n_test=20)
+    assert run_grid(str(preset), same, results, backend="local", trial_fn=fake_trial) == 0
+    assert len(calls(data_dir)) == 16 and not calls(same)
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in first} == first
+
+    other = tmp_path / "other"  # the same arrays but one pixel
+    arrays = dict(np.load(same / "mnist.npz"))
+    arrays["x_test"][0, 0, 0] ^= 1
+    other.mkdir()
+    np.savez(other / "mnist.npz", **arrays)
+    print_b = fingerprint("mnist", other)
+    assert print_b != print_a
+    argv = [sys.executable, "-m", "bench.grid", "--preset", str(preset), "--data-dir", str(other),
+            "--results", str(results), "--backend", "local"]
+    for env, hint in (({}, "--experiment NAME"), ({"MAKELEVEL": "1"}, "EXPERIMENT=NAME")):
+        proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert f"was run on other data (fingerprint mnist {print_a} there, {print_b} now" in proc.stderr
+        assert f"pass {hint} to start a new experiment" in proc.stderr
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in first} == first
+    assert sorted(p.name for p in (results / "fake").iterdir()) == ["grid.json", "records"]
+
+    assert run_grid(str(preset), other, results, experiment="other", backend="local", trial_fn=fake_trial) == 0
+    by_a, by_b = records(results / "fake"), records(results / "other")
+    assert len(by_b) == 16 and not set(by_a) & set(by_b)
+    assert {record["data"]["fingerprint"] for record in by_b.values()} == {print_b}
+
+
+def test_the_different_grid_refusal_names_the_make_variable_under_make(fake_setup: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    preset, data_dir = fake_setup
+    assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
+    changed = json.loads(preset.read_text())
+    changed["axes"]["seed"] = [0, 2]
+    preset.write_text(json.dumps(changed))
+    argv = [sys.executable, "-m", "bench.grid", "--preset", str(preset), "--data-dir", str(data_dir),
+            "--results", str(tmp_path), "--backend", "local"]
+    proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, "MAKELEVEL": "1"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "holds a different grid (axes.seed: [0, 1] there, [0, 2] now); pass EXPERIMENT=NAME" in proc.stderr
+
+
+def test_argparse_abbreviations_are_refused(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.grid", "--smok", "--results", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unrecognized arguments: --smok" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_reported_rerun_finishes_it_and_a_resume_without_rays_state_runs_nothing(
+    ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    preset, data_dir = fake_setup
+    narrow = json.loads(preset.read_text())
+    narrow["axes"]["margin"] = [0.2]  # 8 trials
+    preset.write_text(json.dumps(narrow))
+    (data_dir / "KILL").touch()
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 1
+    out = capsys.readouterr().out
+    assert "'loss': 'batch-all', 'margin': 0.2, 'batch_size': 8, 'seed': 1} failed in Ray (" in out
+    assert "re-run the same command to resume it" in out and "1 unfinished" in out
+    first = snapshot(tmp_path / "fake")
+    assert len([path for path in first if path.suffix == ".json"]) == 7
+    killed = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 8, "seed": 1}
+    assert calls(data_dir).count(killed) == 1 + MAX_NODE_FAILURES  # a lost worker is retried, then reported
+
+    (data_dir / "KILL").unlink()
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
+    assert calls(data_dir).count(killed) == 2 + MAX_NODE_FAILURES and len(calls(data_dir)) == 9 + MAX_NODE_FAILURES
+    assert {path: snapshot(tmp_path / "fake")[path] for path in first} == first
+    done = snapshot(tmp_path / "fake")
+    assert len(records(tmp_path / "fake")) == 8
+
+    shutil.rmtree(tmp_path / "fake" / "ray")  # Ray's state gone: a fresh Tune run must skip every record
+    capsys.readouterr()
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
+    assert "8 trials, 8 already recorded" in capsys.readouterr().out
+    assert len(calls(data_dir)) == 9 + MAX_NODE_FAILURES and snapshot(tmp_path / "fake") == done

@@ -1,0 +1,76 @@
+"""Data fingerprints: a content hash of a data set's arrays, so that a trial's identity includes its data.
+
+fingerprint(name, data_dir) = the first 16 hex characters of the sha256 over x_train, y_train, x_test, y_test
+as bench.data.load_dataset returns them (uint8 N×C×H×W images, int64 labels; shape and dtype hashed too),
+so the same images give the same fingerprint whether they come as <name>.npz or as torchvision's folder.
+
+Hashing needs the whole set in memory, so the result is cached in <data_dir>/fingerprints.json, keyed by the
+size and mtime (ns) of every file the set was read from; a changed file recomputes it. Where the data folder
+is not writable the cache is skipped and the fingerprint computed each time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.data import FOLDERS, load_dataset
+
+CACHE_NAME = "fingerprints.json"
+
+
+def source_files(name: str, data_dir: Path) -> list[Path]:
+    """The files a data set is read from: <name>.npz if present, else every file of torchvision's folder."""
+    npz = data_dir / f"{name}.npz"
+    if npz.is_file():
+        return [npz]
+    folder = data_dir / FOLDERS[name].rstrip("/")
+    return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else []
+
+
+def _stamp(files: list[Path], data_dir: Path) -> list[list[Any]]:
+    """[[relative path, size, mtime_ns], ...]: what the cache entry is valid for."""
+    return [[str(path.relative_to(data_dir)), (st := path.stat()).st_size, st.st_mtime_ns] for path in files]
+
+
+def content_hash(name: str, data_dir: str | Path) -> str:
+    """16 hex characters of the sha256 of the loaded arrays (raises bench.data.DataError on bad data)."""
+    digest = hashlib.sha256()
+    for array in load_dataset(name, data_dir, "cpu"):
+        digest.update(f"{tuple(array.shape)} {array.dtype};".encode())
+        digest.update(memoryview(array.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def fingerprint(name: str, data_dir: str | Path) -> str:
+    """The data set's content fingerprint, from the cache when its files are unchanged (DataError on bad data)."""
+    data_dir = Path(data_dir)
+    files = source_files(name, data_dir)
+    stamp = _stamp(files, data_dir) if files else None
+    cache_path = data_dir / CACHE_NAME
+    entry = _read_cache(cache_path).get(name)
+    if stamp and isinstance(entry, dict) and entry.get("files") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    value = content_hash(name, data_dir)
+    if stamp is None and (files := source_files(name, data_dir)):  # a download has just created them
+        stamp = _stamp(files, data_dir)
+    if stamp:
+        cache = {**_read_cache(cache_path), name: {"files": stamp, "sha256": value}}
+        temp = cache_path.with_name(f".{CACHE_NAME}.{os.getpid()}.tmp")
+        try:
+            temp.write_text(json.dumps(cache, indent=1) + "\n")
+            os.replace(temp, cache_path)
+        except OSError:  # a read-only data folder: no cache
+            temp.unlink(missing_ok=True)
+    return value

@@ -1,0 +1,53 @@
+"""Data fingerprints: content, not path or mtime, decides; the cache is used only while the files are unchanged."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bench.fingerprint as fp
+from bench.data import DataError
+from bench.synthetic import write_synthetic
+
+
+def test_the_fingerprint_is_the_content_and_the_cache_follows_size_and_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    npz = write_synthetic(tmp_path / "a", "mnist", n_train=50, n_test=20)
+    first = fp.fingerprint("mnist", npz.parent)
+    assert len(first) == 16 and int(first, 16) >= 0
+    cache = json.loads((npz.parent / fp.CACHE_NAME).read_text())
+    stat = npz.stat()
+    assert cache == {"mnist": {"files": [["mnist.npz", stat.st_size, stat.st_mtime_ns]], "sha256": first}}
+
+    copy = write_synthetic(tmp_path / "b", "mnist", n_train=50, n_test=20)
+    assert fp.fingerprint("mnist", copy.parent) == first  # another path and mtime, the same content
+
+    calls = []
+    real_hash = fp.content_hash
+    monkeypatch.setattr(fp, "content_hash", lambda *args: calls.append(args) or real_hash(*args))
+    assert fp.fingerprint("mnist", npz.parent) == first and calls == []  # from the cache
+    os.utime(npz, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert fp.fingerprint("mnist", npz.parent) == first and len(calls) == 1  # touched: hashed again
+
+    arrays = dict(np.load(npz))
+    arrays["y_train"] = arrays["y_train"].copy()
+    arrays["y_train"][[0, 1]] = arrays["y_train"][[1, 0]] if arrays["y_train"][0] != arrays["y_train"][1] else [0, 1]
+    np.savez(npz, **arrays)
+    changed = fp.fingerprint("mnist", npz.parent)
+    assert changed != first and len(calls) == 2
+    assert json.loads((npz.parent / fp.CACHE_NAME).read_text())["mnist"]["sha256"] == changed
+
+
+def test_an_unwritable_cache_is_skipped_and_bad_data_raises(tmp_path: Path) -> None:
+    npz = write_synthetic(tmp_path, "mnist", n_train=50, n_test=20)
+    expected = fp.content_hash("mnist", tmp_path)
+    (tmp_path / fp.CACHE_NAME).mkdir()  # cannot be written, even by root
+    assert fp.fingerprint("mnist", tmp_path) == expected
+    assert not any((tmp_path / fp.CACHE_NAME).iterdir())
+    assert sorted(path.name for path in tmp_path.iterdir()) == [fp.CACHE_NAME, "mnist.npz"]
+    npz.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        fp.fingerprint("mnist", tmp_path)
