@@ -20,6 +20,7 @@ Defaults, and how they were chosen:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,31 +29,48 @@ from torch import Tensor, nn
 
 from bench.config import ConfigError
 
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist": {"embedding_dim": 50, "optimizer": "adam", "lr": 2e-4},
-    "cifar10": {"embedding_dim": 128, "optimizer": "adam", "lr": 5e-4},
+MODELS = ("mnist-net", "resnet18", "cifar-net")
+DATASET_MODEL = {"mnist": "mnist-net", "cifar10": "resnet18"}  # the model a config's None means
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist-net": {"embedding_dim": 50, "optimizer": "adam", "lr": 2e-4},
+    "resnet18": {"embedding_dim": 128, "optimizer": "adam", "lr": 5e-4},
+    "cifar-net": {"embedding_dim": 128, "optimizer": "adam", "lr": 1e-3},
 }
+CIFAR_NET_WIDTHS = (32, 64, 128)
+CIFAR_NET_STEM = 24
+MIN_SIDE = 8
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 class EmbeddingNet(nn.Module):
-    """Wraps a backbone mapping images [B, C, H, W] to embeddings [B, D], L2-normalised when `normalize`."""
+    """A backbone mapping images [B, C, H, W] to features [B, F], and a linear head F → D in float32.
 
-    def __init__(self, backbone: nn.Module, normalize: bool) -> None:
+    The head and the L2 normalisation run with autocast disabled, so that bf16 autocast never quantises
+    the embeddings that the loss sees and the evaluation searches: under autocast the output is exactly
+    head(features.float()), normalised, in float32.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, normalize: bool) -> None:
         super().__init__()
         self.backbone = backbone
+        self.head = head
         self.normalize = normalize
 
     def forward(self, x: Tensor) -> Tensor:
         """Embeddings [B, D] in float32 (unit rows when normalising)."""
-        y = self.backbone(x).float()
-        return nn.functional.normalize(y, dim=1) if self.normalize else y
+        features = self.backbone(x)
+        with torch.autocast(x.device.type, enabled=False):
+            y = self.head(features.float())
+            return nn.functional.normalize(y, dim=1) if self.normalize else y
 
 
-def mnist_net(in_channels: int, height: int, width: int, embedding_dim: int) -> nn.Module:
-    """The source tutorial's net: 3 conv (5×5, 5×5, 3×3; each ReLU + 2×2 max-pool) and 3 linear layers."""
-    return nn.Sequential(
+def mnist_net(in_channels: int, height: int, width: int, embedding_dim: int) -> tuple[nn.Module, nn.Linear]:
+    """The source tutorial's net: 3 conv (5×5, 5×5, 3×3; each ReLU + 2×2 max-pool) and 3 linear layers.
+
+    Returned as (backbone up to the 256-d features, the last linear layer 256 → D).
+    """
+    layers = [
         nn.Conv2d(in_channels, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 128, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -60,27 +78,56 @@ def mnist_net(in_channels: int, height: int, width: int, embedding_dim: int) -> 
         nn.Linear(256 * (height // 8) * (width // 8), 1024), nn.ReLU(),
         nn.Linear(1024, 256), nn.ReLU(),
         nn.Linear(256, embedding_dim),
-    )
+    ]
+    return nn.Sequential(*layers[:-1]), layers[-1]
 
 
-def cifar_resnet18(in_channels: int, embedding_dim: int) -> nn.Module:
-    """torchvision ResNet-18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool, a 512→D linear head."""
+def cifar_resnet18(in_channels: int, embedding_dim: int) -> tuple[nn.Module, nn.Linear]:
+    """torchvision ResNet-18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool; (backbone to 512-d, 512 → D head)."""
     net = torchvision.models.resnet18(num_classes=embedding_dim)
     net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    return net
+    head, net.fc = net.fc, nn.Identity()
+    return net, head
 
 
-def build_model(dataset: str, image_shape: tuple[int, int, int], embedding_dim: int, normalize: bool) -> EmbeddingNet:
-    """The dataset's embedding net for images of shape (C, H, W)."""
+def _conv_block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+    """3×3 conv (no bias), optional 2×2 max-pool before the BN (a quarter of its cost), BN, GELU."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), *([nn.MaxPool2d(2)] if pool else []),
+            nn.BatchNorm2d(cout), nn.GELU()]
+
+
+def cifar_net(
+    in_channels: int, embedding_dim: int, widths: tuple[int, ...] = CIFAR_NET_WIDTHS, stem: int = CIFAR_NET_STEM
+) -> tuple[nn.Module, nn.Linear]:
+    """The small CIFAR-10 net, after airbench's layout; (backbone to widths[-1]-d features, head → D).
+
+    A 2×2 stem conv (no padding) + GELU, then per width a block of conv → max-pool → BN → GELU and
+    conv → BN → GELU, then a global max-pool. 32×32 inputs: 31 → 15 → 7 → 3 → 1.
+    """
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 2), nn.GELU()]
+    cin = stem
+    for cout in widths:
+        layers += [*_conv_block(cin, cout, pool=True), *_conv_block(cout, cout, pool=False)]
+        cin = cout
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), nn.Linear(cin, embedding_dim)
+
+
+def build_model(model: str, image_shape: tuple[int, int, int], embedding_dim: int, normalize: bool) -> EmbeddingNet:
+    """The embedding net `model` (one of MODELS) for images of shape (C, H, W)."""
     channels, height, width = image_shape
-    if dataset == "mnist":
-        if height < 8 or width < 8:
-            raise ConfigError(f"the mnist net needs images of at least 8×8 pixels, got {height}×{width}")
-        backbone = mnist_net(channels, height, width, embedding_dim)
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    if min(height, width) < MIN_SIDE:
+        raise ConfigError(f"model {model} needs images of at least {MIN_SIDE}×{MIN_SIDE} pixels, got {height}×{width}")
+    if model == "mnist-net":
+        backbone, head = mnist_net(channels, height, width, embedding_dim)
+    elif model == "resnet18":
+        backbone, head = cifar_resnet18(channels, embedding_dim)
     else:
-        backbone = cifar_resnet18(channels, embedding_dim)
-    return EmbeddingNet(backbone, normalize)
+        backbone, head = cifar_net(channels, embedding_dim)
+    return EmbeddingNet(backbone, head, normalize)
 
 
 def build_optimizer(name: str, params: Any, lr: float, fused: bool = False) -> torch.optim.Optimizer:
@@ -98,9 +145,15 @@ def build_optimizer(name: str, params: Any, lr: float, fused: bool = False) -> t
 
 
 def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """embedding_dim, optimizer and lr from the config, with the dataset's default where it says None."""
-    defaults = DATASET_DEFAULTS[cfg["dataset"]]
-    out = {key: defaults[key] if cfg[key] is None else cfg[key] for key in defaults}
+    """model, embedding_dim, optimizer and lr from the config, with the defaults where it says None.
+
+    A None model is the dataset's (DATASET_MODEL); None elsewhere is that model's default (MODEL_DEFAULTS).
+    """
+    model = DATASET_MODEL[cfg["dataset"]] if cfg.get("model") is None else cfg["model"]
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    defaults = MODEL_DEFAULTS[model]
+    out = {"model": model, **{key: defaults[key] if cfg[key] is None else cfg[key] for key in defaults}}
     if out["optimizer"] not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {out['optimizer']!r}; valid: {', '.join(OPTIMIZERS)}")
     if not float(out["lr"]) > 0:
@@ -108,3 +161,31 @@ def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     if int(out["embedding_dim"]) < 1:
         raise ConfigError(f"embedding_dim must be >= 1, got {out['embedding_dim']}")
     return out
+
+
+def forward_flops(net: nn.Module, image_shape: tuple[int, int, int]) -> int:
+    """Floating-point operations of one image's forward pass: 2 × the multiply-adds of every conv and linear layer.
+
+    Counted with forward hooks on a one-image batch in eval mode; normalisation, activations and pooling
+    (all O(activations)) are left out. A training step costs about 3× this per sample.
+    """
+    macs = 0
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            macs += output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        elif isinstance(module, nn.Linear):
+            macs += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, *image_shape))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    return 2 * macs

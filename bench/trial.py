@@ -175,7 +175,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report) -> dict[str,
 
     seed, batch_size, margin = int(cfg["seed"]), int(cfg["batch_size"]), float(cfg["margin"])
     torch.manual_seed(seed)
-    model = build_model(cfg["dataset"], tuple(x_train.shape[1:]), int(settings["embedding_dim"]), cfg["normalize"])
+    model = build_model(settings["model"], tuple(x_train.shape[1:]), int(settings["embedding_dim"]), cfg["normalize"])
     # channels_last on CPU too: an MNIST step at B = 256 on 2 cores took 291-297 ms vs 308-363 ms contiguous
     # (median of 6 steps after 2 warm-ups, two alternating runs each, commit 7f30cd4)
     model = model.to(device, memory_format=torch.channels_last)
