@@ -1,7 +1,38 @@
-r"""Embedding networks and optimisers, with the per-dataset defaults a trial uses when its config says None.
+r"""Embedding networks and optimisers, and the defaults a trial uses where its config says None.
 
-Defaults, and how they were chosen:
-- MNIST: the source tutorial's conv net, 50-d, Adam at lr 2e-4. Measured on real MNIST on 2 CPU cores at
+Models (config `model`; None = the dataset's: mnist-net for MNIST, resnet18 for CIFAR-10). Every model is a
+backbone to features and a linear head to the D-d embedding; the head and the L2 normalisation run in fp32
+with autocast disabled (EmbeddingNet), so bf16 autocast never quantises the embeddings. Parameters at the
+default D and forward FLOPs per image (forward_flops: 2 × conv and linear multiply-adds; a training step is
+about 3×):
+
+    model       input      D    parameters   forward MFLOPs/image
+    mnist-net   1×28×28    50   3,137,330    117
+    resnet18    3×32×32    128  11,234,496   1,111
+    cifar-net   3×32×32    128  310,328      40
+
+- mnist-net: the source tutorial's conv net.
+- resnet18: torchvision's ResNet-18 with a 3×3 stride-1 stem and no max-pool (for the GPU presets).
+- cifar-net: a small CIFAR-10 net after airbench's layout (Keller Jordan's CIFAR-10 speedruns), written here:
+  a 2×2 stem conv (24 channels, no padding) and GELU, then three blocks of widths 32, 64, 128, each
+  conv3×3 → max-pool 2 → BN → GELU → conv3×3 → BN → GELU (pooling before the BN makes BN and GELU 4× cheaper),
+  a global max-pool and the head. Chosen by measurement among three airbench-style widths, on 2 cores
+  (AMD EPYC with avx512_bf16) shared with four other jobs, so the figures are provisional (the coordinator
+  re-measures on a quiet machine with the command below). Training step (forward, batch-all, backward, Adam,
+  channels_last) at B = 256 in bf16, fastest of 8 steps after 3 warm-ups, scratch script at commit 8a048eb:
+      widths 32/64/128 (cifar-net): 1528 samples/s; 48/96/192: 1132; 64/128/256: 819
+  (the VGG-style net of issue 12, 32/64/128 channels with 2 convs per stage and BN: 1011 in the same run).
+  Accuracy per sample, real CIFAR-10, batch-all m = 0.2, B = 256, Adam 1e-3, fp32, 40,960 samples, seed 0,
+  5-NN against a 5000-image gallery of 1000 test queries:
+      32/64/128: k-NN 0.510, MAP@R 0.179;   48/96/192: k-NN 0.520, MAP@R 0.194
+  48/96/192 is one point better on one seed but misses 1000 samples/s in the median on the loaded machine,
+  so cifar-net takes 32/64/128 (CIFAR_NET_WIDTHS). Measure samples/s of every model at fp32 and bf16,
+  B = 64 and 256, with:
+      python -m bench.step_benchmark --preset cpu-quick --precision both --batch-sizes 64,256 \
+          --data-dir ../shared/data --out reports
+
+Defaults (MODEL_DEFAULTS), and how they were chosen:
+- mnist-net: 50-d, Adam at lr 2e-4. Measured on real MNIST on 2 CPU cores at
   commit 7f30cd4 (reports/lr_sweep/: outputs and command), final 5-NN accuracy with a 10k gallery and 5k queries:
     python -m bench.trial --dataset mnist --loss LOSS --margin 0.2 --batch-size B --budget-samples 30000 \
         --optimizer adam --lr LR --eval-queries 5000 --data-dir ../shared/data --json
@@ -14,8 +45,9 @@ Defaults, and how they were chosen:
   (mean pair distances 0.001-0.007 with Adam, loss pinned at the margin) at every lr tried, yet still ranks
   well below 1e-3; at 1e-3 it collapses to a point (μ_pos = μ_neg = 0.0002), as reported with the source.
   2e-4 is as good as any and 5× below that.
-- CIFAR-10: ResNet-18 with a 3×3 stride-1 stem and no max-pool, 128-d, Adam at lr 5e-4. Not measured
-  yet (a ResNet-18 trial is out of reach on 2 CPU cores): to be measured on a GPU.
+- resnet18: 128-d, Adam at lr 5e-4. Not measured yet (a ResNet-18 trial is out of reach on 2 CPU cores):
+  to be measured on a GPU.
+- cifar-net: 128-d, Adam at lr 1e-3, the rate of issue 12's VGG-style run; not yet swept on validation.
 """
 
 from __future__ import annotations
