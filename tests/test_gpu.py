@@ -66,4 +66,4 @@ def test_bf16_evaluation_keeps_fp32_embeddings(model: str, tiny_data_dir: Path) 
         with torch.autocast("cuda", torch.bfloat16):
             features = net.backbone(x)
         expected = torch.nn.functional.normalize(net.head(features.float()), dim=1)
-    torch.testing.assert_close(embeddings, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(embeddings, expected, rtol=1e-4, atol=1e-4)
