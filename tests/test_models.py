@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.config import ConfigError, resolve
-from bench.models import MODELS, build_model, model_settings
+from bench.models import MODELS, build_model, forward_flops, model_settings
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -69,3 +69,13 @@ def test_cifar_net_size_is_as_documented() -> None:
 
 
 CIFAR_NET_PARAMETERS = 310_328
+
+
+def test_forward_flops_counts_twice_the_multiply_adds_of_conv_and_linear_layers() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 5))
+    per_output_pixel = 6 * (4 // 2) * 3 * 3  # each output channel sees in_channels / groups inputs × 3 × 3
+    assert forward_flops(net, (4, 8, 8)) == 2 * (per_output_pixel * 8 * 8 + 5 * 96)
+    assert net.training  # left as it was
+    assert forward_flops(build_model("cifar-net", SHAPES["cifar10"], 128, normalize=True), SHAPES["cifar10"]) \
+        == 39_804_992  # the 40 MFLOPs in bench/models.py's table
