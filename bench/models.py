@@ -59,9 +59,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from bench.config import ConfigError
+from bench.config import MODELS, ConfigError
 
-MODELS = ("mnist-net", "resnet18", "cifar-net")
 DATASET_MODEL = {"mnist": "mnist-net", "cifar10": "resnet18"}  # the model a config's None means
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist-net": {"embedding_dim": 50, "optimizer": "adam", "lr": 2e-4},

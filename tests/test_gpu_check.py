@@ -8,7 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from bench.gpu_check import MAX_FILES, MAX_MIB, NO_GPU
+from bench.gpu_check import MAX_FILES, MAX_MIB, NO_GPU, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 # Hide the in-process imports that a stock PyTorch image lacks: importing any of them then fails.
@@ -45,3 +45,10 @@ def test_smoke_runs_every_step_into_one_small_folder(tmp_path: Path) -> None:
     with tarfile.open(out / "grid.tar.gz") as archive:
         names = archive.getnames()
     assert "gpu-check/grid.json" in names and sum(name.endswith(".json") for name in names) == 1 + 8
+
+
+def test_a_step_that_lacks_a_package_is_skipped_naming_it_and_a_failure_is_failed() -> None:
+    status, details = run_command([sys.executable, "-c", "import tripletbench_absent_module.sub"])
+    assert status == "skipped: needs tripletbench_absent_module" and "No module named" in details
+    assert run_command([sys.executable, "-c", "print('x'); raise SystemExit(3)"]) == ("failed (exit 3)", "```\nx\n```")
+    assert run_command([sys.executable, "-c", "print('fine')"]) == ("ok", "```\nfine\n```")
