@@ -26,8 +26,11 @@ about 3×):
   5-NN against a 5000-image gallery of 1000 test queries:
       32/64/128: k-NN 0.510, MAP@R 0.179;   48/96/192: k-NN 0.520, MAP@R 0.194
   48/96/192 is one point better on one seed but misses 1000 samples/s in the median on the loaded machine,
-  so cifar-net takes 32/64/128 (CIFAR_NET_WIDTHS). Measure samples/s of every model at fp32 and bf16,
-  B = 64 and 256, with:
+  so cifar-net takes 32/64/128 (CIFAR_NET_WIDTHS). The scratch script ran without
+  torch.use_deterministic_algorithms, which the trial (and the step benchmark, to match it) turns on on the
+  CPU; that mode also fills every new tensor (torch.utils.deterministic.fill_uninitialized_memory): aten::fill_
+  took 20% of the CPU time of one profiled bf16 B = 256 cifar-net step (on the loaded machine). Measure
+  samples/s of every model at fp32 and bf16, B = 64 and 256, the trial's way, with:
       python -m bench.step_benchmark --preset cpu-quick --precision both --batch-sizes 64,256 \
           --data-dir ../shared/data --out reports
 
