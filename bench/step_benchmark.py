@@ -13,7 +13,9 @@ device synchronisation; the time is their median, samples/s = batch size / media
 Memory is the step's peak above a baseline taken once the data set is loaded and before the model is
 built, so that it counts the model, the optimiser state and the step's activations, not the data: on
 CUDA max_memory_allocated minus the memory allocated at the baseline; on the CPU the peak RSS (VmHWM,
-reset at the baseline) minus the RSS at the baseline. Points run one after the other in this process.
+reset at the baseline) minus the RSS at the baseline, after glibc's malloc_trim has returned the memory
+that earlier points freed (else their freed pages would hold this point's allocations unseen).
+Points run one after the other in this process.
 
 Precision: `trial` (default) is what the preset's config resolves to on this device (bench.precision);
 `fp32`, `bf16` or `both` override it. `--compile` adds torch.compile variants of the model: `default`
@@ -27,6 +29,8 @@ threads, versions, commit, command; then a table per dataset). Nothing else in t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import math
 import os
 import shlex
@@ -111,10 +115,10 @@ def _memory_baseline(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**20
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # glibc: hand the earlier points' freed memory back, so
+        ctypes.CDLL("libc.so.6").malloc_trim(0)          # that this step's allocations show in the RSS again
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
-    except OSError:
-        pass
     return _rss_kib("VmRSS") / 2**10
 
 
