@@ -12,7 +12,7 @@ RESULTS ?= results
 REPORTS ?= reports
 BACKEND ?= auto
 
-.PHONY: install test ablation report bench lint clean-venv
+.PHONY: install test ablation report bench gpu-check lint clean-venv
 
 # (Re)install when .venv is missing or pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
@@ -36,8 +36,16 @@ ablation: $(STAMP)
 report: $(STAMP)
 	$(PY) -m bench.report --results "$(RESULTS)" --reports "$(REPORTS)"
 
+# the loss benchmark, then the full training step of the preset's cells in isolation (bench/step_benchmark.py)
 bench: $(STAMP)
 	$(PY) -m bench.loss_benchmark --out "$(REPORTS)"
+	$(PY) -m bench.step_benchmark --preset "$(PRESET)" --data-dir "$(DATA_DIR)" --out "$(REPORTS)"
+
+# everything a CUDA GPU should measure, into one folder (bench/gpu_check.py); exits 2 without a GPU. No install
+# step, so that it runs offline: the venv's Python when there is one, else $(PYTHON) (e.g. a stock PyTorch image).
+GPU_CHECK ?= gpu-check
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m bench.gpu_check --data-dir "$(DATA_DIR)" --out "$(GPU_CHECK)"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from bench.config import resolve
 from bench.data import channel_stats
-from bench.models import build_model, model_settings
+from bench.models import initial_model
 from bench.precision import resolve_precision
 from bench.protocol import Splits, evaluate, load_splits
 from bench.provenance import provenance
@@ -40,12 +40,8 @@ def pixel_embeddings(images: Tensor) -> Tensor:
 
 def untrained_embedder(cfg: dict[str, Any], splits: Splits, device: torch.device) -> Callable[[Tensor], Tensor]:
     """The embedding function of the trial's network for resolved config `cfg` before its first update."""
-    settings = model_settings(cfg)
     mean, std = channel_stats(splits.x_train)
-    torch.manual_seed(int(cfg["seed"]))
-    model = build_model(cfg["dataset"], tuple(splits.x_train.shape[1:]), int(settings["embedding_dim"]),
-                        cfg["normalize"])
-    model = model.to(device, memory_format=torch.channels_last)
+    model = initial_model(cfg, tuple(splits.x_train.shape[1:]), device)
     precision = resolve_precision(cfg["precision"], device)
     return lambda images: embed(model, images, mean, std, precision)
 

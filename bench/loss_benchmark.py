@@ -277,7 +277,7 @@ def measure_overhead(point: OverheadPoint, ready: Ready) -> Result:
     torch.use_deterministic_algorithms(not cuda)  # as the trial does
     torch.manual_seed(point.seed)
     settings = model_settings(resolve({"dataset": "mnist"}))
-    model = build_model("mnist", MNIST_SHAPE, int(settings["embedding_dim"]), normalize=True)
+    model = build_model("mnist-net", MNIST_SHAPE, int(settings["embedding_dim"]), normalize=True)
     model = model.to(device, memory_format=torch.channels_last)  # as the trial does, on every device
     optimizer = build_optimizer(settings["optimizer"], model.parameters(), float(settings["lr"]), fused=cuda)
     generator = torch.Generator().manual_seed(point.seed)

@@ -1,7 +1,41 @@
-r"""Embedding networks and optimisers, with the per-dataset defaults a trial uses when its config says None.
+r"""Embedding networks and optimisers, and the defaults a trial uses where its config says None.
 
-Defaults, and how they were chosen:
-- MNIST: the source tutorial's conv net, 50-d, Adam at lr 2e-4. Measured on real MNIST on 2 CPU cores at
+Models (config `model`; None = the dataset's: mnist-net for MNIST, resnet18 for CIFAR-10). Every model is a
+backbone to features and a linear head to the D-d embedding; the head and the L2 normalisation run in fp32
+with autocast disabled (EmbeddingNet), so bf16 autocast never quantises the embeddings. Parameters at the
+default D and forward FLOPs per image (forward_flops: 2 × conv and linear multiply-adds; a training step is
+about 3×):
+
+    model       input      D    parameters   forward MFLOPs/image
+    mnist-net   1×28×28    50   3,137,330    117
+    resnet18    3×32×32    128  11,234,496   1,111
+    cifar-net   3×32×32    128  310,328      40
+
+- mnist-net: the source tutorial's conv net.
+- resnet18: torchvision's ResNet-18 with a 3×3 stride-1 stem and no max-pool (for the GPU presets).
+- cifar-net: a small CIFAR-10 net after airbench's layout (Keller Jordan's CIFAR-10 speedruns), written here:
+  a 2×2 stem conv (24 channels, no padding) and GELU, then three blocks of widths 32, 64, 128, each
+  conv3×3 → max-pool 2 → BN → GELU → conv3×3 → BN → GELU (pooling before the BN makes BN and GELU 4× cheaper),
+  a global max-pool and the head. Chosen by measurement among three airbench-style widths, on 2 cores
+  (AMD EPYC with avx512_bf16) shared with four other jobs, so the figures are provisional (the coordinator
+  re-measures on a quiet machine with the command below). Training step (forward, batch-all, backward, Adam,
+  channels_last) at B = 256 in bf16, fastest of 8 steps after 3 warm-ups, scratch script at commit 8a048eb:
+      widths 32/64/128 (cifar-net): 1528 samples/s; 48/96/192: 1132; 64/128/256: 819
+  (the VGG-style net of issue 12, 32/64/128 channels with 2 convs per stage and BN: 1011 in the same run).
+  Accuracy per sample, real CIFAR-10, batch-all m = 0.2, B = 256, Adam 1e-3, fp32, 40,960 samples, seed 0,
+  5-NN against a 5000-image gallery of 1000 test queries:
+      32/64/128: k-NN 0.510, MAP@R 0.179;   48/96/192: k-NN 0.520, MAP@R 0.194
+  48/96/192 is one point better on one seed but misses 1000 samples/s in the median on the loaded machine,
+  so cifar-net takes 32/64/128 (CIFAR_NET_WIDTHS). The scratch script ran without
+  torch.use_deterministic_algorithms, which the trial (and the step benchmark, to match it) turns on on the
+  CPU; that mode also fills every new tensor (torch.utils.deterministic.fill_uninitialized_memory): aten::fill_
+  took 20% of the CPU time of one profiled bf16 B = 256 cifar-net step (on the loaded machine). Measure
+  samples/s of every model at fp32 and bf16, B = 64 and 256, the trial's way, with:
+      python -m bench.step_benchmark --preset cpu-quick --precision both --batch-sizes 64,256 \
+          --data-dir ../shared/data --out reports
+
+Defaults (MODEL_DEFAULTS), and how they were chosen:
+- mnist-net: 50-d, Adam at lr 2e-4. Measured on real MNIST on 2 CPU cores at
   commit 7f30cd4 (reports/lr_sweep/: outputs and command), final 5-NN accuracy with a 10k gallery and 5k queries:
     python -m bench.trial --dataset mnist --loss LOSS --margin 0.2 --batch-size B --budget-samples 30000 \
         --optimizer adam --lr LR --eval-queries 5000 --data-dir ../shared/data --json
@@ -14,45 +48,63 @@ Defaults, and how they were chosen:
   (mean pair distances 0.001-0.007 with Adam, loss pinned at the margin) at every lr tried, yet still ranks
   well below 1e-3; at 1e-3 it collapses to a point (μ_pos = μ_neg = 0.0002), as reported with the source.
   2e-4 is as good as any and 5× below that.
-- CIFAR-10: ResNet-18 with a 3×3 stride-1 stem and no max-pool, 128-d, Adam at lr 5e-4. Not measured
-  yet (a ResNet-18 trial is out of reach on 2 CPU cores): to be measured on a GPU.
+- resnet18: 128-d, Adam at lr 5e-4. Not measured yet (a ResNet-18 trial is out of reach on 2 CPU cores):
+  to be measured on a GPU.
+- cifar-net: 128-d, Adam at lr 1e-3, the rate of issue 12's VGG-style run; not yet swept on validation.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-from bench.config import ConfigError
+from bench.config import MODELS, ConfigError
 
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist": {"embedding_dim": 50, "optimizer": "adam", "lr": 2e-4},
-    "cifar10": {"embedding_dim": 128, "optimizer": "adam", "lr": 5e-4},
+DATASET_MODEL = {"mnist": "mnist-net", "cifar10": "resnet18"}  # the model a config's None means
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist-net": {"embedding_dim": 50, "optimizer": "adam", "lr": 2e-4},
+    "resnet18": {"embedding_dim": 128, "optimizer": "adam", "lr": 5e-4},
+    "cifar-net": {"embedding_dim": 128, "optimizer": "adam", "lr": 1e-3},
 }
+CIFAR_NET_WIDTHS = (32, 64, 128)
+CIFAR_NET_STEM = 24
+MIN_SIDE = 8
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 class EmbeddingNet(nn.Module):
-    """Wraps a backbone mapping images [B, C, H, W] to embeddings [B, D], L2-normalised when `normalize`."""
+    """A backbone mapping images [B, C, H, W] to features [B, F], and a linear head F → D in float32.
 
-    def __init__(self, backbone: nn.Module, normalize: bool) -> None:
+    The head and the L2 normalisation run with autocast disabled, so that bf16 autocast never quantises
+    the embeddings that the loss sees and the evaluation searches: under autocast the output is exactly
+    head(features.float()), normalised, in float32.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, normalize: bool) -> None:
         super().__init__()
         self.backbone = backbone
+        self.head = head
         self.normalize = normalize
 
     def forward(self, x: Tensor) -> Tensor:
         """Embeddings [B, D] in float32 (unit rows when normalising)."""
-        y = self.backbone(x).float()
-        return nn.functional.normalize(y, dim=1) if self.normalize else y
+        features = self.backbone(x)
+        with torch.autocast(x.device.type, enabled=False):
+            y = self.head(features.float())
+            return nn.functional.normalize(y, dim=1) if self.normalize else y
 
 
-def mnist_net(in_channels: int, height: int, width: int, embedding_dim: int) -> nn.Module:
-    """The source tutorial's net: 3 conv (5×5, 5×5, 3×3; each ReLU + 2×2 max-pool) and 3 linear layers."""
-    return nn.Sequential(
+def mnist_net(in_channels: int, height: int, width: int, embedding_dim: int) -> tuple[nn.Module, nn.Linear]:
+    """The source tutorial's net: 3 conv (5×5, 5×5, 3×3; each ReLU + 2×2 max-pool) and 3 linear layers.
+
+    Returned as (backbone up to the 256-d features, the last linear layer 256 → D).
+    """
+    layers = [
         nn.Conv2d(in_channels, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 128, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -60,27 +112,66 @@ def mnist_net(in_channels: int, height: int, width: int, embedding_dim: int) -> 
         nn.Linear(256 * (height // 8) * (width // 8), 1024), nn.ReLU(),
         nn.Linear(1024, 256), nn.ReLU(),
         nn.Linear(256, embedding_dim),
-    )
+    ]
+    return nn.Sequential(*layers[:-1]), layers[-1]
 
 
-def cifar_resnet18(in_channels: int, embedding_dim: int) -> nn.Module:
-    """torchvision ResNet-18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool, a 512→D linear head."""
+def cifar_resnet18(in_channels: int, embedding_dim: int) -> tuple[nn.Module, nn.Linear]:
+    """torchvision ResNet-18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool; (backbone to 512-d, 512 → D head)."""
     net = torchvision.models.resnet18(num_classes=embedding_dim)
     net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    return net
+    head, net.fc = net.fc, nn.Identity()
+    return net, head
 
 
-def build_model(dataset: str, image_shape: tuple[int, int, int], embedding_dim: int, normalize: bool) -> EmbeddingNet:
-    """The dataset's embedding net for images of shape (C, H, W)."""
+def _conv_block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+    """3×3 conv (no bias), optional 2×2 max-pool before the BN (a quarter of its cost), BN, GELU."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), *([nn.MaxPool2d(2)] if pool else []),
+            nn.BatchNorm2d(cout), nn.GELU()]
+
+
+def cifar_net(
+    in_channels: int, embedding_dim: int, widths: tuple[int, ...] = CIFAR_NET_WIDTHS, stem: int = CIFAR_NET_STEM
+) -> tuple[nn.Module, nn.Linear]:
+    """The small CIFAR-10 net, after airbench's layout; (backbone to widths[-1]-d features, head → D).
+
+    A 2×2 stem conv (no padding) + GELU, then per width a block of conv → max-pool → BN → GELU and
+    conv → BN → GELU, then a global max-pool. 32×32 inputs: 31 → 15 → 7 → 3 → 1.
+    """
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 2), nn.GELU()]
+    cin = stem
+    for cout in widths:
+        layers += [*_conv_block(cin, cout, pool=True), *_conv_block(cout, cout, pool=False)]
+        cin = cout
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), nn.Linear(cin, embedding_dim)
+
+
+def build_model(model: str, image_shape: tuple[int, int, int], embedding_dim: int, normalize: bool) -> EmbeddingNet:
+    """The embedding net `model` (one of MODELS) for images of shape (C, H, W)."""
     channels, height, width = image_shape
-    if dataset == "mnist":
-        if height < 8 or width < 8:
-            raise ConfigError(f"the mnist net needs images of at least 8×8 pixels, got {height}×{width}")
-        backbone = mnist_net(channels, height, width, embedding_dim)
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    if min(height, width) < MIN_SIDE:
+        raise ConfigError(f"model {model} needs images of at least {MIN_SIDE}×{MIN_SIDE} pixels, got {height}×{width}")
+    if model == "mnist-net":
+        backbone, head = mnist_net(channels, height, width, embedding_dim)
+    elif model == "resnet18":
+        backbone, head = cifar_resnet18(channels, embedding_dim)
     else:
-        backbone = cifar_resnet18(channels, embedding_dim)
-    return EmbeddingNet(backbone, normalize)
+        backbone, head = cifar_net(channels, embedding_dim)
+    return EmbeddingNet(backbone, head, normalize)
+
+
+def initial_model(cfg: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device) -> EmbeddingNet:
+    """The trial's network before its first update: model_settings(cfg)'s net for images (C, H, W), seeded with
+    cfg["seed"], on `device` in channels_last (faster on the CPU as well: an MNIST step at B = 256 on 2 cores took
+    291-297 ms vs 308-363 ms contiguous; median of 6 steps after 2 warm-ups, two alternating runs, commit 7f30cd4)."""
+    settings = model_settings(cfg)
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(settings["model"], image_shape, int(settings["embedding_dim"]), cfg["normalize"])
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def build_optimizer(name: str, params: Any, lr: float, fused: bool = False) -> torch.optim.Optimizer:
@@ -98,9 +189,15 @@ def build_optimizer(name: str, params: Any, lr: float, fused: bool = False) -> t
 
 
 def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """embedding_dim, optimizer and lr from the config, with the dataset's default where it says None."""
-    defaults = DATASET_DEFAULTS[cfg["dataset"]]
-    out = {key: defaults[key] if cfg[key] is None else cfg[key] for key in defaults}
+    """model, embedding_dim, optimizer and lr from the config, with the defaults where it says None.
+
+    A None model is the dataset's (DATASET_MODEL); None elsewhere is that model's default (MODEL_DEFAULTS).
+    """
+    model = DATASET_MODEL[cfg["dataset"]] if cfg.get("model") is None else cfg["model"]
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    defaults = MODEL_DEFAULTS[model]
+    out = {"model": model, **{key: defaults[key] if cfg[key] is None else cfg[key] for key in defaults}}
     if out["optimizer"] not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {out['optimizer']!r}; valid: {', '.join(OPTIMIZERS)}")
     if not float(out["lr"]) > 0:
@@ -108,3 +205,31 @@ def model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     if int(out["embedding_dim"]) < 1:
         raise ConfigError(f"embedding_dim must be >= 1, got {out['embedding_dim']}")
     return out
+
+
+def forward_flops(net: nn.Module, image_shape: tuple[int, int, int]) -> int:
+    """Floating-point operations of one image's forward pass: 2 × the multiply-adds of every conv and linear layer.
+
+    Counted with forward hooks on a one-image batch in eval mode; normalisation, activations and pooling
+    (all O(activations)) are left out. A training step costs about 3× this per sample.
+    """
+    macs = 0
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            macs += output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        elif isinstance(module, nn.Linear):
+            macs += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, *image_shape))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    return 2 * macs

@@ -78,7 +78,7 @@ from bench.diagnostics import (
     images_per_class,
     initial_statistics,
 )
-from bench.models import build_model, build_optimizer, model_settings
+from bench.models import build_optimizer, initial_model, model_settings
 from bench.precision import autocast, resolve_precision
 from bench.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
 from bench.provenance import provenance
@@ -261,11 +261,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     seed, batch_size, margin = int(cfg["seed"]), int(cfg["batch_size"]), float(cfg["margin"])
     precision = resolve_precision(cfg["precision"], device)
     lr = scaled_lr(float(settings["lr"]), batch_size, cfg["lr_scaling"], int(cfg["lr_reference_batch"]))
-    torch.manual_seed(seed)
-    model = build_model(cfg["dataset"], tuple(x_train.shape[1:]), int(settings["embedding_dim"]), cfg["normalize"])
-    # channels_last on CPU too: an MNIST step at B = 256 on 2 cores took 291-297 ms vs 308-363 ms contiguous
-    # (median of 6 steps after 2 warm-ups, two alternating runs each, commit 7f30cd4)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = initial_model(cfg, tuple(x_train.shape[1:]), device)
     optimizer = build_optimizer(settings["optimizer"], model.parameters(), lr, fused=cuda)
     loss_fn = LOSSES[cfg["loss"]]
     steps = math.ceil(float(cfg["budget_samples"]) / batch_size)
@@ -292,7 +288,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     }
     progress.setup({
         "dataset": cfg["dataset"], "loss": cfg["loss"], "margin": margin, "batch_size": batch_size, "seed": seed,
-        "model": cfg["model"] or f"the {cfg['dataset']} default", "optimizer": settings["optimizer"],
+        "model": settings["model"], "optimizer": settings["optimizer"],
         "lr": lr, "lr_scaling": cfg["lr_scaling"], "precision": precision, "device": str(device),
         "threads": fixed["threads"], "steps": steps, "checkpoints at steps": evaluate_at,
         "protocol": cfg["protocol"], **splits.sizes(), "eval gallery": eval_sizes[0] or "all",

@@ -120,6 +120,85 @@ def test_dense_references_match_loops(batch) -> None:
         assert got == pytest.approx(expected[name], rel=1e-9, abs=1e-12), name
 
 
+def loop_loss_graphs(x: torch.Tensor, y: list[int], m: float) -> dict[str, torch.Tensor]:
+    """Every loss by its definition, with Python loops over indices, as autograd scalars of x.
+
+    Independent of losses/: distances from explicit differences, pairs and triplets from the labels by
+    loops, hardest / closest members chosen by value; adaptive margins carry no gradient, as defined.
+    """
+    b = len(y)
+    zero = x.sum() * 0  # attached, so that an empty mean still has a (zero) gradient
+    d = [[((x[i] - x[j]) ** 2).sum().sqrt() if i != j else zero for j in range(b)] for i in range(b)]
+    positives = {a: [p for p in range(b) if p != a and y[p] == y[a]] for a in range(b)}
+    negatives = {a: [n for n in range(b) if y[n] != y[a]] for a in range(b)}
+
+    def mean(terms: list[torch.Tensor]) -> torch.Tensor:
+        return sum(terms, zero) / len(terms) if terms else zero
+
+    def value(t: torch.Tensor) -> float:
+        return t.detach().item()
+
+    def batch_all(margin: float) -> torch.Tensor:
+        terms = [d[a][p] - d[a][n] + margin for a in range(b) for p in positives[a] for n in negatives[a]]
+        return mean([t for t in terms if t > 0])
+
+    hard = []
+    for a in range(b):
+        if positives[a] and negatives[a]:
+            term = max((d[a][p] for p in positives[a]), key=value) - min((d[a][n] for n in negatives[a]), key=value)
+            hard.append(term + m if term + m > 0 else zero)
+    semi = []
+    for a in range(b):
+        for p in positives[a]:
+            inside = [d[a][n] for n in negatives[a] if d[a][p] < d[a][n] < d[a][p] + m]
+            if inside:
+                semi.append(d[a][p] - min(inside, key=value) + m)
+    pos_values = [value(d[a][p]) for a in range(b) for p in positives[a]]
+    neg_values = [value(d[a][n]) for a in range(b) for n in negatives[a]]
+    mu = (sum(neg_values) / len(neg_values) if neg_values else 0.0) - (
+        sum(pos_values) / len(pos_values) if pos_values else 0.0)
+    m_eff = m + max(mu, 0.0)
+    quad = [d[i][j] - d[k][n] + m_eff / 2
+            for i in range(b) for j in positives[i] for k in negatives[i] for n in negatives[i] if y[n] != y[k]]
+    return {
+        "batch-all": batch_all(m),
+        "batch-hard": mean(hard),
+        "semi-hard": mean(semi),
+        "adaptive-mu": batch_all(m_eff),
+        "quadruplet": batch_all(m_eff) + mean([t for t in quad if t > 0]),
+    }
+
+
+@pytest.mark.parametrize("margin", [0.1, 0.3, 0.6])
+@pytest.mark.parametrize("seed", range(12))
+def test_every_gradient_equals_autograd_through_the_plain_loops(seed: int, margin: float) -> None:
+    """Values and gradients of the fast losses against the loop definitions, float64, continuous batches ≤ 8."""
+    gen = torch.Generator().manual_seed(seed)
+    b = 4 + seed % 5
+    embeddings = torch.randn(b, 3, generator=gen, dtype=torch.float64)
+    if seed % 2:
+        embeddings = torch.nn.functional.normalize(embeddings, dim=1)
+    labels = torch.randint(0, 2 + seed % 3, (b,), generator=gen)
+    x = embeddings.clone().requires_grad_()
+    references = loop_loss_graphs(x, labels.tolist(), margin)
+    for name in NAMES:
+        (expected,) = torch.autograd.grad(references[name], x, allow_unused=True, retain_graph=True)
+        value, grad = value_and_grad(LOSSES[name], embeddings, labels, margin)
+        torch.testing.assert_close(value, references[name].detach(), rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(grad, torch.zeros_like(x) if expected is None else expected,
+                                   rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_the_gradient_check_has_teeth() -> None:
+    """A case where every loss has an active term, so that the comparison above compares non-zero gradients."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    references = loop_loss_graphs(x, [0, 0, 0, 1, 1, 1, 2, 2], 0.6)
+    for name, loss in references.items():
+        (grad,) = torch.autograd.grad(loss, x, retain_graph=True)
+        assert grad.abs().max() > 1e-3, name
+
+
 # ---------------------------------------------------------------- the fast losses are exact
 
 
@@ -197,11 +276,9 @@ def test_batch_all_equals_pytorch_metric_learning(seed: int, dtype: torch.dtype)
 
 
 def mean_distance_gap(x: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean negative-pair distance minus mean positive-pair distance."""
-    d = dense_distance(x.detach())
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool)
-    return float(d[~same].mean() - d[same & ~eye].mean())
+    """Mean negative-pair distance minus mean positive-pair distance (μ of mining_stats, itself checked above)."""
+    stats = mining_stats(x.detach(), labels, 0.2)
+    return stats["mu_neg"] - stats["mu_pos"]
 
 
 def descend(loss_fn, x: torch.Tensor, labels: torch.Tensor, steps: int = 60) -> torch.Tensor:
@@ -244,12 +321,14 @@ def test_gradient_descent_widens_the_gap_between_classes(name: str) -> None:
     assert after > before + 0.05, (name, before, after)
 
 
-def test_source_adaptive_formula_fails_the_direction_check() -> None:
+def test_adaptive_mu_widens_the_gap_where_the_source_formula_narrows_it() -> None:
+    """Same start, same descent: the project's adaptive-mu separates the classes, the source's formula merges them."""
     x, labels = clustered_start()
     before = mean_distance_gap(x, labels)
-    assert before > 0  # μ > 0: the source's loss is active and pulls classes together
-    after = mean_distance_gap(descend(source_adaptive_mu, x, labels), labels)
-    assert after < before
+    assert before > 0  # μ > 0: the source's loss is active
+    ours = mean_distance_gap(descend(LOSSES["adaptive-mu"], x, labels), labels)
+    source = mean_distance_gap(descend(source_adaptive_mu, x, labels), labels)
+    assert source < before < ours - 0.05, (source, before, ours)
 
 
 def test_source_adaptive_formula_has_zero_gradient_when_mu_is_not_positive() -> None:

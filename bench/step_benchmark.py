@@ -1,0 +1,383 @@
+"""`make bench`, part 2: the trial's full training step timed in isolation, per dataset, loss and batch size.
+
+    python -m bench.step_benchmark --preset cpu --data-dir datasets --out reports     # what `make bench` runs
+    python -m bench.step_benchmark --smoke --out /tmp/s    # cpu-quick's points at B = 16 on generated data: seconds
+
+A step is what the trial's loop does per batch: gather the batch's uint8 images from the split held on
+the device, augment them (CIFAR-10), normalise, forward pass (under the precision's autocast, channels_last),
+loss, backward pass and optimiser step. Batches come from the trial's own sampler plan (seed 0) and the
+model and optimiser from its config (the preset's first margin and seed; neither changes the cost).
+Each point runs `warmup` steps (default 5), then `steps` timed steps (default 20), each bracketed by a
+device synchronisation; the time is their median, samples/s = batch size / median.
+
+Memory is the step's peak above a baseline taken once the data set is loaded and before the model is
+built, so that it counts the model, the optimiser state and the step's activations, not the data: on
+CUDA max_memory_allocated minus the memory allocated at the baseline; on the CPU the peak RSS (VmHWM,
+reset at the baseline) minus the RSS at the baseline, after glibc's malloc_trim has returned the memory
+that earlier points freed (else their freed pages would hold this point's allocations unseen).
+Points run one after the other in this process.
+
+Precision: `trial` (default) is what the preset's config resolves to on this device (bench.precision);
+`fp32`, `bf16` or `both` override it. `--compile` adds torch.compile variants of the model: `default`
+and `reduce-overhead` (CUDA graphs on CUDA). A point that runs out of memory is recorded as `OOM`, any
+other failure as `error` with a one-line note; neither stops the run.
+
+Outputs in --out: step_benchmark.csv (one row per point) and step_benchmark.md (provenance: hardware,
+threads, versions, commit, command; then a table per dataset). Nothing else in the folder is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import math
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bench.cli import Parser
+from bench.config import ConfigError, resolve
+from bench.data import DataError, augment, channel_stats, load_dataset, normalize
+from bench.grid import GridError, default_preset, load_preset
+from bench.models import build_optimizer, forward_flops, initial_model, model_settings
+from bench.precision import autocast, resolve_precision
+from bench.provenance import provenance
+from bench.sampling import make_batches
+from bench.synthetic import write_synthetic
+from losses import LOSSES
+
+PRECISIONS = ("trial", "fp32", "bf16", "both")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+COLUMNS = ("dataset", "model", "loss", "batch_size", "precision", "compile", "device", "status", "note",
+           "median_ms", "samples_per_second", "peak_memory_mib", "steps", "warmup", "forward_gflops_per_sample")
+PREFIX = "step_benchmark"
+SMOKE = {"preset": "cpu-quick", "steps": 2, "warmup": 1, "batch_sizes": [16]}
+
+Data = tuple[Tensor, Tensor, Tensor, Tensor]  # uint8 train images [N, C, H, W], labels [N], channel mean, std
+
+
+class BenchError(ValueError):
+    """Bad input for the step benchmark; the message is one line."""
+
+
+@dataclass(frozen=True)
+class StepPoint:
+    """One measurement: a resolved trial config, run at one precision and compile mode."""
+
+    config: tuple[tuple[str, Any], ...]  # the resolved trial config as sorted items (hashable)
+    precision: str  # "fp32" | "bf16"
+    compile: str  # one of COMPILE_MODES
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        """The config as a dict."""
+        return dict(self.config)
+
+
+def make_point(config: dict[str, Any], precision: str, compile_mode: str = "none") -> StepPoint:
+    """A StepPoint of a trial config (resolved here; ConfigError on a bad key or precision)."""
+    if precision not in ("fp32", "bf16") or compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"precision must be fp32 or bf16 and compile one of {COMPILE_MODES}, got "
+                          f"{precision!r}, {compile_mode!r}")
+    return StepPoint(tuple(sorted(resolve(config).items())), precision, compile_mode)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_kib(key: str) -> int:
+    """A 'kB' field of /proc/self/status (VmRSS, VmHWM); 0 where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _memory_baseline(device: torch.device) -> float:
+    """Reset the peak and return the memory in use now (MiB): CUDA allocated, or the RSS with VmHWM reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, AttributeError):  # glibc: hand the earlier points' freed memory back, so
+        ctypes.CDLL("libc.so.6").malloc_trim(0)          # that this step's allocations show in the RSS again
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
+    return _rss_kib("VmRSS") / 2**10
+
+
+def _memory_peak(device: torch.device) -> float:
+    """The peak since _memory_baseline (MiB): CUDA max_memory_allocated, or VmHWM."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _rss_kib("VmHWM") / 2**10
+
+
+def make_step(cfg: dict[str, Any], data: Data, device: torch.device, precision: str,
+              compile_mode: str = "none") -> tuple[Callable[[int], Tensor], torch.nn.Module]:
+    """The trial's training step for config `cfg` as step(i) → loss of batch i of its plan; and the model.
+
+    Same order and calls as the trial's loop: gather, augment (CIFAR-10), normalise, forward under autocast
+    in channels_last, loss, zero_grad, backward, optimiser step.
+    """
+    x_train, y_train, mean, std = data
+    settings = model_settings(cfg)
+    cuda = device.type == "cuda"
+    model = initial_model(cfg, tuple(x_train.shape[1:]), device)
+    optimizer = build_optimizer(settings["optimizer"], model.parameters(), float(settings["lr"]), fused=cuda)
+    forward = model if compile_mode == "none" else torch.compile(model, mode=compile_mode)
+    loss_fn, margin, batch_size = LOSSES[cfg["loss"]], float(cfg["margin"]), int(cfg["batch_size"])
+    plan = make_batches(cfg["sampler"], y_train.cpu(), batch_size, int(cfg["samples_per_class"]), 64,
+                        torch.Generator().manual_seed(int(cfg["seed"]))).to(device)
+    augment_generator = torch.Generator(device).manual_seed(int(cfg["seed"]) + 1)
+    augmenting = cfg["dataset"] == "cifar10"
+
+    def step(i: int) -> Tensor:
+        if compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new training iteration: earlier graph outputs are free
+        batch = plan[i % len(plan)]
+        x = x_train[batch]
+        x = normalize(augment(x, augment_generator) if augmenting else x, mean, std)
+        with autocast(precision, device):
+            embeddings = forward(x.contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(embeddings, y_train[batch], margin, check_finite=False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step, model
+
+
+def measure_step(point: StepPoint, data: Data, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
+    """The row of one point: median step time, samples/s and peak memory above the baseline (status ok),
+    or status OOM / error with a one-line note."""
+    cfg = point.cfg
+    row: dict[str, Any] = {
+        "dataset": cfg["dataset"], "model": model_settings(cfg)["model"], "loss": cfg["loss"],
+        "batch_size": int(cfg["batch_size"]), "precision": point.precision, "compile": point.compile,
+        "device": str(device), "status": "ok", "note": "", "steps": steps, "warmup": warmup,
+    }
+    baseline = _memory_baseline(device)
+    try:
+        step, model = make_step(cfg, data, device, point.precision, point.compile)
+        row["forward_gflops_per_sample"] = forward_flops(model, tuple(data[0].shape[1:])) / 1e9
+        times = []
+        for i in range(warmup + steps):
+            _sync(device)
+            tic = time.perf_counter()
+            step(i)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - tic)
+    except Exception as err:  # a failed point is a result, never the end of the run
+        oom = isinstance(err, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(err).lower()
+        text = " ".join(str(err).split())
+        row.update(status="OOM" if oom else "error", note=f"{type(err).__name__}: {text}"[:200])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return row
+    median = statistics.median(times)
+    row.update(median_ms=1000 * median, samples_per_second=row["batch_size"] / median,
+               peak_memory_mib=max(_memory_peak(device) - baseline, 0.0))
+    return row
+
+
+def load_data(dataset: str, data_dir: str | Path, device: torch.device) -> Data:
+    """The training split of `dataset` on `device` with its channel statistics (DataError when missing)."""
+    x_train, y_train, _, _ = load_dataset(dataset, data_dir, device)
+    return (x_train, y_train, *channel_stats(x_train))
+
+
+def preset_points(preset: str, precision: str, device: torch.device, compile_modes: list[str],
+                  batch_sizes: list[int] | None = None) -> list[StepPoint]:
+    """Every (dataset, loss, batch size) of the preset × precisions × compile modes, in that order.
+
+    The config is the preset's at its first margin and seed; `batch_sizes` replaces the preset's axis.
+    """
+    try:
+        grid = load_preset(preset)
+    except GridError as err:
+        raise BenchError(str(err)) from None
+    points = []
+    for dataset in grid.axes["dataset"]:
+        for loss in grid.axes["loss"]:
+            for batch_size in batch_sizes or grid.axes["batch_size"]:
+                point = {"dataset": dataset, "loss": loss, "margin": grid.axes["margin"][0],
+                         "batch_size": batch_size, "seed": grid.axes["seed"][0]}
+                cfg = grid.config(point)
+                try:
+                    trial_precision = resolve_precision(resolve(cfg)["precision"], device)
+                except ConfigError as err:
+                    raise BenchError(f"preset {preset}: {err}") from None
+                precisions = {"trial": [trial_precision], "both": ["fp32", "bf16"]}.get(precision, [precision])
+                points += [make_point(cfg, p, mode) for p in precisions for mode in compile_modes]
+    return points
+
+
+def run_points(points: list[StepPoint], data_dir: str | Path, device: torch.device, steps: int, warmup: int,
+               log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Measure every point, loading each data set once (BenchError when one cannot be loaded)."""
+    rows, loaded = [], {}
+    for point in points:
+        dataset = point.cfg["dataset"]
+        if dataset not in loaded:
+            loaded.clear()  # one data set on the device at a time
+            try:
+                loaded[dataset] = load_data(dataset, data_dir, device)
+            except DataError as err:
+                raise BenchError(str(err)) from None
+        row = measure_step(point, loaded[dataset], device, steps, warmup)
+        rows.append(row)
+        speed = f"{row['median_ms']:.1f} ms, {row['samples_per_second']:.0f} samples/s, " \
+                f"{row['peak_memory_mib']:.0f} MiB" if row["status"] == "ok" else f"{row['status']} {row['note']}"
+        log(f"{row['dataset']} {row['model']} {row['loss']} B={row['batch_size']} {row['precision']} "
+            f"compile={row['compile']}: {speed}")
+    return rows
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
+def write_outputs(rows: list[dict[str, Any]], out: Path, info: dict[str, Any], command: str) -> None:
+    """step_benchmark.csv and step_benchmark.md in `out`, each written atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(row.get(key), "{:.6g}") if isinstance(row.get(key), float) else row.get(key, "")
+                         for key in COLUMNS})
+    lines = [
+        "# Training step in isolation", "",
+        f"Command: `{command}`", "",
+        *(f"- {key}: {value}" for key, value in info.items()), "",
+        "Median of the timed steps after the warm-up steps, each synchronised; samples/s = B / median. Memory: "
+        "the step's peak above the memory in use once the data set was loaded (CUDA: max_memory_allocated; "
+        "CPU: peak RSS), so model, optimiser state and activations, not the data. One point at a time.",
+    ]
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        lines += ["", f"## {dataset}", "",
+                  "| model | loss | B | precision | compile | step (ms) | samples/s | peak memory (MiB) | status |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['loss']} | {r['batch_size']} | {r['precision']} | {r['compile']} | "
+                  f"{_cell(r.get('median_ms'), '{:.1f}')} | {_cell(r.get('samples_per_second'), '{:.0f}')} | "
+                  f"{_cell(r.get('peak_memory_mib'), '{:.0f}')} | {(r['status'] + ' ' + r['note']).strip()} |"
+                  for r in rows if r["dataset"] == dataset]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in ((f"{PREFIX}.csv", buffer.getvalue()), (f"{PREFIX}.md", "\n".join(lines) + "\n")):
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(f"expected integers ≥ 2, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The CLI's arguments."""
+    p = Parser(prog="python -m bench.step_benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="", help="preset name or .json path (default: paper with a CUDA GPU, else cpu)")
+    p.add_argument("--data-dir", default="datasets", help="folder of mnist.npz / cifar10.npz (default datasets/)")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if present")
+    p.add_argument("--precision", default="trial", choices=PRECISIONS,
+                   help="trial (the preset's config on this device; default), fp32, bf16 or both")
+    p.add_argument("--compile", default="none", help=f"comma-separated of {', '.join(COMPILE_MODES)} (default none)")
+    p.add_argument("--batch-sizes", type=_ints, help="comma-separated; replaces the preset's batch_size axis")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per point (default 20)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 5)")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"the {SMOKE['preset']} preset's points at B = {SMOKE['batch_sizes'][0]} on generated data, "
+                   f"{SMOKE['steps']} steps after {SMOKE['warmup']}")
+    return p.parse_args(argv)
+
+
+@contextmanager
+def _smoke_data(smoke: bool, data_dir: str) -> Iterator[str]:
+    """Generated MNIST and CIFAR-10 in a temporary folder under --smoke, else data_dir."""
+    if not smoke:
+        yield data_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="tripletbench-step-smoke-") as folder:
+        for dataset in ("mnist", "cifar10"):
+            write_synthetic(folder, dataset)
+        yield folder
+
+
+def pick(device: str) -> torch.device:
+    """The device to measure on (BenchError for cuda without CUDA)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda, but CUDA is not available here")
+    return torch.device(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write its CSV and Markdown into --out; 2 on bad input, with nothing written."""
+    args = parse_args(argv)
+    command = shlex.join(["python", "-m", "bench.step_benchmark", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        device = pick(args.device)
+        modes = [mode.strip() for mode in args.compile.split(",") if mode.strip()]
+        if not modes or set(modes) - set(COMPILE_MODES):
+            raise BenchError(f"--compile {args.compile!r}: expected comma-separated of {', '.join(COMPILE_MODES)}")
+        steps = args.steps if args.steps is not None else SMOKE["steps"] if args.smoke else 20
+        warmup = args.warmup if args.warmup is not None else SMOKE["warmup"] if args.smoke else 5
+        if steps < 1 or warmup < 0:
+            raise BenchError(f"need --steps >= 1 and --warmup >= 0, got {steps} and {warmup}")
+        if args.smoke and args.preset not in ("", SMOKE["preset"]):
+            raise BenchError(f"--smoke runs the {SMOKE['preset']} preset; drop --preset {args.preset}")
+        preset = SMOKE["preset"] if args.smoke else args.preset or default_preset()
+        batch_sizes = args.batch_sizes or (SMOKE["batch_sizes"] if args.smoke else None)
+        points = preset_points(preset, args.precision, device, modes, batch_sizes)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(device.type == "cpu" or deterministic)  # as the trial does
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        started = time.perf_counter()
+        try:
+            with _smoke_data(args.smoke, args.data_dir) as data_dir:
+                rows = run_points(points, data_dir, device, steps, warmup,
+                                  lambda line: print(line, file=sys.stderr, flush=True))
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+    except BenchError as err:
+        print(f"python -m bench.step_benchmark: error: {err}", file=sys.stderr)
+        return 2
+    info = {**provenance(device), "threads": torch.get_num_threads(), "preset": preset,
+            "steps": steps, "warmup": warmup, "run_seconds": round(time.perf_counter() - started, 1)}
+    write_outputs(rows, args.out, info, command)
+    print(f"wrote {args.out / PREFIX}.csv and {PREFIX}.md ({len(rows)} points)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
