@@ -334,7 +334,8 @@ def test_data_is_part_of_the_experiment_same_data_resumes_other_data_is_refused(
     argv = [sys.executable, "-m", "bench.grid", "--preset", str(preset), "--data-dir", str(other),
             "--results", str(results), "--backend", "local"]
     for env, hint in (({}, "--experiment NAME"), ({"MAKELEVEL": "1"}, "EXPERIMENT=NAME")):
-        proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+        outside_make = {key: value for key, value in os.environ.items() if key != "MAKELEVEL"}  # make test sets it
+        proc = subprocess.run(argv, cwd=ROOT, env={**outside_make, **env}, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert f"was run on other data (fingerprint mnist {print_a} there, {print_b} now" in proc.stderr

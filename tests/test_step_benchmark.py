@@ -72,8 +72,8 @@ def test_peak_memory_counts_the_steps_allocations(tiny_data_dir: Path) -> None:
         assert row["status"] == "ok"
         peaks.append(row["peak_memory_mib"])
     # the first conv's output alone: 256 × 64 × 28 × 28 floats = 49 MiB; without malloc_trim the repeat read
-    # two thirds of the first (319 → 214 MiB), with it 88% (358 → 314: the first also starts the thread pools)
-    assert peaks[0] > peaks[1] + 20 and peaks[2] > 0.8 * peaks[0], peaks
+    # two thirds of the first (319 → 214 MiB), with it 72-88% (the first also starts the thread pools)
+    assert peaks[0] > peaks[1] + 20 and peaks[2] > peaks[1] + 20 and peaks[2] > 0.6 * peaks[0], peaks
 
 
 def test_a_failing_point_is_a_row_not_the_end(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ import torch
 import bench.trial
 from bench.config import METRICS, ConfigError
 from bench.diagnostics import INITIAL_KEYS
+from bench.models import build_model
 from bench.protocol import fixed_subset
 from bench.trial import WARMUP_STEPS, checkpoint_steps, initial_check, pick_device, run_trial, scaled_lr
 from losses import LOSSES
@@ -90,7 +91,7 @@ def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pyte
 
 def test_the_margin_check_changes_nothing(tiny_data_dir: Path) -> None:
     """Parameters and BatchNorm buffers are the same before and after it; training mode is restored."""
-    model = bench.trial.build_model("cifar10", (3, 32, 32), 16, True).to(memory_format=torch.channels_last)
+    model = build_model("resnet18", (3, 32, 32), 16, True).to(memory_format=torch.channels_last)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     images = torch.randn(4, 8, 3, 32, 32)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -215,8 +216,8 @@ def test_an_unnormalised_net_shrinking_to_zero_is_pinned_then_collapsed(
 ) -> None:
     """Shrunk far below the margin, every hinge stays active (pinned) although the neighbours still hold (not
     collapsed); once the outputs coincide, the information is gone (collapsed). The old spread rule saw neither."""
-    original = bench.trial.build_model
-    monkeypatch.setattr(bench.trial, "build_model", lambda *args, **kwargs: Shrinking(original(*args, **kwargs)))
+    original = bench.trial.initial_model
+    monkeypatch.setattr(bench.trial, "initial_model", lambda *args, **kwargs: Shrinking(original(*args, **kwargs)))
     final, reports = run(tiny(
         tiny_data_dir, normalize=False, batch_size=16, budget_samples=160, eval_gallery=100, eval_queries=50,
     ))
