@@ -398,6 +398,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoints", type=int, help="evaluations, evenly spaced (default 4)")
     p.add_argument("--embedding-dim", type=int, help="default: 50 (mnist), 128 (cifar10)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", default=None)
+    p.add_argument("--model", help="mnist-net, resnet18 or cifar-net (default: mnist-net for mnist, resnet18 for "
+                   "cifar10; see bench/models.py)")
     p.add_argument("--optimizer", help="adam, adamw or sgd (default: the dataset's, see bench/models.py)")
     p.add_argument("--lr", type=float, help="default: the dataset's, see bench/models.py")
     p.add_argument("--lr-scaling", help=f"one of {', '.join(LR_SCALINGS)}: lr × (batch size / reference batch) "

@@ -288,6 +288,7 @@ def test_cli_prints_setup_progress_and_one_json_line_and_writes_the_record(tiny_
         "--dataset", "mnist", "--loss", "batch-hard", "--margin", "0.2", "--batch-size", "32",
         "--budget-samples", "64", "--data-dir", str(tiny_data_dir), "--device", "cpu", "--precision", "fp32",
         "--threads", "1", "--eval-gallery", "100", "--eval-queries", "50", "--json", "--out", str(out),
+        "--model", "mnist-net",
     )
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
@@ -297,8 +298,8 @@ def test_cli_prints_setup_progress_and_one_json_line_and_writes_the_record(tiny_
     assert set(METRICS) <= set(metrics) and metrics["samples_seen"] == 64 and metrics["status"] == "ok"
     assert set(INITIAL_KEYS) <= set(metrics) and metrics["threads"] == 1
     first = stderr.splitlines()[0]
-    for part in ("trial: dataset mnist", "lr 0.0002", "precision fp32", "device cpu", "threads 1", "steps 2",
-                 "eval gallery 100", "eval queries 50"):
+    for part in ("trial: dataset mnist", "model mnist-net", "lr 0.0002", "precision fp32", "device cpu", "threads 1",
+                 "steps 2", "eval gallery 100", "eval queries 50"):
         assert part in first, first
     assert "step 1/2 (50%)" in stderr and "s of training left" in stderr
     assert "checkpoint 2: step 2, 64 samples" in stderr and "Traceback" not in stderr  # 2 steps: 2 checkpoints
@@ -329,6 +330,7 @@ BAD_INPUTS = {
     "lr_reference_batch must be > 0, got 0": {"--lr-reference-batch": "0"},
     "unknown precision 'fp16'; valid: auto, fp32, bf16": {"--precision": "fp16"},
     "threads must be >= 1, got 0": {"--threads": "0"},
+    "unknown model 'vgg'; valid: mnist-net, resnet18, cifar-net": {"--model": "vgg"},
     "--out {corrupt} is a folder; give the path of a .json file": {"--out": "{corrupt}"},
     "the following arguments are required: --loss": {"--loss": None},
 }
