@@ -22,8 +22,9 @@ Precision: `trial` (default) is what the preset's config resolves to on this dev
 and `reduce-overhead` (CUDA graphs on CUDA). A point that runs out of memory is recorded as `OOM`, any
 other failure as `error` with a one-line note; neither stops the run.
 
-Outputs in --out: step_benchmark.csv (one row per point) and step_benchmark.md (provenance: hardware,
-threads, versions, commit, command; then a table per dataset). Nothing else in the folder is touched.
+Outputs in --out: step_benchmark.csv (one row per point), step_benchmark.md (provenance: hardware, threads,
+versions, commit, command; then a table per dataset) and step_benchmark.json (that provenance as a JSON object,
+which bench.report's systems table states). Nothing else in the folder is touched.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import math
 import os
 import shlex
@@ -257,7 +259,8 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path, info: dict[str, Any], command: str) -> None:
-    """step_benchmark.csv and step_benchmark.md in `out`, each written atomically."""
+    """step_benchmark.csv, step_benchmark.md and step_benchmark.json (the provenance: `info` and the command, which
+    bench.report reads) in `out`, each written atomically."""
     import csv
     import io
 
@@ -283,8 +286,10 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, info: dict[str, Any], c
                   f"{_cell(r.get('median_ms'), '{:.1f}')} | {_cell(r.get('samples_per_second'), '{:.0f}')} | "
                   f"{_cell(r.get('peak_memory_mib'), '{:.0f}')} | {(r['status'] + ' ' + r['note']).strip()} |"
                   for r in rows if r["dataset"] == dataset]
+    meta = json.dumps({"command": command, **info}, indent=2, sort_keys=True) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in ((f"{PREFIX}.csv", buffer.getvalue()), (f"{PREFIX}.md", "\n".join(lines) + "\n")):
+    for name, text in ((f"{PREFIX}.csv", buffer.getvalue()), (f"{PREFIX}.md", "\n".join(lines) + "\n"),
+                       (f"{PREFIX}.json", meta)):
         tmp = out / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / name)
@@ -375,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {**provenance(device), "threads": torch.get_num_threads(), "preset": preset,
             "steps": steps, "warmup": warmup, "run_seconds": round(time.perf_counter() - started, 1)}
     write_outputs(rows, args.out, info, command)
-    print(f"wrote {args.out / PREFIX}.csv and {PREFIX}.md ({len(rows)} points)", file=sys.stderr)
+    print(f"wrote {args.out / PREFIX}.csv, {PREFIX}.md and {PREFIX}.json ({len(rows)} points)", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +29,8 @@ def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_smoke_writes_one_row_per_dataset_loss_batch_and_precision(smoke_out: Path) -> None:
-    assert {path.name for path in smoke_out.iterdir()} == {"other.md", "step_benchmark.csv", "step_benchmark.md"}
+    assert {path.name for path in smoke_out.iterdir()} == {"other.md", "step_benchmark.csv", "step_benchmark.md",
+                                                           "step_benchmark.json"}
     with open(smoke_out / "step_benchmark.csv") as file:
         rows = list(csv.DictReader(file))
     grid = load_preset(SMOKE["preset"])
@@ -47,6 +49,10 @@ def test_smoke_writes_one_row_per_dataset_loss_batch_and_precision(smoke_out: Pa
     report = (smoke_out / "step_benchmark.md").read_text()
     for needle in ("git_commit", "hardware", "torch", "threads", "## mnist", "## cifar10", "--smoke"):
         assert needle in report
+    meta = json.loads((smoke_out / "step_benchmark.json").read_text())
+    assert (meta["steps"], meta["warmup"], meta["preset"]) == (SMOKE["steps"], SMOKE["warmup"], SMOKE["preset"])
+    for key in ("date", "git_commit", "hardware", "device", "torch", "threads", "command"):
+        assert meta[key] not in ("", None), key
 
 
 def test_the_step_trains_the_model_on_the_plan(tiny_data_dir: Path) -> None:
