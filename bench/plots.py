@@ -217,6 +217,44 @@ def systems(summary: pd.DataFrame, final: pd.DataFrame, metric: str, label: str,
     return figure
 
 
+def isolated_systems(rows: pd.DataFrame, datasets: list[str], metric: str, label: str, order: tuple[str, ...],
+                     experiment: str, caption: str) -> Figure | str:
+    """A systems metric of the isolated step benchmark (rows: its measured points without torch.compile, numeric)
+    against batch size, one line per loss (dashed for a second precision), a column per dataset of the experiment."""
+    valid = rows[rows.dataset.isin(datasets) & rows[metric].notna()]
+    if valid.empty:
+        return f"the isolated step benchmark has no {metric} for {', '.join(datasets)}"
+    if valid.batch_size.nunique() < 2:
+        return f"a single batch size ({', '.join(f'{v:g}' for v in sorted(valid.batch_size.unique()))}) measured"
+    panels = sorted(valid.dataset.unique())
+    precisions = sorted(valid.precision.unique())
+    styles = {p: ["-", "--", ":", "-."][i % 4] for i, p in enumerate(precisions)}
+    colours, losses = palette(order, list(valid.loss)), _ordered(valid.loss, order)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 2.2, 3.6), squeeze=False,
+                                layout="constrained")
+    for ax, dataset in zip(axes[0], panels, strict=True):
+        panel = valid[valid.dataset == dataset]
+        for loss in losses:
+            for precision in precisions:
+                line = panel[(panel.loss == loss) & (panel.precision == precision)].sort_values("batch_size")
+                if not line.empty:
+                    ax.plot(line.batch_size, line[metric], marker="o", markersize=4, color=colours[loss],
+                            linestyle=styles[precision])
+        sizes = sorted(panel.batch_size.unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
+        ax.minorticks_off()
+        ax.set_title(dataset, fontsize="medium")
+        ax.set_xlabel("batch size B (images)")
+        ax.set_ylabel(label)
+    _title(figure, f"{experiment}: {label.split(' (')[0]} of the training step in isolation ({caption})")
+    _legend(figure, colours, losses, [], set())
+    if len(precisions) > 1:
+        figure.legend(handles=[Line2D([], [], color="0.3", linestyle=styles[p], label=p) for p in precisions],
+                      loc="outside lower center", fontsize="small", ncols=len(precisions))
+    return figure
+
+
 def fractions(summary: pd.DataFrame, checkpoints: pd.DataFrame, order: tuple[str, ...],
               experiment: str) -> Figure | str:
     """Easy / semi-hard / hard triplet fractions of the last training batch over training, in each loss's
@@ -309,8 +347,12 @@ def tsne(summary: pd.DataFrame, final: pd.DataFrame, order: tuple[str, ...], exp
     return figure
 
 
-def make_plots(checkpoints: pd.DataFrame, summary: pd.DataFrame, order: tuple[str, ...]) -> dict[str, Figure | str]:
-    """Every figure of one experiment (checkpoints and summary rows of that experiment only), by file stem."""
+def make_plots(checkpoints: pd.DataFrame, summary: pd.DataFrame, order: tuple[str, ...],
+               isolated: tuple[pd.DataFrame, str] | None = None) -> dict[str, Figure | str]:
+    """Every figure of one experiment (checkpoints and summary rows of that experiment only), by file stem.
+
+    `isolated` is the step benchmark's points (numeric columns) and a caption naming its hardware; with it the
+    throughput and memory plots show it for the experiment's datasets, else the grid's own observations."""
     experiment = str(summary.experiment.iloc[0]) + (" (INCOMPLETE)" if (summary.n_missing > 0).any() else "")
     final = stats.final_rows(checkpoints)
     trials = final[final.kind == "trial"]
@@ -322,10 +364,11 @@ def make_plots(checkpoints: pd.DataFrame, summary: pd.DataFrame, order: tuple[st
                                       experiment),
         "map_vs_train_seconds": curves(summary, checkpoints[checkpoints.kind == "trial"], "train_seconds", order,
                                        experiment),
-        "throughput_vs_batch_size": systems(summary, final, "samples_per_second", "throughput (images/s)", order,
-                                            experiment),
-        "peak_memory_vs_batch_size": systems(summary, final, "peak_memory_mib", "peak training memory (MiB)", order,
-                                             experiment),
+        **{name: (systems(summary, final, metric, label, order, experiment) if isolated is None else
+                  isolated_systems(isolated[0], sorted(trials.dataset.unique()), metric, label, order, experiment,
+                                   isolated[1]))
+           for name, metric, label in (("throughput_vs_batch_size", "samples_per_second", "throughput (images/s)"),
+                                       ("peak_memory_vs_batch_size", "peak_memory_mib", "peak training memory (MiB)"))},
         "triplet_fractions": fractions(summary, checkpoints[checkpoints.kind == "trial"], order, experiment),
         "tsne": tsne(summary, trials, order, experiment, notes),
     }

@@ -1,10 +1,12 @@
 """Tables and plots from a results folder: `python -m bench.report --results DIR --reports DIR` (or `--smoke`).
 
-A pure function from records to files: it reads only grid.json and records/*.json (trial and baseline records,
-see the README), no training, no Ray, and the same records give the same bytes whatever the file order or
-PYTHONHASHSEED. RESULTS is one experiment folder or a folder of them. The orchestration is
-load_records (here) -> bench.stats.summarize -> bench.tables (summary.csv, summary.md, summary.tex,
-tex/*.tex fragments) and bench.plots (plots/<experiment>/*.png). `--smoke` reports generated records
+A pure function of its inputs: it reads only grid.json and records/*.json (trial and baseline records, see the
+README) and the isolated step benchmark when there is one (`--systems PATH`, by default
+<reports>/step_benchmark.csv with its step_benchmark.json: the systems table, bench.systems); no training, no
+Ray, and the same inputs give the same bytes whatever the file order or PYTHONHASHSEED. RESULTS is one
+experiment folder or a folder of them. The orchestration is load_records and load_systems (here) ->
+bench.stats.summarize -> bench.tables (summary.csv, systems.csv, summary.md, summary.tex, tex/*.tex fragments)
+and bench.plots (plots/<experiment>/*.png). `--smoke` reports generated records
 (bench.fake_records) into --reports, end to end.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench import plots, stats, tables
+from bench import plots, stats, systems, tables
 from bench.cli import Parser
 from bench.config import DEFAULTS, STATUSES
 from losses import LOSSES
@@ -174,26 +176,50 @@ def load_records(results_dir: Path | str) -> Records:
     return Records(frame, grids)
 
 
-def write_report(records: Records, reports_dir: Path | str) -> list[Path]:
-    """Write summary.csv, summary.md, summary.tex, tex/*.tex and plots/<experiment>/*.png; the paths written."""
+def load_systems(reports_dir: Path | str, explicit: Path | str | None = None) -> systems.Systems | None:
+    """The isolated step benchmark: `explicit` (ReportError when it is missing or bad), else
+    <reports_dir>/step_benchmark.csv when it exists (ReportError when it is bad), else None."""
+    path = Path(explicit) if explicit is not None else Path(reports_dir) / systems.DEFAULT_NAME
+    if explicit is None and not path.is_file():
+        return None
+    try:
+        return systems.load(path, tuple(LOSSES))
+    except systems.SystemsError as err:
+        raise ReportError(str(err)) from None
+
+
+def write_report(records: Records, reports_dir: Path | str, isolated: systems.Systems | None = None) -> list[Path]:
+    """Write summary.csv, systems.csv, summary.md, summary.tex, tex/*.tex and plots/<experiment>/*.png; the paths
+    written. `isolated` is the step benchmark (load_systems) behind the systems table; None states there is none."""
     reports_dir = Path(reports_dir)
     summary = stats.summarize(records.checkpoints, records.grids, tuple(LOSSES))
     figures: dict[str, dict[str, Any]] = {}
+    points = None
+    if isolated is not None:
+        frame = pd.DataFrame(list(isolated.rows), columns=list(systems.ROW_COLUMNS))
+        frame = frame[frame["compile"].isin(["none", ""])]
+        frame = frame.assign(**{column: pd.to_numeric(frame[column], errors="coerce") for column in systems.NUMERIC})
+        caption = (f"{tables.systems_hardware(isolated)}, commit {isolated.info('git_commit')}, "
+                   f"{isolated.info('date')}; median of {isolated.info('steps')} steps")
+        points = (frame, caption)
     for experiment in sorted(records.grids):
         trials = records.checkpoints[records.checkpoints.experiment == experiment]
-        figures[experiment] = plots.make_plots(trials, summary[summary.experiment == experiment], tuple(LOSSES))
-    document = tables.document(records.checkpoints, records.grids, summary, figures)
+        figures[experiment] = plots.make_plots(trials, summary[summary.experiment == experiment], tuple(LOSSES),
+                                               points)
+    document = tables.document(records.checkpoints, records.grids, summary, figures, isolated)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    written = [tables.write_csv(summary, reports_dir / "summary.csv")]
+    written = [tables.write_csv(summary, reports_dir / "summary.csv"),
+               systems.write_csv(isolated, reports_dir / "systems.csv")]
     for experiment, made in figures.items():
         written += plots.save(made, reports_dir / "plots" / experiment)
     written += tables.write_documents(document, reports_dir)
     return written
 
 
-def build_report(results_dir: Path | str, reports_dir: Path | str) -> list[Path]:
-    """load_records(results_dir), then write_report into reports_dir; the paths written."""
-    return write_report(load_records(results_dir), reports_dir)
+def build_report(results_dir: Path | str, reports_dir: Path | str,
+                 systems_path: Path | str | None = None) -> list[Path]:
+    """load_records(results_dir) and load_systems, then write_report into reports_dir; the paths written."""
+    return write_report(load_records(results_dir), reports_dir, load_systems(reports_dir, systems_path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,19 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m bench.report", description="Tables and plots from a results folder.")
     parser.add_argument("--results", default="results", help="a results folder or one experiment in it")
     parser.add_argument("--reports", default="reports", help="where to write (existing files are overwritten)")
+    parser.add_argument("--systems", type=Path, default=None,
+                        help="the isolated step benchmark's CSV for the systems table (default: "
+                        f"REPORTS/{systems.DEFAULT_NAME} if it exists, as make bench writes it)")
     parser.add_argument("--smoke", action="store_true",
                         help="report generated records (bench.fake_records) instead of --results; seconds")
     args = parser.parse_args(argv)
     try:
+        isolated = load_systems(args.reports, args.systems)
         if args.smoke:
             from bench.fake_records import write_smoke_results
 
             with tempfile.TemporaryDirectory(prefix="tripletbench-report-smoke-") as folder:
                 records = load_records(write_smoke_results(Path(folder)))
-                written = write_report(records, args.reports)  # inside: the t-SNE reads the stored embeddings
+                written = write_report(records, args.reports, isolated)  # inside: the t-SNE reads the embeddings
         else:
             records = load_records(args.results)
-            written = write_report(records, args.reports)
+            written = write_report(records, args.reports, isolated)
     except (ReportError, OSError) as err:
         print(f"python -m bench.report: error: {err}", file=sys.stderr)
         return 2

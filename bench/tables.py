@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from bench import stats
+from bench.systems import NOT_RECORDED, Systems
 
 ABSENT = "–"
 METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
@@ -344,6 +345,71 @@ def unfinished_table(name: str, cells: pd.DataFrame) -> Table:
                   for r in stats.missing_cells(cells).itertuples()])
 
 
+def _float(text: str, digits: int) -> str:
+    return ABSENT if text in ("", None) else f"{float(text):.{digits}f}"
+
+
+def systems_table(systems: Systems) -> Table:
+    """The isolated step benchmark's rows: step time, throughput and peak memory per dataset × loss × batch size ×
+    precision (× compile mode), its numbers as measured."""
+    header = ["dataset", "model", "loss", "batch", "precision", "compile", "step (ms)", "samples/s", "peak MiB",
+              "forward GFLOP/sample", "status"]
+    rows = [[r["dataset"], r["model"] or ABSENT, r["loss"], r["batch_size"], r["precision"], r["compile"] or ABSENT,
+             _float(r["median_ms"], 1), _float(r["samples_per_second"], 0), _float(r["peak_memory_mib"], 0),
+             _float(r["forward_gflops_per_sample"], 3), (r["status"] + " " + r["note"]).strip()]
+            for r in systems.rows]
+    return Table("systems", header, rows)
+
+
+def _systems_setting(systems: Systems, key: str) -> str:
+    """A setting of the benchmark: its provenance's value, else the distinct values of its rows' column."""
+    recorded = systems.info(key)
+    if recorded != NOT_RECORDED:
+        return recorded
+    return ", ".join(sorted({r[key] for r in systems.rows if r.get(key)}, key=str)) or NOT_RECORDED
+
+
+def systems_hardware(systems: Systems) -> str:
+    """The benchmark's hardware line: hardware (device), threads."""
+    devices = ", ".join(sorted({r["device"] for r in systems.rows if r["device"]})) or systems.info("device")
+    return f"{systems.info('hardware')} ({devices}), {systems.info('threads')} threads"
+
+
+def systems_blocks(systems: Systems | None) -> list[Block]:
+    """The report's systems section: the isolated step benchmark with its provenance, or why there is none."""
+    blocks: list[Block] = [("h2", "Systems: the training step in isolation")]
+    if systems is None:
+        return blocks + [("p", "No isolated measurement: run `make bench` (it writes step_benchmark.csv and "
+                               "step_benchmark.json into the reports folder; or pass `--systems PATH`). Throughput "
+                               "and peak memory are then only the grid's own observations, in each experiment's full "
+                               "grid, taken while trials shared the machine; they do not compare loss costs.")]
+    steps_, warmup = _systems_setting(systems, "steps"), _systems_setting(systems, "warmup")
+    precisions = ", ".join(dict.fromkeys(sorted(r["precision"] for r in systems.rows)))
+    modes = ", ".join(dict.fromkeys(sorted(r["compile"] for r in systems.rows if r["compile"]))) or "none"
+    note = (f"Measured by `make bench` (`python -m bench.step_benchmark`, {systems.source}) on "
+            f"{systems_hardware(systems)}, commit {systems.info('git_commit')}, {systems.info('date')}: the trial's "
+            f"whole training step (batch gather, augmentation, forward, loss, backward, optimiser step) of each point "
+            f"alone on the machine, the median of {steps_} device-synchronised steps after {warmup} warm-up steps; "
+            "samples/s = B / median. Peak memory is the step's peak above the memory in use once the data set was "
+            "loaded (CUDA: max_memory_allocated; CPU: peak RSS): model, optimiser state and activations, not the "
+            f"data. Precision {precisions}; compile {modes}. The grid's own throughput and memory stay in each "
+            "experiment's full grid, as observed.")
+    items = [
+        ("source", systems.source),
+        ("hardware", systems_hardware(systems)),
+        ("git commit", systems.info("git_commit")),
+        ("date", systems.info("date")),
+        ("threads", systems.info("threads")),
+        ("preset", systems.info("preset")),
+        ("precision", precisions),
+        ("compile", modes),
+        ("steps", f"median of {steps_} timed steps after {warmup} warm-up steps"),
+        ("torch", systems.info("torch")),
+        ("command", systems.info("command")),
+    ]
+    return blocks + [("items", items), ("p", note), ("table", systems_table(systems)._replace(note=note))]
+
+
 # ---- the document -------------------------------------------------------------------------------
 
 
@@ -398,7 +464,8 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
     grid = grid_table(f"{experiment}-grid", cells)._replace(note=(
         "Test metrics of every cell, labelled: only the cells marked selected were chosen, on validation; the test "
         "numbers of cells not selected are shown for completeness and are not a result. samples/s, peak MiB and "
-        "train s are the grid's own observations (mean over seeds), taken while other trials shared the machine. "
+        "train s are the grid's own observations (mean over seeds), taken while other trials shared the machine; "
+        "loss cost is compared in the isolated measurement (Systems section). "
         + facts(final)))
     blocks += [("h3", "Full grid (test metrics of every cell)"), ("p", grid.note), ("table", grid)]
     blocks.append(("h3", "Margin check at the start of training"))
@@ -431,8 +498,9 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
 
 
 def document(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], summary: pd.DataFrame,
-             figures: dict[str, dict[str, Any]]) -> list[Block]:
-    """The whole report as blocks: method, the comparison (several experiments), then each experiment."""
+             figures: dict[str, dict[str, Any]], systems: Systems | None = None) -> list[Block]:
+    """The whole report as blocks: method, the comparison (several experiments), the isolated step benchmark
+    (or why there is none), then each experiment."""
     blocks: list[Block] = [
         ("h1", "tripletbench report"),
         ("p", f"Made by `python -m bench.report` from {checkpoints.trial_id.nunique()} records. Statistics over seeds "
@@ -445,6 +513,7 @@ def document(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], summar
                    ("p", "Each experiment's validation-selected cell per loss (baselines: their mean) on test MAP@R; "
                          "experiments may differ in budget, hardware and data: see each one's provenance."),
                    ("table", comparison_table(summary, experiments))]
+    blocks += systems_blocks(systems)
     for experiment in experiments:
         blocks += _experiment(experiment, checkpoints[checkpoints.experiment == experiment], grids[experiment],
                               summary[summary.experiment == experiment], figures.get(experiment, {}))

@@ -2,6 +2,7 @@
 comparison, old-format records, LaTeX fragments, byte-identical output across processes, bad input."""
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
@@ -220,16 +222,19 @@ def _write_small(folder: Path, reverse: bool) -> Path:
 
 def test_byte_identical_across_processes_hash_seeds_and_file_order(tmp_path: Path) -> None:
     runs = []
+    _write_benchmark(tmp_path / "bench")  # the same isolated benchmark for both, given by --systems
     for index, (seed, reverse) in enumerate((("0", False), ("12345", True))):
         results = _write_small(tmp_path / f"results{index}", reverse)
         env = {**os.environ, "PYTHONHASHSEED": seed}
         runs.append((tmp_path / f"reports{index}", subprocess.Popen(
             [sys.executable, "-m", "bench.report", "--results", str(results), "--reports",
-             str(tmp_path / f"reports{index}")], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)))
+             str(tmp_path / f"reports{index}"), "--systems", str(tmp_path / "bench" / "step_benchmark.csv")],
+            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)))
     for _, process in runs:
         assert process.wait(timeout=300) == 0, process.stderr.read()
     first, second = (sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file()) for folder, _ in runs)
-    assert first == second and len(first) == 14 and Path("plots/small/tsne.png") in first
+    assert first == second and len(first) == 16 and Path("plots/small/tsne.png") in first
+    assert {Path("systems.csv"), Path("tex/systems.tex")} <= set(first)
     for name in first:
         assert (runs[0][0] / name).read_bytes() == (runs[1][0] / name).read_bytes(), name
 
@@ -305,3 +310,113 @@ def test_bad_folders_fail_with_one_line(make, message: str, tmp_path: Path, caps
     assert err.count("\n") == 1 and err.startswith("python -m bench.report: error: ") and message in err
     assert [p.name for p in (tmp_path / "reports").iterdir()] == ["summary.csv"]
     assert (tmp_path / "reports" / "summary.csv").read_text() == "old"
+
+
+# ---- the systems table: the isolated step benchmark (make bench) ------------------------------------------------
+
+BENCH_HEADER = ("dataset,model,loss,batch_size,precision,compile,device,status,note,median_ms,samples_per_second,"
+                "peak_memory_mib,steps,warmup,forward_gflops_per_sample")
+BENCH_PROVENANCE = {"date": "2031-02-03T04:05:06Z", "git_commit": "0123abcd", "hardware": "Quiet Test CPU 9000",
+                    "device": "cpu", "threads": 7, "preset": "cpu-quick", "steps": 20, "warmup": 5,
+                    "torch": "9.9.9", "command": "python -m bench.step_benchmark --preset cpu-quick"}
+
+
+def _tiny_results(folder: Path) -> Path:
+    records = [trial_record("tiny", loss, 0.2, 8, 0) for loss in ("batch-all", "batch-hard")]
+    return write_experiment(folder, "tiny", records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
+                                                      "margin": [0.2], "batch_size": [8], "seed": [0]})
+
+
+def _write_benchmark(folder: Path, provenance: str = "json") -> list[dict[str, str]]:
+    """A step_benchmark.csv (in an order the report must sort) with its provenance as .json or as make bench's .md;
+    its rows as the CSV holds them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [BENCH_HEADER]
+    for index, (loss, batch) in enumerate([("batch-hard", 64), ("batch-all", 64), ("batch-hard", 16),
+                                           ("batch-all", 16)]):
+        ms = 12.345 + 7.1 * index
+        lines.append(f"mnist,mnist-net,{loss},{batch},fp32,none,cpu,ok,,{ms:.6g},{batch / ms * 1000:.6g},"
+                     f"{101.5 + 33.25 * index:.6g},20,5,0.0123")
+    lines.append("mnist,mnist-net,batch-all,4096,fp32,none,cpu,OOM,OutOfMemoryError: no room,,,,20,5,0.0123")
+    (folder / "step_benchmark.csv").write_text("\n".join(lines) + "\n")
+    if provenance == "json":
+        (folder / "step_benchmark.json").write_text(json.dumps(BENCH_PROVENANCE))
+    else:
+        (folder / "step_benchmark.md").write_text(
+            "# Training step in isolation\n\nCommand: `python -m bench.step_benchmark --preset cpu-quick`\n\n"
+            + "".join(f"- {key}: {value}\n" for key, value in BENCH_PROVENANCE.items() if key != "command")
+            + "\nMedian of ...\n\n## mnist\n\n| model |\n|---|\n| - hardware: not this |\n")
+    return list(csv.DictReader(io.StringIO("\n".join(lines) + "\n")))
+
+
+@pytest.mark.parametrize("provenance", ["json", "md"])
+def test_systems_table_is_the_isolated_benchmark(provenance: str, tmp_path: Path) -> None:
+    rows = _write_benchmark(tmp_path / "reports", provenance)
+    assert main(["--results", str(_tiny_results(tmp_path / "results")), "--reports", str(tmp_path / "reports")]) == 0
+    with open(tmp_path / "reports" / "systems.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    key = [(r["loss"] != "batch-all", int(r["batch_size"])) for r in table]  # the registry's loss order, then B
+    assert key == sorted(key)
+    assert sorted(({k: r[k] for k in rows[0]} for r in table), key=str) == sorted(rows, key=str)  # exactly its numbers
+    for row in table:
+        assert (row["hardware"], row["threads"], row["git_commit"], row["date"]) == (
+            "Quiet Test CPU 9000", "7", "0123abcd", "2031-02-03T04:05:06Z")
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    section = markdown[markdown.index("## Systems: the training step in isolation"):markdown.index("## Experiment")]
+    assert "- **hardware:** Quiet Test CPU 9000 (cpu), 7 threads" in section
+    assert "commit 0123abcd, 2031-02-03T04:05:06Z" in section
+    assert "median of 20 timed steps after 5 warm-up steps" in section and "- **precision:** fp32" in section
+    lines = [line for line in section.splitlines() if line.startswith("| mnist |")]
+    assert len(lines) == len(rows)
+    for row in rows:
+        if row["status"] == "ok":
+            cells = (f"| mnist | mnist-net | {row['loss']} | {row['batch_size']} | fp32 | none | "
+                     f"{float(row['median_ms']):.1f} | {float(row['samples_per_second']):.0f} | "
+                     f"{float(row['peak_memory_mib']):.0f} | 0.012 | ok |")
+            assert cells in lines
+    oom = "| mnist | mnist-net | batch-all | 4096 | fp32 | none | – | – | – | 0.012 | OOM OutOfMemoryError: no room |"
+    assert oom in lines
+    fragment = (tmp_path / "reports" / "tex" / "systems.tex").read_text()
+    comment = " ".join(line[2:] for line in fragment.splitlines() if line.startswith("% "))
+    assert "Quiet Test CPU 9000 (cpu), 7 threads, commit 0123abcd" in comment and fragment.isascii()
+    figure = plots.isolated_systems(
+        pd.DataFrame(table).assign(**{c: pd.to_numeric(pd.DataFrame(table)[c], errors="coerce")
+                                      for c in ("batch_size", "samples_per_second", "peak_memory_mib")}),
+        ["mnist"], "samples_per_second", "throughput (images/s)", tuple(LOSSES), "tiny", "Quiet Test CPU 9000")
+    assert "in isolation" in figure.texts[0].get_text() and "Quiet Test CPU 9000" in figure.texts[0].get_text()
+    plt.close(figure)
+
+
+def test_without_a_benchmark_the_report_says_so(tmp_path: Path) -> None:
+    assert main(["--results", str(_tiny_results(tmp_path / "results")), "--reports", str(tmp_path / "reports")]) == 0
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    assert "No isolated measurement: run `make bench`" in markdown
+    assert "taken while other trials shared the machine" in markdown  # the grid's observed numbers, labelled
+    assert (tmp_path / "reports" / "systems.csv").read_text().count("\n") == 1  # a header only
+    assert not (tmp_path / "reports" / "tex" / "systems.tex").exists()
+
+
+def _bad_numbers(folder: Path) -> Path:
+    _write_benchmark(folder)
+    path = folder / "step_benchmark.csv"
+    path.write_text(path.read_text().replace(",20,5,", ",twenty,5,", 1))
+    return path
+
+
+@pytest.mark.parametrize("make, explicit, message", [
+    (lambda folder: folder / "nowhere.csv", True, "nowhere.csv: no such file"),
+    (lambda folder: (folder / "other.csv").write_text("a,b\n1,2\n") and folder / "other.csv", True,
+     "not a step benchmark CSV (missing dataset"),
+    (_bad_numbers, False, "steps 'twenty' is not a number"),
+])
+def test_bad_benchmark_fails_with_one_line(make, explicit: bool, message: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "bench").mkdir()
+    path = make(tmp_path / "bench")
+    reports = path.parent if not explicit else tmp_path / "reports"
+    before = sorted(p.name for p in reports.iterdir()) if reports.exists() else []
+    argv = ["--results", str(_tiny_results(tmp_path / "results")), "--reports", str(reports)]
+    assert main(argv + (["--systems", str(path)] if explicit else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m bench.report: error: ") and message in err
+    assert (sorted(p.name for p in reports.iterdir()) if reports.exists() else []) == before
