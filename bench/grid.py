@@ -1,17 +1,24 @@
-"""The ablation grid: dataset × loss × margin × batch size × seed, one trial each, through Ray Tune or in-process.
+"""The ablation grid: dataset × [protocol ×] loss × margin × batch size × seed, one trial each, through Ray Tune or
+in-process.
 
     python -m bench.grid --preset cpu --data-dir datasets --results results [--backend auto|ray|local]
 
 A preset is `bench/presets/<name>.json` (or the path of such a file): {"doc": text, "axes": {axis: [values]}
-for every one of AXES, "fixed": {config key: value} for every trial, "per_dataset": {dataset: {key: value}}
-overriding "fixed" for one dataset}. Every expanded config is checked with bench.config.resolve, and the
-data sets are loaded once, before any trial starts.
+for every one of AXES and any of OPTIONAL_AXES, "fixed": {config key: value} for every trial, "per_dataset":
+{dataset: {key: value}} overriding "fixed" for one dataset}. A key that is an axis of the preset cannot be
+fixed; `protocol` is fixed (or left to its default) unless the preset lists it under "axes", and then every
+point carries it. A dataset's entry in "per_dataset" may also hold "axes": {axis: [values]}, replacing the
+values of axes that "axes" lists (not "dataset") for that dataset only, e.g. {"cifar10": {"axes": {"protocol":
+["seen", "unseen"]}}} beside "protocol": ["seen"]: the grid is then the union of each dataset's own product
+(Grid.points). Every expanded config is checked with bench.config.resolve, and the data sets are loaded once,
+before any trial starts.
 
 Trials whose preset leaves config `threads` None get the CPUs the backend gives one trial: Ray's
 --cpus-per-trial rounded (at least 1), or all of os.cpu_count() on the local backend.
 
 Experiment E (default: the preset's name) lives in RESULTS/E/:
-- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", "threads", "data"}, "threads" the
+- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", "threads", "data"} ("per_dataset" as in
+  the preset, a dataset's "axes" included), "threads" the
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
   (bench/fingerprint.py). Running a different grid, or the same grid on other data, under an existing
   experiment name is refused in one line, so that two grids or two data sets never mix.
@@ -44,8 +51,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +65,9 @@ from bench.models import model_settings
 from bench.provenance import local_placement, provenance, ray_placement
 from bench.trial import run_trial
 
-AXES = ("dataset", "loss", "margin", "batch_size", "seed")
+AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
+OPTIONAL_AXES = ("protocol",)  # a preset may list these too
+AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", "seed")  # the order of a point's axes
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PRESET_SECTIONS = ("doc", "axes", "fixed", "per_dataset")
 OOM_PATTERN = re.compile(r"out of memory|low on memory|OutOfMemoryError", re.IGNORECASE)
@@ -77,16 +86,30 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
-    """A checked preset: its name, the values of each axis, and the keys fixed for all or one dataset."""
+    """A checked preset: its name, the values of each axis, the keys fixed for all or one dataset, and the axes
+    whose values one dataset replaces (dataset_axes: {dataset: {axis: [values]}})."""
 
     preset: str
-    axes: dict[str, list[Any]]
+    axes: dict[str, list[Any]]  # in the order of AXIS_ORDER
     fixed: dict[str, Any]
     per_dataset: dict[str, dict[str, Any]]
+    dataset_axes: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+    def rectangular(self) -> bool:
+        """Whether the points are the product of `axes` (no dataset replaces an axis's values)."""
+        return not any(self.dataset_axes.values())
 
     def points(self) -> list[dict[str, Any]]:
-        """Every combination of axis values, as {axis: value}, in the order of AXES."""
-        return [dict(zip(AXES, values, strict=True)) for values in itertools.product(*(self.axes[a] for a in AXES))]
+        """Per dataset, every combination of its axis values, as {axis: value} in the order of `axes`."""
+        names = list(self.axes)
+        return [dict(zip(names, values, strict=True))
+                for dataset in self.axes["dataset"]
+                for values in itertools.product(*({**self.axes, **self.dataset_axes.get(dataset, {}),
+                                                   "dataset": [dataset]}[a] for a in names))]
+
+    def point(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The grid point of a config (a trial config, or Ray's: {"point": point} or {axis: value})."""
+        return dict(config["point"]) if "point" in config else {axis: config[axis] for axis in self.axes}
 
     def config(self, point: dict[str, Any]) -> dict[str, Any]:
         """The trial config of one grid point, without location keys."""
@@ -94,8 +117,11 @@ class Grid:
 
     def spec(self, experiment: str, threads: int | None, fingerprints: dict[str, str]) -> dict[str, Any]:
         """The content of grid.json: the preset, the default thread count and each dataset's fingerprint."""
+        per_dataset = {name: {**self.per_dataset.get(name, {}),
+                              **({"axes": self.dataset_axes[name]} if self.dataset_axes.get(name) else {})}
+                       for name in [*self.per_dataset, *(d for d in self.dataset_axes if d not in self.per_dataset)]}
         return {"preset": self.preset, "experiment": experiment, "axes": self.axes, "fixed": self.fixed,
-                "per_dataset": self.per_dataset, "threads": threads, "data": fingerprints}
+                "per_dataset": per_dataset, "threads": threads, "data": fingerprints}
 
 
 @dataclass(frozen=True)
@@ -137,36 +163,51 @@ def _typed(key: str, value: Any) -> Any:
     return float(value) if isinstance(default, float) else value
 
 
-def _settings(section: str, raw: Any) -> dict[str, Any]:
+def _settings(section: str, raw: Any, axes: Iterable[str]) -> dict[str, Any]:
     """A "fixed" or per-dataset section: a dict of typed config keys that are neither axes nor locations."""
     if not isinstance(raw, dict):
         raise GridError(f'"{section}" must be an object of config keys')
-    taken = sorted(set(raw) & {*AXES, *LOCATION_KEYS})
+    taken = sorted(set(raw) & {*AXES, *axes, *LOCATION_KEYS})
     if taken:
         raise GridError(f'"{section}" sets {taken}, which the axes or the command line set')
     return {key: _typed(key, value) for key, value in raw.items()}
 
 
-def _parse_preset(raw: Any) -> tuple[dict[str, list[Any]], dict[str, Any], dict[str, dict[str, Any]]]:
-    """(axes, fixed, per_dataset) of a preset's JSON, checked for shape and types."""
+def _axis_values(name: str, axis: str, values: Any) -> list[Any]:
+    """The typed values of one axis: a non-empty list without repeats."""
+    if not isinstance(values, list) or not values:
+        raise GridError(f'{name} "{axis}" must be a non-empty list')
+    values = [_typed(axis, value) for value in values]
+    if len({json.dumps(value) for value in values}) < len(values):
+        raise GridError(f'{name} "{axis}" repeats a value: {values}')
+    return values
+
+
+def _parse_preset(raw: Any) -> tuple[dict[str, list[Any]], dict[str, Any], dict[str, dict[str, Any]],
+                                     dict[str, dict[str, list[Any]]]]:
+    """(axes, fixed, per_dataset, dataset_axes) of a preset's JSON, checked for shape and types."""
     if not isinstance(raw, dict) or set(raw) - set(PRESET_SECTIONS):
         raise GridError(f"a preset is a JSON object with keys {', '.join(PRESET_SECTIONS)}")
     axes = raw.get("axes")
-    if not isinstance(axes, dict) or set(axes) != set(AXES):
-        raise GridError(f'"axes" must give a list of values for each of {", ".join(AXES)}')
-    for axis in AXES:
-        values = axes[axis]
-        if not isinstance(values, list) or not values:
-            raise GridError(f'axis "{axis}" must be a non-empty list')
-        values = axes[axis] = [_typed(axis, value) for value in values]
-        if len({json.dumps(value) for value in values}) < len(values):
-            raise GridError(f'axis "{axis}" repeats a value: {values}')
-    fixed = _settings("fixed", raw.get("fixed", {}))
+    if not isinstance(axes, dict) or not set(AXES) <= set(axes) <= {*AXES, *OPTIONAL_AXES}:
+        raise GridError(f'"axes" must give a list of values for each of {", ".join(AXES)}, and may for '
+                        f'{", ".join(OPTIONAL_AXES)}')
+    axes = {axis: _axis_values("axis", axis, axes[axis]) for axis in AXIS_ORDER if axis in axes}
+    fixed = _settings("fixed", raw.get("fixed", {}), axes)
     per_dataset = raw.get("per_dataset", {})
     if not isinstance(per_dataset, dict) or set(per_dataset) - set(axes["dataset"]):
         raise GridError(f'"per_dataset" must map datasets of the "dataset" axis {axes["dataset"]} to config keys')
-    per_dataset = {name: _settings(f"per_dataset.{name}", keys) for name, keys in per_dataset.items()}
-    return {axis: axes[axis] for axis in AXES}, fixed, per_dataset
+    dataset_axes = {}
+    for name, keys in per_dataset.items():
+        own = keys.get("axes", {}) if isinstance(keys, dict) else {}
+        if not isinstance(own, dict) or not set(own) <= set(axes) - {"dataset"}:
+            raise GridError(f'"per_dataset.{name}.axes" may only replace the values of axes that "axes" lists '
+                            f'(not dataset): {", ".join(a for a in axes if a != "dataset")}')
+        dataset_axes[name] = {axis: _axis_values(f"per_dataset.{name} axis", axis, own[axis])
+                              for axis in axes if axis in own}
+    per_dataset = {name: _settings(f"per_dataset.{name}", {k: v for k, v in keys.items() if k != "axes"}, axes)
+                   for name, keys in per_dataset.items()}
+    return axes, fixed, per_dataset, {name: own for name, own in dataset_axes.items() if own}
 
 
 def load_preset(name: str) -> Grid:
@@ -312,11 +353,14 @@ def run_one(
 
 
 def ray_trial(point: dict[str, Any], ctx: Context, trial_fn: TrialFn) -> None:
-    """Ray Tune's function trainable: run_one, forwarding each checkpoint's metrics with tune.report."""
+    """Ray Tune's function trainable: run_one, forwarding each checkpoint's metrics with tune.report.
+
+    `point` is Ray's config of the trial: {axis: value}, or {"point": {axis: value}} (see ray_param_space).
+    """
     from ray import tune
 
+    point = ctx.grid.point(point)
     tid = ctx.trial_id(point)
-    point = {axis: point[axis] for axis in AXES}
     report = lambda metrics: tune.report({**metrics, "trial_id": tid})  # noqa: E731
     record, ran = run_one(point, ctx, trial_fn, report, ray_placement(len(ctx.grid.points())))
     if not (ran and record["history"]):  # failed before its first checkpoint, or finished in an earlier run
@@ -335,6 +379,7 @@ class Progress:
 
     def __init__(self, ctx: Context, points: list[dict[str, Any]]) -> None:
         self.total = len(points)
+        self.protocols = "protocol" in ctx.grid.axes  # the line names the protocol when it is an axis
         self.done = {record["trial_id"] for point in points if (record := read_record(ctx, point))}
         self.ran = 0
         self.started = time.monotonic()
@@ -350,7 +395,8 @@ class Progress:
             done, left = len(self.done), self.total - len(self.done)
             eta = (time.monotonic() - self.started) / self.ran * left
         cfg, final = record["config"], record["final"]
-        line = (f"[{done}/{self.total}] {cfg['dataset']} {cfg['loss']} margin {cfg['margin']} "
+        line = (f"[{done}/{self.total}] {cfg['dataset']}{' ' + cfg['protocol'] if self.protocols else ''} "
+                f"{cfg['loss']} margin {cfg['margin']} "
                 f"B {cfg['batch_size']} seed {cfg['seed']}: {record['status']}")
         if record["reason"]:
             line += f" ({record['reason'][:120]})"
@@ -395,6 +441,16 @@ def ray_storage(ctx: Context) -> Path:
     return Path(ctx.experiment_dir) / "ray"
 
 
+def ray_param_space(grid: Grid) -> dict[str, Any]:
+    """Ray Tune's param_space of a grid: a grid search per axis when the grid is the product of its axes, else
+    one grid search over its points ({"point": point}), as a dataset that replaces an axis's values needs."""
+    from ray import tune
+
+    if grid.rectangular():
+        return {axis: tune.grid_search(values) for axis, values in grid.axes.items()}
+    return {"point": tune.grid_search(grid.points())}
+
+
 def run_ray(
     ctx: Context, points: list[dict[str, Any]], trial_fn: TrialFn, progress: Progress,
     cpus_per_trial: float, gpus_per_trial: float | None,
@@ -427,7 +483,7 @@ def run_ray(
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space={axis: tune.grid_search(values) for axis, values in ctx.grid.axes.items()},
+                param_space=ray_param_space(ctx.grid),
                 tune_config=tune.TuneConfig(reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=state.name, storage_path=str(state.parent), verbose=0,
@@ -443,7 +499,7 @@ def run_ray(
             stop.set()
             poller.join()
         for trial in tune.ExperimentAnalysis(str(state)).trials:  # a trial lost before its first report has
-            point = {axis: trial.config[axis] for axis in AXES}  # no config in its Result, hence the Trials
+            point = ctx.grid.point(trial.config)  # no config in its Result, hence the Trials
             if trial.status == "ERROR" and read_record(ctx, point) is None:
                 error = trial.get_pickled_error() or trial.get_error() or RuntimeError("lost without an error")
                 ray_failure(ctx, point, error)

@@ -111,13 +111,14 @@ def _setting(values: pd.Series) -> Any:
 
 
 def expected_cells(grid: dict[str, Any], experiment: str) -> pd.DataFrame:
-    """The trial cells a grid.json asks for, with their expected seeds (one row per cell × seed)."""
-    axes = grid["axes"]
+    """The trial cells a grid.json asks for, with their expected seeds (one row per cell × seed): the grid's
+    points (bench.grid.Grid.points), a dataset's own "axes" in "per_dataset" replacing those axes' values."""
     fixed = grid.get("fixed", {}) or {}
     per_dataset = grid.get("per_dataset", {}) or {}
     rows = []
-    for dataset in axes.get("dataset", []):
+    for dataset in grid["axes"].get("dataset", []):
         settings = {**fixed, **per_dataset.get(dataset, {})}
+        axes = {**grid["axes"], **(settings.get("axes") or {})}
         protocols = axes.get("protocol", [settings.get("protocol", DEFAULTS["protocol"])])
         for protocol in protocols:
             for loss in axes.get("loss", []):
@@ -127,6 +128,11 @@ def expected_cells(grid: dict[str, Any], experiment: str) -> pd.DataFrame:
                                   "margin": float(margin), "batch_size": int(batch_size), "seed": seed}
                                  for seed in axes.get("seed", [])]
     return pd.DataFrame(rows, columns=[*CELL, "seed"])
+
+
+def expected_trials(grid: dict[str, Any]) -> int:
+    """How many trials a grid.json asks for."""
+    return len(expected_cells(grid, ""))
 
 
 def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order: tuple[str, ...]) -> pd.DataFrame:

@@ -417,7 +417,7 @@ def _provenance(final: pd.DataFrame, grid: dict[str, Any]) -> list[tuple[str, st
     trials = final[final.kind == "trial"]
     dates = sorted(final.provenance_date.dropna().astype(str))
     counts = trials.status.value_counts()
-    expected = math.prod(len(values) for values in grid["axes"].values())
+    expected = stats.expected_trials(grid)
     shared = _joined(final.get("provenance_concurrent_trials", pd.Series(dtype=float)), "not recorded")
     return [
         ("date", " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "unknown"),
@@ -447,7 +447,7 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
     """The blocks of one experiment: provenance, unfinished cells, headlines, grid, checks, failures, plots."""
     final = stats.final_rows(checkpoints)
     trials = final[final.kind == "trial"]
-    expected = math.prod(len(values) for values in grid["axes"].values())
+    expected = stats.expected_trials(grid)
     incomplete = bool(stats.missing_cells(cells).shape[0])
     mark = f" (INCOMPLETE: {len(trials)} of {expected} trials recorded)" if incomplete else ""
     blocks: list[Block] = [("h2", f"Experiment {experiment}{mark}"), ("items", _provenance(final, grid))]

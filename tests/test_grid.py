@@ -130,6 +130,108 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     assert len(load_preset("smoke").points()) <= 8
 
 
+PROTOCOL_GRID = {  # seen for both datasets, unseen too for cifar10: 2 + 4 trials
+    "doc": "fake trials over a protocol axis that cifar10 widens",
+    "axes": {"dataset": ["mnist", "cifar10"], "protocol": ["seen"], "loss": ["batch-all"], "margin": [0.2],
+             "batch_size": [8], "seed": [0, 1]},
+    "fixed": {"budget_samples": 64, "checkpoints": 2, "threads": 1},
+    "per_dataset": {"cifar10": {"budget_samples": 32, "axes": {"protocol": ["seen", "unseen"]}}},
+}
+
+
+@pytest.fixture
+def protocol_setup(tmp_path: Path) -> tuple[Path, Path]:
+    """(preset path, data folder with tiny mnist.npz and cifar10.npz) for PROTOCOL_GRID."""
+    preset = tmp_path / "protocols.json"
+    preset.write_text(json.dumps(PROTOCOL_GRID))
+    data_dir = tmp_path / "data"
+    for dataset in ("mnist", "cifar10"):
+        write_synthetic(data_dir, dataset, n_train=50, n_test=20)
+    return preset, data_dir
+
+
+def _cells(folder: Path) -> list[tuple]:
+    """(dataset, protocol, seed) of every trial record in an experiment folder, sorted."""
+    return sorted((r["config"]["dataset"], r["config"]["protocol"], r["config"]["seed"])
+                  for r in records(folder).values())
+
+
+PROTOCOL_CELLS = [("cifar10", "seen", 0), ("cifar10", "seen", 1), ("cifar10", "unseen", 0), ("cifar10", "unseen", 1),
+                  ("mnist", "seen", 0), ("mnist", "seen", 1)]
+
+
+def test_protocol_is_an_optional_axis_that_a_dataset_may_widen(protocol_setup: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    from bench.baselines import baseline_configs
+    from bench.stats import expected_cells
+
+    preset, data_dir = protocol_setup
+    grid = load_preset(str(preset))
+    assert list(grid.axes) == ["dataset", "protocol", "loss", "margin", "batch_size", "seed"]
+    assert not grid.rectangular() and len(grid.points()) == 6
+    assert grid.per_dataset == {"cifar10": {"budget_samples": 32}}
+    assert sorted((p["dataset"], p["protocol"], p["seed"]) for p in grid.points()) == PROTOCOL_CELLS
+    assert grid.point({"point": grid.points()[0]}) == grid.point({**grid.points()[0], "x": 1}) == grid.points()[0]
+
+    assert run_grid(str(preset), data_dir, tmp_path / "results", backend="local", trial_fn=fake_trial) == 0
+    folder = tmp_path / "results" / "protocols"
+    assert _cells(folder) == PROTOCOL_CELLS
+    assert {r["config"]["budget_samples"] for r in records(folder).values() if r["config"]["dataset"] == "cifar10"} \
+        == {32}
+    spec = json.loads((folder / "grid.json").read_text())
+    assert spec["axes"] == PROTOCOL_GRID["axes"] and spec["per_dataset"] == PROTOCOL_GRID["per_dataset"]
+    expected = expected_cells(spec, "protocols")  # the report's cells: the grid's points
+    assert sorted(zip(expected.dataset, expected.protocol, expected.seed, strict=True)) == PROTOCOL_CELLS
+    assert run_grid(str(preset), data_dir, tmp_path / "results", backend="local", trial_fn=fake_trial) == 0
+    assert len(calls(data_dir)) == 6  # resumed: nothing ran again
+
+    square = {**PROTOCOL_GRID, "axes": {**PROTOCOL_GRID["axes"], "protocol": ["seen", "unseen"]}, "per_dataset": {}}
+    square_grid = load_preset(_bad(tmp_path, "square", json.dumps(square)))
+    assert square_grid.rectangular() and len(square_grid.points()) == 8
+    assert sorted({(b["baseline"], b["dataset"], b["protocol"]) for b in baseline_configs(
+        square_grid.config(p) for p in square_grid.points())}) == [
+        (b, d, p) for b in ("pixels", "untrained") for d in ("cifar10", "mnist") for p in ("seen", "unseen")]
+
+    bad = {
+        "sets ['protocol'], which the axes": {**PROTOCOL_GRID, "fixed": {"protocol": "seen"}},
+        "may only replace the values of axes that \"axes\" lists": {
+            **PROTOCOL_GRID, "axes": {k: v for k, v in PROTOCOL_GRID["axes"].items() if k != "protocol"}},
+        "(not dataset)": {**PROTOCOL_GRID, "per_dataset": {"mnist": {"axes": {"dataset": ["mnist"]}}}},
+        'per_dataset.cifar10 axis "protocol" must be a non-empty list': {
+            **PROTOCOL_GRID, "per_dataset": {"cifar10": {"axes": {"protocol": []}}}},
+        '"axes" must give a list of values': {**PROTOCOL_GRID, "axes": {**PROTOCOL_GRID["axes"], "lr": [0.1]}},
+        "unknown protocol 'open'; valid: seen, unseen": {
+            **PROTOCOL_GRID, "per_dataset": {"cifar10": {"axes": {"protocol": ["open"]}}}},
+    }
+    for message, raw in bad.items():
+        with pytest.raises(GridError, match=re.escape(message)):
+            load_preset(_bad(tmp_path, "bad", json.dumps(raw)))
+
+
+@pytest.mark.slow
+def test_a_widened_protocol_axis_runs_and_resumes_through_ray(
+    ray_session: None, protocol_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    preset, data_dir = protocol_setup
+    (data_dir / "INTERRUPT").touch()  # the seed-1 trials stop like Ctrl-C
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 1
+    assert "3 unfinished; re-run the same command to resume" in capsys.readouterr().out
+    assert [cell for cell in _cells(tmp_path / "protocols") if cell[2] == 1] == []
+    first = snapshot(tmp_path / "protocols")
+    ran_before = len(calls(data_dir))
+
+    (data_dir / "INTERRUPT").unlink()
+    assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "6 trials:" in out and "unfinished" not in out
+    assert "] cifar10 unseen batch-all margin 0.2 B 8 seed 1: ok" in out
+    rerun = calls(data_dir)[ran_before:]
+    assert sorted(point["dataset"] for point in rerun) == ["cifar10", "cifar10", "mnist"]
+    assert all(point["seed"] == 1 for point in rerun)
+    assert {path: snapshot(tmp_path / "protocols")[path] for path in first} == first
+    assert _cells(tmp_path / "protocols") == PROTOCOL_CELLS
+
+
 @pytest.mark.slow
 def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.grid", "--smoke", "--backend", "ray", "--results",
