@@ -149,6 +149,10 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without location keys: what makes two trials the same trial."""
+    """The resolved config without location keys, its None model settings filled with the defaults they stand
+    for (bench.models.model_settings): what makes two trials the same trial, so that a changed default never
+    passes an old record off as a new trial."""
+    from bench.models import model_settings  # bench.models imports this module
+
     cfg = resolve(config)
-    return {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+    return {**{k: v for k, v in cfg.items() if k not in LOCATION_KEYS}, **model_settings(cfg)}

@@ -503,3 +503,15 @@ def test_a_killed_worker_is_reported_rerun_finishes_it_and_a_resume_without_rays
     assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
     assert "8 trials, 8 already recorded" in capsys.readouterr().out
     assert len(calls(data_dir)) == 9 + MAX_NODE_FAILURES and snapshot(tmp_path / "fake") == done
+
+
+def test_a_changed_model_default_is_another_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr None means the model's default: when the default moves, an old record must not pass for the new trial."""
+    import bench.models
+
+    config = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 64, "seed": 0}
+    before = trial_id(config, "f" * 16)
+    assert trial_id({**config, "lr": bench.models.MODEL_DEFAULTS["mnist-net"]["lr"]}, "f" * 16) == before
+    moved = {**bench.models.MODEL_DEFAULTS["mnist-net"], "lr": 1.0}
+    monkeypatch.setitem(bench.models.MODEL_DEFAULTS, "mnist-net", moved)
+    assert trial_id(config, "f" * 16) != before
