@@ -16,23 +16,22 @@ about 3×):
 - cifar-net: a small CIFAR-10 net after airbench's layout (Keller Jordan's CIFAR-10 speedruns), written here:
   a 2×2 stem conv (24 channels, no padding) and GELU, then three blocks of widths 32, 64, 128, each
   conv3×3 → max-pool 2 → BN → GELU → conv3×3 → BN → GELU (pooling before the BN makes BN and GELU 4× cheaper),
-  a global max-pool and the head. Chosen by measurement among three airbench-style widths, on 2 cores
-  (AMD EPYC with avx512_bf16) shared with four other jobs, so the figures are provisional (the coordinator
-  re-measures on a quiet machine with the command below). Training step (forward, batch-all, backward, Adam,
-  channels_last) at B = 256 in bf16, fastest of 8 steps after 3 warm-ups, scratch script at commit 8a048eb:
+  a global max-pool and the head. Chosen among three airbench-style widths in a scratch comparison (training
+  step at B = 256 in bf16, fastest of 8 steps, on 2 cores shared with other jobs, commit 8a048eb):
       widths 32/64/128 (cifar-net): 1528 samples/s; 48/96/192: 1132; 64/128/256: 819
-  (the VGG-style net of issue 12, 32/64/128 channels with 2 convs per stage and BN: 1011 in the same run).
-  Accuracy per sample, real CIFAR-10, batch-all m = 0.2, B = 256, Adam 1e-3, fp32, 40,960 samples, seed 0,
-  5-NN against a 5000-image gallery of 1000 test queries:
-      32/64/128: k-NN 0.510, MAP@R 0.179;   48/96/192: k-NN 0.520, MAP@R 0.194
-  48/96/192 is one point better on one seed but misses 1000 samples/s in the median on the loaded machine,
-  so cifar-net takes 32/64/128 (CIFAR_NET_WIDTHS). The scratch script ran without
-  torch.use_deterministic_algorithms, which the trial (and the step benchmark, to match it) turns on on the
-  CPU; that mode also fills every new tensor (torch.utils.deterministic.fill_uninitialized_memory): aten::fill_
-  took 20% of the CPU time of one profiled bf16 B = 256 cifar-net step (on the loaded machine). Measure
-  samples/s of every model at fp32 and bf16, B = 64 and 256, the trial's way, with:
-      python -m bench.step_benchmark --preset cpu-quick --precision both --batch-sizes 64,256 \
-          --data-dir ../shared/data --out reports
+  and accuracy per sample on real CIFAR-10 (batch-all m = 0.2, B = 256, Adam 1e-3, 40,960 samples, seed 0, 5-NN
+  of 1000 test queries against a 5000-image gallery): 32/64/128 k-NN 0.510, MAP@R 0.179; 48/96/192 0.520, 0.194.
+  One point on one seed did not pay for 26% fewer samples/s, so cifar-net takes 32/64/128 (CIFAR_NET_WIDTHS).
+
+The trial's own training step (bench.step_benchmark: gather, augment, normalise, forward, batch-all, backward,
+Adam; channels_last and deterministic mode as in the trial), median of 20 steps after 5 warm-ups, on 2 quiet
+cores (AMD EPYC with avx512_bf16), commit 491108d; samples/s:
+    python -m bench.step_benchmark --preset reports/measured/throughput-small.json --precision both \
+        --data-dir ../shared/data --out reports/measured/throughput-cpu-nets   (and throughput-resnet18.json)
+    model       B=64 fp32   B=64 bf16   B=256 fp32   B=256 bf16
+    mnist-net   502         1007        466          1015
+    cifar-net   1127        1686        1178         1953
+    resnet18    59          105         54           110
 
 Defaults (MODEL_DEFAULTS), and how they were chosen:
 - mnist-net: 50-d, Adam at lr 2e-4. Measured on real MNIST on 2 CPU cores at
