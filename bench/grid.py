@@ -42,7 +42,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import shlex
@@ -60,6 +59,7 @@ import torch
 
 from bench.cli import Parser
 from bench.config import DEFAULTS, LOCATION_KEYS, STATUSES, resolve, trial_identity
+from bench.jsonio import finite, write_json
 from bench.lock import LOCK_NAME, LockError, acquire, release
 from bench.models import model_settings
 from bench.provenance import local_placement, provenance, ray_placement
@@ -239,25 +239,6 @@ def trial_id(config: dict[str, Any], fingerprint: str) -> str:
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _finite(value: Any) -> Any:
-    """`value` with non-finite floats replaced by None, recursively, so that records are strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented strict JSON atomically: a temporary file beside `path`, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    temp.write_text(json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")
-    os.replace(temp, path)
-
-
 def is_oom(err: BaseException) -> bool:
     """Whether an exception means that the trial ran out of (GPU or host) memory."""
     return isinstance(err, torch.OutOfMemoryError | MemoryError) or bool(OOM_PATTERN.search(one_line(err, 10**6)))
@@ -336,7 +317,7 @@ def run_one(
     history: list[dict[str, Any]] = []
 
     def on_checkpoint(metrics: dict[str, Any]) -> None:
-        history.append(_finite(dict(metrics)))
+        history.append(finite(dict(metrics)))
         if report is not None:
             report(metrics)
 

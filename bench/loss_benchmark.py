@@ -67,7 +67,7 @@ from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.miners import BatchHardMiner
 from torch import Tensor
 
-from bench.cli import Parser
+from bench.cli import Parser, int_list
 from bench.config import resolve
 from bench.data import normalize
 from bench.models import build_model, build_optimizer, model_settings
@@ -694,25 +694,15 @@ def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(f"expected integers ≥ 2, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The CLI's arguments (unset ones get the device's or --smoke's default)."""
     p = Parser(prog="python -m bench.loss_benchmark", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA if present")
-    p.add_argument("--batch-sizes", type=_ints, help="comma-separated (default 128,…,4096 on CPU, …,8192 on CUDA)")
+    p.add_argument("--batch-sizes", type=int_list, help="comma-separated (default 128,…,4096 on CPU, …,8192 on CUDA)")
     p.add_argument("--dim", type=int, help="embedding dimension D (default 128)")
-    p.add_argument("--classes", type=_ints, help="comma-separated class counts (default 10,100)")
+    p.add_argument("--classes", type=int_list, help="comma-separated class counts (default 10,100)")
     p.add_argument("--repeats", type=int, help="timed calls per point (default 5 on CPU, 20 on CUDA)")
     p.add_argument("--time-cap", type=float, help="seconds per point after its setup (default 120)")
     p.add_argument("--memory-cap-mib", type=float, help="per point (default 8192 on CPU, the GPU's memory on CUDA)")

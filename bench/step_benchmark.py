@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.cli import Parser
+from bench.cli import Parser, int_list
 from bench.config import ConfigError, resolve
 from bench.data import DataError, augment, channel_stats, load_dataset, normalize
 from bench.grid import GridError, default_preset, load_preset
@@ -295,16 +295,6 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, info: dict[str, Any], c
         os.replace(tmp, out / name)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(f"expected integers ≥ 2, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The CLI's arguments."""
     p = Parser(prog="python -m bench.step_benchmark", description=__doc__.splitlines()[0])
@@ -315,7 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="trial", choices=PRECISIONS,
                    help="trial (the preset's config on this device; default), fp32, bf16 or both")
     p.add_argument("--compile", default="none", help=f"comma-separated of {', '.join(COMPILE_MODES)} (default none)")
-    p.add_argument("--batch-sizes", type=_ints, help="comma-separated; replaces the preset's batch_size axis")
+    p.add_argument("--batch-sizes", type=int_list, help="comma-separated; replaces the preset's batch_size axis")
     p.add_argument("--steps", type=int, default=None, help="timed steps per point (default 20)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 5)")
     p.add_argument("--smoke", action="store_true",

@@ -78,6 +78,7 @@ from bench.diagnostics import (
     images_per_class,
     initial_statistics,
 )
+from bench.jsonio import finite, write_json
 from bench.models import build_optimizer, initial_model, model_settings
 from bench.precision import autocast, resolve_precision
 from bench.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
@@ -431,17 +432,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _json_value(value: Any) -> Any:
-    """`value` with non-finite floats as None, recursively: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(item) for item in value]
-    return value
-
-
 class Console(Progress):
     """The CLI's progress on stderr: the resolved setup, then a tqdm bar on a terminal (when tqdm is installed)
     or plain lines at every tenth of the steps or PROGRESS_SECONDS, each with the training time left at the
@@ -528,10 +518,7 @@ def write_record(path: Path, config: dict[str, Any], history: list[dict[str, Any
         "provenance": {**provenance(pick_device(cfg["device"])), "command": shlex.join(["python", "-m",
                                                                                        "bench.trial", *sys.argv[1:]])},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(_json_value(record), indent=1, allow_nan=False) + "\n")
-    os.replace(temp, path)
+    write_json(path, record)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -561,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     console.write(f"record: {path}")
     if as_json:
-        print(json.dumps(_json_value(metrics), allow_nan=False))
+        print(json.dumps(finite(metrics), allow_nan=False))
     return 0
 
 
