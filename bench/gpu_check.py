@@ -17,7 +17,7 @@ wall time; a failed step never stops the others:
 4. the `gpu-check` preset (a reduced `paper` grid) on the local backend, on the real data.
 
 The folder then holds 8 files, each far below 16 MiB: gpu_check.md (provenance, every step's command,
-status and time, the pytest output, the throughput tables), step_benchmark.csv and .md, the loss
+status and time, the pytest output, the throughput tables), step_benchmark.csv and .json, the loss
 benchmark's four files (loss_benchmark*), and grid.tar.gz (the grid's experiment folder: grid.json and
 the records, for `make report`). With --smoke everything runs at toy sizes on generated data, on the
 CPU when there is no GPU; its numbers mean nothing.
@@ -72,6 +72,7 @@ def throughput(out: Path, data_dir: str | Path, device: torch.device, settings: 
     write_outputs(rows, out, {**provenance(device), "steps": settings["steps"], "warmup": settings["warmup"]},
                   "python -m bench.gpu_check (throughput)")
     text = (out / "step_benchmark.md").read_text()
+    (out / "step_benchmark.md").unlink()  # its tables go into gpu_check.md, its provenance is step_benchmark.json
     failed = sum(row["status"] != "ok" for row in rows)
     return ("ok" if not failed else f"failed ({failed} points)"), text[text.find("\n## ") + 1:].replace("## ", "### ")
 

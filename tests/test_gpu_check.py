@@ -35,7 +35,7 @@ def test_smoke_runs_every_step_into_one_small_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(path.name for path in out.rglob("*") if path.is_file())
     assert files == ["gpu_check.md", "grid.tar.gz", "loss_benchmark.csv", "loss_benchmark.md", "loss_benchmark.png",
-                     "loss_benchmark_overhead.csv", "step_benchmark.csv", "step_benchmark.md"]
+                     "loss_benchmark_overhead.csv", "step_benchmark.csv", "step_benchmark.json"]
     assert len(files) <= MAX_FILES and all((out / name).stat().st_size < MAX_MIB * 2**20 for name in files)
     report = (out / "gpu_check.md").read_text()
     for step in ("tests (pytest -m cuda)", "throughput", "loss benchmark", "reduced paper grid (local backend)"):
