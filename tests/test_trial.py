@@ -18,7 +18,7 @@ import torch
 import bench.trial
 from bench.config import METRICS, ConfigError
 from bench.diagnostics import INITIAL_KEYS
-from bench.models import build_model
+from bench.models import MODEL_DEFAULTS, build_model
 from bench.protocol import fixed_subset
 from bench.trial import WARMUP_STEPS, checkpoint_steps, initial_check, pick_device, run_trial, scaled_lr
 from losses import LOSSES
@@ -27,6 +27,7 @@ TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_se
 TRAINING = ("planned_steps", "train_seconds", "warmup_steps", "images_per_class", "lr", "precision", "threads")
 DIAGNOSTICS = ("pinned_at_margin", "collapsed", "effective_rank")
 ROOT = Path(__file__).resolve().parent.parent
+MNIST_LR = MODEL_DEFAULTS["mnist-net"]["lr"]  # the trial's lr where the config leaves it None
 
 
 def tiny(data_dir: Path, **changes: Any) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pyte
         assert 0 <= metrics["mu_pos"] and 0 <= metrics["mu_neg"] <= 2  # unit embeddings
         assert metrics["samples_per_second"] > 0 and metrics["peak_memory_mib"] > 1
         assert metrics["planned_steps"] == 10 and metrics["images_per_class"] == 4  # pk: 8 classes × 4
-        assert metrics["lr"] == 2e-4 and metrics["precision"] == "fp32"
+        assert metrics["lr"] == MNIST_LR and metrics["precision"] == "fp32"
         assert metrics["threads"] == torch.get_num_threads()
         assert {key: metrics[key] for key in INITIAL_KEYS} == {key: final[key] for key in INITIAL_KEYS}
     assert math.isclose(final["initial_fraction_easy"] + final["initial_fraction_semihard"]
@@ -133,7 +134,7 @@ def test_lr_scaling(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(bench.trial, "build_optimizer", lambda name, params, lr, **kw: (
         used.append(lr), original(name, params, lr, **kw))[1])
     final = run_trial(tiny(tiny_data_dir, lr_scaling="sqrt", lr_reference_batch=128, budget_samples=32, checkpoints=1))
-    assert used == [pytest.approx(2e-4 * 0.5)] and final["lr"] == used[0]
+    assert used == [pytest.approx(MNIST_LR * 0.5)] and final["lr"] == used[0]
     with pytest.raises(ConfigError, match="unknown lr_scaling 'cubic'; valid: none, sqrt, linear"):
         run_trial(tiny(tiny_data_dir, lr_scaling="cubic"))
 
@@ -298,8 +299,8 @@ def test_cli_prints_setup_progress_and_one_json_line_and_writes_the_record(tiny_
     assert set(METRICS) <= set(metrics) and metrics["samples_seen"] == 64 and metrics["status"] == "ok"
     assert set(INITIAL_KEYS) <= set(metrics) and metrics["threads"] == 1
     first = stderr.splitlines()[0]
-    for part in ("trial: dataset mnist", "model mnist-net", "lr 0.0002", "precision fp32", "device cpu", "threads 1",
-                 "steps 2", "eval gallery 100", "eval queries 50"):
+    for part in ("trial: dataset mnist", "model mnist-net", f"lr {MNIST_LR}", "precision fp32", "device cpu",
+                 "threads 1", "steps 2", "eval gallery 100", "eval queries 50"):
         assert part in first, first
     assert "step 1/2 (50%)" in stderr and "s of training left" in stderr
     assert "checkpoint 2: step 2, 64 samples" in stderr and "Traceback" not in stderr  # 2 steps: 2 checkpoints
