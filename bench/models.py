@@ -33,23 +33,29 @@ cores (AMD EPYC with avx512_bf16), commit 491108d; samples/s:
     cifar-net   1127        1686        1178         1953
     resnet18    59          105         54           110
 
-Defaults (MODEL_DEFAULTS), and how they were chosen:
-- mnist-net: 50-d, Adam at lr 2e-4. Measured on real MNIST on 2 CPU cores at
-  commit 7f30cd4 (reports/lr_sweep/: outputs and command), final 5-NN accuracy with a 10k gallery and 5k queries:
-    python -m bench.trial --dataset mnist --loss LOSS --margin 0.2 --batch-size B --budget-samples 30000 \
-        --optimizer adam --lr LR --eval-queries 5000 --data-dir ../shared/data --json
-    lr      batch-all B=256   batch-hard B=256       batch-hard B=64
-    1e-4    0.985             0.970 (collapsed)      -
-    2e-4    0.988             0.970 (collapsed)      0.990
-    5e-4    0.989             0.972 (collapsed)      0.987
-    1e-3    -                 0.138 (collapsed)      -
-  (SGD at 0.01, batch-hard B=256: 0.953, collapsed.) Batch-hard at B=256 shrinks the embeddings to a ball
-  (mean pair distances 0.001-0.007 with Adam, loss pinned at the margin) at every lr tried, yet still ranks
-  well below 1e-3; at 1e-3 it collapses to a point (μ_pos = μ_neg = 0.0002), as reported with the source.
-  2e-4 is as good as any and 5× below that.
-- resnet18: 128-d, Adam at lr 5e-4. Not measured yet (a ResNet-18 trial is out of reach on 2 CPU cores):
-  to be measured on a GPU.
-- cifar-net: 128-d, Adam at lr 1e-3, the rate of issue 12's VGG-style run; not yet swept on validation.
+Defaults (MODEL_DEFAULTS), and how they were chosen: on the VALIDATION split only (reports/lr_sweep/: every
+record, log and the commands), one Adam rate per dataset that serves all four losses, at margin 0.2, B = 256,
+bf16, seed 0, 1 thread per trial (two at a time on 2 cores), commit 1472ab3 (first two MNIST trials) and
+1955ed2 (the rest), each trial:
+    python -m bench.trial --dataset D --model M --loss LOSS --margin 0.2 --batch-size 256 --budget-samples N \
+        --checkpoints 2 --lr LR --threads 1 --data-dir ../shared/data --out reports/lr_sweep/D-LOSS-lrLR.json
+Rule: the rate with the highest mean validation MAP@R over the four losses; rates within 0.002 of it (inside
+one seed's noise) count as tied, and a tie goes to the rate inside the swept range. Final validation MAP@R:
+- mnist-net (N = 60,000: 235 steps):
+    lr      batch-all   batch-hard          adaptive-mu   quadruplet   mean
+    2e-4    0.957       0.782 (pinned)      0.953         0.968        0.915
+    5e-4    0.961       0.778 (pinned)      0.964         0.964        0.917
+    1e-3    0.966       0.687 (pinned)      0.955         0.973        0.895
+  → 5e-4 (2e-4 is tied but at the edge). Batch-hard at B = 256 stays pinned at the margin at every rate.
+- cifar-net (N = 50,000: 196 steps, about one epoch):
+    lr      batch-all   batch-hard          adaptive-mu   quadruplet   mean
+    5e-4    0.177       0.026               0.160         0.178        0.135
+    1e-3    0.206       0.029 (pinned)      0.180         0.189        0.151
+    2e-3    0.223       0.024 (pinned)      0.161         0.197        0.151
+  → 1e-3 (2e-3 is tied but at the edge; batch-all and quadruplet still gain there, so the reference grid's
+  pilot should try 2e-3 and 4e-3 too). Batch-hard barely learns here (raw pixels: 0.039, the untrained net 0.022).
+- resnet18: 128-d, Adam at lr 5e-4. Not measured (a ResNet-18 trial is out of reach on 2 CPU cores): to be
+  measured on a GPU.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ from bench.config import MODELS, ConfigError
 
 DATASET_MODEL = {"mnist": "mnist-net", "cifar10": "resnet18"}  # the model a config's None means
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist-net": {"embedding_dim": 50, "optimizer": "adam", "lr": 2e-4},
+    "mnist-net": {"embedding_dim": 50, "optimizer": "adam", "lr": 5e-4},
     "resnet18": {"embedding_dim": 128, "optimizer": "adam", "lr": 5e-4},
     "cifar-net": {"embedding_dim": 128, "optimizer": "adam", "lr": 1e-3},
 }
