@@ -181,7 +181,7 @@ def test_a_lost_node_is_survived_and_nothing_recorded_is_rewritten(cluster: TwoN
     driver = subprocess.Popen([sys.executable, "-c", grid_code(preset, data_dir, results)], cwd=ROOT,
                               env=env(RAY_ADDRESS=cluster.address, **cluster.env), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded 2-core machine starts Ray slowly
     while not [e for e in events(data_dir) if e["event"] == "start" and e["node"] == cluster.worker and
                not any(f["event"] == "end" and f["pid"] == e["pid"] and f["seed"] == e["seed"]
                        for f in events(data_dir))]:
@@ -191,7 +191,7 @@ def test_a_lost_node_is_survived_and_nothing_recorded_is_rewritten(cluster: TwoN
     lost = [e["seed"] for e in events(data_dir) if e["node"] == cluster.worker][-1]
     killed = time.monotonic()
     cluster.kill_worker()
-    out = driver.communicate(timeout=300)[0]
+    out = driver.communicate(timeout=900)[0]
     first_run = time.monotonic() - killed
     if MAX_NODE_FAILURES:  # retried in the same run, on the head
         assert driver.returncode == 0, out
@@ -245,13 +245,13 @@ def test_ctrl_c_under_ray_ends_with_the_projects_line_and_no_ray_advice(tmp_path
     init = "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)"
     driver = subprocess.Popen([sys.executable, "-c", grid_code(preset, data_dir, tmp_path / "results", init)],
                               cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded 2-core machine starts Ray slowly
     while not any(e["event"] == "end" for e in events(data_dir)):
         assert time.monotonic() < deadline and driver.poll() is None, "no trial finished"
         time.sleep(0.2)
     time.sleep(1)
     driver.send_signal(signal.SIGINT)
-    out, err = driver.communicate(timeout=120)
+    out, err = driver.communicate(timeout=600)
     assert driver.returncode == 1, out + err
     assert "unfinished; re-run the same command to resume" in out
     for noise in ("Tuner.restore", "Resume experiment with", "Failed to fetch metrics", "tensorboard", "Token auth"):
