@@ -11,10 +11,10 @@ Each point runs `warmup` steps (default 5), then `steps` timed steps (default 20
 device synchronisation; the time is their median, samples/s = batch size / median.
 
 Memory is the step's peak above a baseline taken once the data set is loaded and before the model is
-built, so that it counts the model, the optimiser state and the step's activations, not the data: on
-CUDA max_memory_allocated minus the memory allocated at the baseline; on the CPU the peak RSS (VmHWM,
-reset at the baseline) minus the RSS at the baseline, after glibc's malloc_trim has returned the memory
-that earlier points freed (else their freed pages would hold this point's allocations unseen).
+built, so that it counts the model, the optimiser state and the step's activations, not the data: measured by
+bench.memory.TrainingPeak, as the trial measures its training peak (CUDA: max_memory_allocated above the
+baseline; CPU: the peak RSS above the baseline RSS, after glibc's malloc_trim has returned the memory that
+earlier points freed, else their freed pages would hold this point's allocations unseen).
 Points run one after the other in this process.
 
 Precision: `trial` (default) is what the preset's config resolves to on this device (bench.precision);
@@ -30,8 +30,6 @@ which bench.report's systems table states). Nothing else in the folder is touche
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import math
 import os
@@ -53,6 +51,7 @@ from bench.cli import Parser, int_list
 from bench.config import ConfigError, resolve
 from bench.data import DataError, augment, channel_stats, load_dataset, normalize
 from bench.grid import GridError, default_preset, load_preset
+from bench.memory import TrainingPeak
 from bench.models import build_optimizer, forward_flops, initial_model, model_settings
 from bench.precision import autocast, resolve_precision
 from bench.provenance import provenance
@@ -101,36 +100,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss_kib(key: str) -> int:
-    """A 'kB' field of /proc/self/status (VmRSS, VmHWM); 0 where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _memory_baseline(device: torch.device) -> float:
-    """Reset the peak and return the memory in use now (MiB): CUDA allocated, or the RSS with VmHWM reset."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError, AttributeError):  # glibc: hand the earlier points' freed memory back, so
-        ctypes.CDLL("libc.so.6").malloc_trim(0)          # that this step's allocations show in the RSS again
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
-    return _rss_kib("VmRSS") / 2**10
-
-
-def _memory_peak(device: torch.device) -> float:
-    """The peak since _memory_baseline (MiB): CUDA max_memory_allocated, or VmHWM."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _rss_kib("VmHWM") / 2**10
-
-
 def make_step(cfg: dict[str, Any], data: Data, device: torch.device, precision: str,
               compile_mode: str = "none") -> tuple[Callable[[int], Tensor], torch.nn.Module]:
     """The trial's training step for config `cfg` as step(i) → loss of batch i of its plan; and the model.
@@ -176,7 +145,8 @@ def measure_step(point: StepPoint, data: Data, device: torch.device, steps: int,
         "batch_size": int(cfg["batch_size"]), "precision": point.precision, "compile": point.compile,
         "device": str(device), "status": "ok", "note": "", "steps": steps, "warmup": warmup,
     }
-    baseline = _memory_baseline(device)
+    memory = TrainingPeak(device)  # baseline: the data loaded, no model yet
+    memory.start()
     try:
         step, model = make_step(cfg, data, device, point.precision, point.compile)
         row["forward_gflops_per_sample"] = forward_flops(model, tuple(data[0].shape[1:])) / 1e9
@@ -197,7 +167,7 @@ def measure_step(point: StepPoint, data: Data, device: torch.device, steps: int,
         return row
     median = statistics.median(times)
     row.update(median_ms=1000 * median, samples_per_second=row["batch_size"] / median,
-               peak_memory_mib=max(_memory_peak(device) - baseline, 0.0))
+               peak_memory_mib=max(memory.stop(), 0.0))
     return row
 
 

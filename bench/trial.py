@@ -48,14 +48,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
-import gc
 import hashlib
 import json
 import math
 import os
-import resource
 import shlex
 import sys
 import tempfile
@@ -79,6 +75,7 @@ from bench.diagnostics import (
     initial_statistics,
 )
 from bench.jsonio import finite, write_json
+from bench.memory import TrainingPeak
 from bench.models import build_optimizer, initial_model, model_settings
 from bench.precision import autocast, resolve_precision
 from bench.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
@@ -140,65 +137,6 @@ def embed(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor, pre
 def scaled_lr(lr: float, batch_size: int, rule: str, reference_batch: int) -> float:
     """lr × (batch_size / reference_batch) ** {none: 0, sqrt: 0.5, linear: 1}[rule]."""
     return lr * (batch_size / reference_batch) ** LR_EXPONENTS[rule]
-
-
-def _release_free_memory() -> None:
-    """Collect Python's garbage and hand the C heap's free pages back to the OS (glibc's malloc_trim).
-
-    Otherwise memory that earlier work freed stays resident, and training reuses it without raising the RSS.
-    """
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-
-
-def _rss_mib(field: str) -> float:
-    """/proc/self/status `field` (VmRSS: resident now, VmHWM: resident peak) in MiB; ru_maxrss without /proc."""
-    with contextlib.suppress(OSError, StopIteration):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith(f"{field}:")).split()[1]) / 2**10
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-class TrainingPeak:
-    """peak_memory_mib: the largest peak over the training windows (start() … stop()), evaluation left out.
-
-    - CUDA: torch.cuda.max_memory_allocated, its statistics reset at each start() (the split, which lives
-      on the device, counts).
-    - CPU (Linux): the process's peak RSS (VmHWM, reset to the current RSS at each start() through
-      /proc/self/clear_refs) above its RSS when this object is made, once the data is loaded: neither the
-      dataset nor what earlier work in the process peaked at counts, only what the model, the optimiser and
-      training add. Free memory is handed back to the OS first (_release_free_memory), at the baseline and at
-      each start(), so that training's allocations are counted even where earlier work left freed pages
-      resident. Without /proc
-      (macOS): the lifetime peak RSS above the lifetime peak at data load, which misses a training peak
-      below an earlier one.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        if device.type != "cuda":
-            _release_free_memory()
-        self.baseline = 0.0 if device.type == "cuda" else _rss_mib("VmRSS")
-        self.peak = 0.0
-
-    def start(self) -> None:
-        """Open a training window: reset the device's peak statistics."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        _release_free_memory()
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")  # Linux ≥ 4.0: VmHWM := current RSS
-
-    def stop(self) -> float:
-        """Close the window; return the largest peak so far in MiB above the baseline."""
-        if self.device.type == "cuda":
-            window = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            window = _rss_mib("VmHWM")
-        self.peak = max(self.peak, window - self.baseline)
-        return self.peak
 
 
 def _sync(device: torch.device) -> None:
