@@ -15,6 +15,7 @@ PROTOCOLS = ("seen", "unseen")
 PRECISIONS = ("auto", "fp32", "bf16")
 MODELS = ("mnist-net", "resnet18", "cifar-net")
 LR_SCALINGS = ("none", "sqrt", "linear")
+LR_SCHEDULES = ("constant", "cosine")
 
 DEFAULTS: dict[str, Any] = {
     # grid axes
@@ -45,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     # lr × (batch_size / lr_reference_batch) ** {none: 0, sqrt: 0.5, linear: 1}
     "lr_scaling": "none",
     "lr_reference_batch": 256,
+    # constant, or cosine: lr · (1 + cos(π · steps done / planned steps)) / 2, from the full lr to 0 at the budget
+    "lr_schedule": "constant",
     # numerics: auto = bf16 autocast on CUDA and on CPUs with native bf16, fp32 otherwise (bench/precision.py)
     "precision": "auto",
     # evaluation sizes of the checkpoints before the last (the last evaluates everything): 0 = the whole set,
@@ -112,7 +115,9 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown dataset {cfg['dataset']!r}; valid: {', '.join(DATASETS)}")
     if cfg["loss"] not in LOSSES:
         raise ConfigError(f"unknown loss {cfg['loss']!r}; valid: {', '.join(LOSSES)}")
-    for key, valid in (("protocol", PROTOCOLS), ("precision", PRECISIONS), ("lr_scaling", LR_SCALINGS)):
+    for key, valid in (
+        ("protocol", PROTOCOLS), ("precision", PRECISIONS), ("lr_scaling", LR_SCALINGS), ("lr_schedule", LR_SCHEDULES)
+    ):
         if cfg[key] not in valid:
             raise ConfigError(f"unknown {key} {cfg[key]!r}; valid: {', '.join(valid)}")
     if cfg["model"] is not None and cfg["model"] not in MODELS:

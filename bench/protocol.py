@@ -150,10 +150,14 @@ def _take(images: Tensor, labels: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 
 def evaluate(
-    embed: Embed, splits: Splits, gallery_size: int = 0, queries_size: int = 0
+    embed: Embed, splits: Splits, gallery_size: int = 0, queries_size: int = 0,
+    plateau_sizes: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """EVAL_METRICS, EVAL_SIZE_KEYS and SPLIT_SIZE_KEYS of `embed` under the splits' protocol, and the embeddings of the
-    validation and test queries {"val": [Qv, D], "test": [Qt, D]} in float32; sizes 0 = whole sets."""
+    validation and test queries {"val": [Qv, D], "test": [Qt, D]} in float32; sizes 0 = whole sets.
+
+    plateau_sizes=(gallery, queries), with sizes 0 (the whole sets): also `plateau_val_map_at_r`, the validation
+    MAP@R on the subsets that those sizes select, taken from the same embeddings (nothing is embedded twice)."""
     metrics: dict[str, Any] = {}
     embeddings: dict[str, Tensor] = {}
     if splits.protocol == "seen":
@@ -173,5 +177,14 @@ def evaluate(
         name = "" if prefix == "test" else "val_"
         metrics.update({f"{name}{key}": value for key, value in result.items()})
         metrics.update({f"{prefix}_gallery_size": searched, f"{prefix}_queries_size": len(y_queries)})
+    if plateau_sizes is not None:
+        if gallery_size or queries_size:
+            raise ValueError("plateau_sizes needs the whole sets embedded (gallery_size = queries_size = 0)")
+        if splits.protocol == "seen":
+            subset = retrieval_metrics(*_take(gallery, y_gallery, plateau_sizes[0]),
+                                       *_take(embeddings["val"], splits.y_val, plateau_sizes[1]))
+        else:
+            subset = retrieval_metrics(*_take(embeddings["val"], splits.y_val, plateau_sizes[0]))
+        metrics["plateau_val_map_at_r"] = subset["map_at_r"]
     metrics.update(splits.sizes())
     return metrics, embeddings

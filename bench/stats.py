@@ -38,11 +38,13 @@ TRIAL = ["experiment", "trial_id"]
 TEST_METRICS = ("map_at_r", "knn_accuracy", "precision_at_1")
 VAL_METRICS = tuple(f"val_{metric}" for metric in TEST_METRICS)
 SYSTEM_METRICS = ("samples_per_second", "peak_memory_mib", "train_seconds")
-AGGREGATED = (*TEST_METRICS, *VAL_METRICS, *SYSTEM_METRICS)
+# plateau_gap: the final checkpoint's validation MAP@R minus the previous one's, on the same evaluation subsets
+AGGREGATED = (*TEST_METRICS, *VAL_METRICS, *SYSTEM_METRICS, "plateau_gap")
 TESTED = ("map_at_r", "knn_accuracy")  # the metrics of the paired tests
 SELECTION = ("val_map_at_r", "val_knn_accuracy")
 # per-cell settings reported as their value (or "a;b" when the seeds of a cell differ)
-SETTINGS = ("planned_steps", "images_per_class", "lr", "lr_scaling", "lr_reference_batch", "precision", "threads",
+SETTINGS = ("planned_steps", "images_per_class", "lr", "lr_scaling", "lr_reference_batch", "lr_schedule",
+            "precision", "threads",
             "budget_samples", "budget_seconds", "val_gallery_size", "val_queries_size", "test_gallery_size",
             "test_queries_size", "train_size", "val_size", "test_size")
 INITIAL = ("initial_fraction_easy", "initial_fraction_semihard", "initial_fraction_hard", "initial_active_anchors",

@@ -22,6 +22,7 @@ ABSENT = "–"
 METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
 LR_RULES = {"none": "lr as configured, at every batch size",
             "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
+LR_SCHEDULES = {"constant": "constant lr", "cosine": "cosine decay to 0 at the budget"}
 CSV_COLUMNS = [
     *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "selected",
     *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")],
@@ -142,8 +143,10 @@ def lr_rule(final: pd.DataFrame) -> str:
     """The lr scaling rule(s) the trials used."""
     trials = final[final.kind == "trial"]
     rules = []
-    for (rule, ref), _ in trials.groupby([trials.lr_scaling.astype(str), trials.lr_reference_batch.astype(str)]):
-        rules.append(f"{rule} ({LR_RULES.get(rule, '?').format(ref=ref)})")
+    schedule = trials.lr_schedule if "lr_schedule" in trials else pd.Series("constant", index=trials.index)
+    columns = [trials.lr_scaling.astype(str), trials.lr_reference_batch.astype(str), schedule.fillna("constant")]
+    for (rule, ref, shape), _ in trials.groupby(columns):
+        rules.append(f"{rule} ({LR_RULES.get(rule, '?').format(ref=ref)}), {LR_SCHEDULES.get(shape, shape)}")
     return "; ".join(rules) or "unknown"
 
 
@@ -170,7 +173,9 @@ SELECTION_RULE = (
 HEADLINE_RULE = (
     "Each loss's cell selected on validation MAP@R among eligible cells (every seed recorded and finished); "
     "test metrics of the selected cells, mean ± 95% t half-width (n seeds); vs best: paired t-test over seeds "
-    f"against the best test mean (≈ best: not significantly worse, p ≥ {stats.ALPHA}).")
+    f"against the best test mean (≈ best: not significantly worse, p ≥ {stats.ALPHA}). margin (edge): the "
+    "selected margin is the smallest or largest of its loss's margin axis. plateau gap: the final checkpoint's "
+    "validation MAP@R minus the previous checkpoint's, on the same evaluation subsets (under 0.01: at the plateau).")
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -190,30 +195,39 @@ def _versus(row: Any, metric: str) -> str:
     return f"≈ best, p = {p_value(p)}" if p >= stats.ALPHA else f"worse, p = {p_value(p)}"
 
 
+def margin_text(row: Any, trials: pd.DataFrame) -> str:
+    """The selected cell's margin, marked "(edge)" when it is the smallest or largest margin its loss was run at
+    (on a margin axis of 3 or more values: the optimum may lie outside the axis)."""
+    margins = trials[(trials.dataset == row.dataset) & (trials.protocol == row.protocol)
+                     & (trials.loss == row.loss)].margin.dropna().unique()
+    edge = len(margins) >= 3 and row.margin in (margins.min(), margins.max())
+    return plain(row.margin) + (" (edge)" if edge else "")
+
+
 def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
     """Baselines, then each loss's selected cell (best test MAP@R first), then losses without an eligible cell;
     and the sentence that says what the tests allow."""
     rows = []
     header = ["loss", "margin", "batch", "steps", "img/class", "MAP@R (test)", "vs best", "k-NN accuracy (test)",
-              "vs best", "P@1 (test)", "MAP@R (val)"]
+              "vs best", "P@1 (test)", "MAP@R (val)", "plateau gap (val MAP@R)"]
     for row in cells[cells.loss.isin(stats.BASELINES)].itertuples():
         rows.append([row.loss, ABSENT, ABSENT, ABSENT, ABSENT, interval(row, "map_at_r"), "baseline",
                      interval(row, "knn_accuracy"), "baseline", interval(row, "precision_at_1"),
-                     interval(row, "val_map_at_r")])
+                     interval(row, "val_map_at_r"), ABSENT])
     trials = cells[~cells.loss.isin(stats.BASELINES)]
     selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
     for row in selected.itertuples():
-        rows.append([row.loss, plain(row.margin), plain(row.batch_size), plain(row.planned_steps),
+        rows.append([row.loss, margin_text(row, trials), plain(row.batch_size), plain(row.planned_steps),
                      plain(row.images_per_class), interval(row, "map_at_r"), _versus(row, "map_at_r"),
                      interval(row, "knn_accuracy"), _versus(row, "knn_accuracy"), interval(row, "precision_at_1"),
-                     interval(row, "val_map_at_r")])
+                     interval(row, "val_map_at_r"), interval(row, "plateau_gap")])
     for loss, group in trials[~trials.loss.isin(selected.loss)].groupby("loss", sort=False):
         if not stats.has_validation(group).any() and group.eligible.any():
             why = "selection not possible: no validation metrics"
         else:
             why = "no eligible cell: " + "; ".join(
                 f"m {plain(r.margin)} B {plain(r.batch_size)}: {statuses(r)}" for r in group.itertuples())
-        rows.append([loss, ABSENT, ABSENT, ABSENT, ABSENT, why, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT])
+        rows.append([loss, ABSENT, ABSENT, ABSENT, ABSENT, why, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT])
     return Table(name, header, rows), noise_sentence(selected, trials)
 
 

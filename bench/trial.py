@@ -7,7 +7,8 @@ The whole split lives on the device as uint8; each step gathers a batch from a p
 augments (CIFAR-10) and normalises it there. Training runs ⌈budget_samples / batch_size⌉ steps, or
 fewer when `budget_seconds` of training time (evaluation excluded) run out first, and is evaluated at
 `checkpoints` evenly spaced steps, the last one included. The lr is the configured one scaled by
-(batch_size / lr_reference_batch) ** {none: 0, sqrt: 0.5, linear: 1} (config `lr_scaling`). The forward pass
+(batch_size / lr_reference_batch) ** {none: 0, sqrt: 0.5, linear: 1} (config `lr_scaling`), and follows
+config `lr_schedule` over the planned steps (constant, or cosine to 0 at the sample budget). The forward pass
 runs under config `precision` (bench/precision.py: bf16 autocast or fp32); the loss is computed in fp32.
 
 Before the first update, the margin check (bench/diagnostics.py) embeds the first INITIAL_BATCHES planned
@@ -19,7 +20,9 @@ validation or test images. Per checkpoint (see bench.config.METRICS): the valida
 the test metrics of bench.protocol.evaluate, with the gallery and query sizes used and the split sizes.
 The last checkpoint evaluates the whole validation and test sets against the whole gallery; earlier ones
 use fixed subsets (bench.protocol.intermediate_sizes: `eval_gallery`, `eval_queries`, or by default the
-whole sets on CUDA and budget-scaled subsets on the CPU). Evaluation embeds under the trial's precision
+whole sets on CUDA and budget-scaled subsets on the CPU). So that the plateau is read like for like, the last
+checkpoint also evaluates validation on those subsets: `plateau_val_map_at_r`, and `plateau_gap` = that minus
+the previous checkpoint's `val_map_at_r` (NaN with one checkpoint). Evaluation embeds under the trial's precision
 (bf16 autocast where bench.precision resolves it so), and the searched embeddings are float32.
 `loss` is the mean training loss since the previous checkpoint; the mining statistics are those of the
 last training batch; `elapsed_seconds` is the wall time since the trial started.
@@ -65,7 +68,7 @@ import torch
 from torch import Tensor
 
 from bench.cli import Parser
-from bench.config import DATASETS, LR_SCALINGS, PRECISIONS, SAMPLERS, ConfigError, resolve, trial_identity
+from bench.config import DATASETS, LR_SCALINGS, LR_SCHEDULES, PRECISIONS, SAMPLERS, ConfigError, resolve, trial_identity
 from bench.data import DataError, augment, channel_stats, normalize
 from bench.diagnostics import (
     INITIAL_BATCHES,
@@ -132,6 +135,12 @@ def embed(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor, pre
             parts.append(model(x.contiguous(memory_format=torch.channels_last)).float())
     model.train()
     return torch.cat(parts)
+
+
+def scheduled_lr(lr: float, step: int, steps: int, schedule: str) -> float:
+    """The lr of update step+1 of `steps` (0-based `step`): `lr` when constant, lr · (1 + cos(π·step/steps)) / 2
+    when cosine."""
+    return lr if schedule == "constant" else lr * (1 + math.cos(math.pi * step / steps)) / 2
 
 
 def scaled_lr(lr: float, batch_size: int, rule: str, reference_batch: int) -> float:
@@ -228,7 +237,8 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     progress.setup({
         "dataset": cfg["dataset"], "loss": cfg["loss"], "margin": margin, "batch_size": batch_size, "seed": seed,
         "model": settings["model"], "optimizer": settings["optimizer"],
-        "lr": lr, "lr_scaling": cfg["lr_scaling"], "precision": precision, "device": str(device),
+        "lr": lr, "lr_scaling": cfg["lr_scaling"], "lr_schedule": cfg["lr_schedule"], "precision": precision,
+        "device": str(device),
         "threads": fixed["threads"], "steps": steps, "checkpoints at steps": evaluate_at,
         "protocol": cfg["protocol"], **splits.sizes(), "eval gallery": eval_sizes[0] or "all",
         "eval queries": eval_sizes[1] or "all", "last checkpoint": "the whole sets",
@@ -242,7 +252,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     augment_generator = torch.Generator(device).manual_seed(seed + 1)
     losses = torch.full((steps,), math.nan, device=device)
 
-    train_seconds, warmup_seconds, step, previous, checkpoint = 0.0, 0.0, 0, 0, 0
+    train_seconds, warmup_seconds, step, previous, checkpoint, previous_val = 0.0, 0.0, 0, 0, 0, math.nan
     memory.start()
     _sync(device)
     resumed = time.perf_counter()
@@ -255,6 +265,8 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
         loss = loss_fn(embeddings, y_train[batch], margin, check_finite=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(lr, step, steps, cfg["lr_schedule"])
         optimizer.step()
         losses[step] = loss.detach()
         step += 1
@@ -297,8 +309,11 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
             metrics.update({key: stats[key] for key in MINING_KEYS})
             last = out_of_time or step == steps  # the last checkpoint evaluates the whole sets
             evaluation, embedded = evaluate(lambda images: embed(model, images, mean, std, precision),
-                                            splits, *((0, 0) if last else eval_sizes))
+                                            splits, *((0, 0, eval_sizes) if last else eval_sizes))
             metrics.update(evaluation)
+            if last:
+                metrics["plateau_gap"] = evaluation["plateau_val_map_at_r"] - previous_val
+            previous_val = evaluation["val_map_at_r"]
             metrics.update(checkpoint_diagnostics(
                 cfg["loss"], margin, metrics["loss"], stats, metrics["val_knn_accuracy"],
                 len(splits.y_val.unique()), embedded["val"],
@@ -343,6 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="default: the dataset's, see bench/models.py")
     p.add_argument("--lr-scaling", help=f"one of {', '.join(LR_SCALINGS)}: lr × (batch size / reference batch) "
                    "** 0, 0.5 or 1 (default none)")
+    p.add_argument("--lr-schedule", help=f"one of {', '.join(LR_SCHEDULES)}: over the planned steps (default "
+                   "constant)")
     p.add_argument("--lr-reference-batch", type=int, help="the batch size at which the lr is as given (default 256)")
     p.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)} (default auto: bf16 on CUDA and on CPUs "
                    "with native bf16, else fp32)")

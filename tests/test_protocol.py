@@ -174,3 +174,24 @@ def test_synthetic_tiny_set_has_a_class_the_split_would_empty(tmp_path: Path) ->
     with np.load(write_synthetic(tmp_path, n_train=31, n_test=20)) as saved:
         counts = np.bincount(saved["y_train"])
     assert counts.min() == 3 and int(counts.min() * 0.1 + 0.5) == 0
+
+
+@pytest.mark.parametrize("protocol", ["seen", "unseen"])
+def test_the_plateau_metric_is_the_subset_evaluation_from_the_whole_sets_embeddings(protocol: str) -> None:
+    """plateau_val_map_at_r equals validation MAP@R evaluated on those subsets, each image embedded once."""
+    calls: list[int] = []
+
+    def embed(images: torch.Tensor) -> torch.Tensor:  # two pixels of class 0's square: the other classes mix
+        calls.append(len(images))
+        return images.flatten(1)[:, :2].float()
+
+    splits = clusters(protocol)
+    whole, _ = evaluate(embed, splits, plateau_sizes=(30, 8))
+    embedded_once = list(calls)
+    subsets, _ = evaluate(embed, splits, 30, 8)
+    assert 0 < subsets["val_map_at_r"] < 0.95 and subsets["val_map_at_r"] != whole["val_map_at_r"]
+    assert whole["plateau_val_map_at_r"] == pytest.approx(subsets["val_map_at_r"], abs=1e-12)
+    assert sum(embedded_once) == sum(len(x) for x in (splits.x_val, splits.x_test)) + (
+        len(splits.x_train) if protocol == "seen" else 0)
+    with pytest.raises(ValueError, match="whole sets"):
+        evaluate(embed, splits, 30, 8, plateau_sizes=(30, 8))

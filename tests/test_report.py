@@ -208,6 +208,26 @@ def test_one_seed_is_not_testable(tmp_path: Path) -> None:
         in markdown
 
 
+def test_headline_marks_an_edge_margin_and_reports_the_plateau_gap(tmp_path: Path) -> None:
+    """batch-all is best at the largest margin of its axis (edge), batch-hard in the middle (interior); the plateau
+    gap column is the t-interval of the selected cell's per-seed gaps."""
+    gaps = [0.004, 0.012, 0.008]
+    best = {"batch-all": 0.4, "batch-hard": 0.2}
+    records = [trial_record("edge", loss, margin, 8, seed, values={
+        "val_map_at_r": 0.9 if margin == best[loss] else 0.5, "plateau_gap": gaps[seed]})
+        for loss in best for margin in (0.1, 0.2, 0.4) for seed in range(3)]
+    write_experiment(tmp_path / "results", "edge", records, {"dataset": ["mnist"], "loss": list(best),
+                                                             "margin": [0.1, 0.2, 0.4], "batch_size": [8],
+                                                             "seed": [0, 1, 2]})
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown.splitlines()
+            if line.startswith("| batch-")}
+    assert rows["batch-all"][1] == "0.4 (edge)" and rows["batch-hard"][1] == "0.2"
+    interval = stats.t_interval(gaps)
+    assert rows["batch-all"][-1].rstrip(" |") == f"{interval.mean:.4f} ± {interval.ci95:.4f} (n=3)"
+
+
 def _write_small(folder: Path, reverse: bool) -> Path:
     """2 losses × 2 margins × 2 batch sizes × 2 seeds with embeddings and a baseline, records written in
     creation order or its reverse."""

@@ -20,7 +20,15 @@ from bench.config import METRICS, ConfigError
 from bench.diagnostics import INITIAL_KEYS
 from bench.models import MODEL_DEFAULTS, build_model
 from bench.protocol import fixed_subset
-from bench.trial import WARMUP_STEPS, checkpoint_steps, initial_check, pick_device, run_trial, scaled_lr
+from bench.trial import (
+    WARMUP_STEPS,
+    checkpoint_steps,
+    initial_check,
+    pick_device,
+    run_trial,
+    scaled_lr,
+    scheduled_lr,
+)
 from losses import LOSSES
 
 TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_seconds")
@@ -71,7 +79,8 @@ def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pyte
         assert metrics["loss"] == pytest.approx(sum(since) / len(since))
         previous = metrics["step"]
     for metrics in reports:
-        assert set(METRICS) | {"checkpoint", "step", *TRAINING, *INITIAL_KEYS, *DIAGNOSTICS} == set(metrics)
+        plateau = {"plateau_val_map_at_r", "plateau_gap"} if metrics is final else set()
+        assert set(METRICS) | {"checkpoint", "step", *TRAINING, *INITIAL_KEYS, *DIAGNOSTICS, *plateau} == set(metrics)
         assert metrics["status"] == "ok" and not metrics["collapsed"] and metrics["effective_rank"] > 2
         assert not metrics["pinned_at_margin"]
         assert math.isclose(metrics["fraction_easy"] + metrics["fraction_semihard"] + metrics["fraction_hard"], 1)
@@ -88,6 +97,37 @@ def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pyte
         assert [r[key] for r in reports] == sorted(r[key] for r in reports)
     assert final["train_seconds"] < final["elapsed_seconds"]
     assert final["mu_neg"] > final["mu_pos"] + 0.2  # the classes moved apart
+
+
+def test_the_plateau_is_read_on_the_previous_checkpoints_subsets(tiny_data_dir: Path) -> None:
+    """The last checkpoint evaluates everything, and validation again on the earlier checkpoints' subsets."""
+    _, reports = run(tiny(tiny_data_dir, checkpoints=2, eval_queries=50))
+    first, last = reports
+    assert (first["val_queries_size"], last["val_queries_size"]) == (50, last["val_size"]) and last["val_size"] > 50
+    assert last["plateau_gap"] == pytest.approx(last["plateau_val_map_at_r"] - first["val_map_at_r"])
+    assert last["plateau_val_map_at_r"] != last["val_map_at_r"]  # 50 queries, not the whole validation set
+    _, whole = run(tiny(tiny_data_dir, checkpoints=2, eval_gallery=0, eval_queries=0))
+    assert whole[-1]["plateau_val_map_at_r"] == whole[-1]["val_map_at_r"]
+    _, single = run(tiny(tiny_data_dir, checkpoints=1))
+    assert math.isnan(single[0]["plateau_gap"])
+
+
+def test_cosine_schedule(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cosine: the full lr at the first update, half at mid-budget, near 0 at the last; the updates use it."""
+    assert [scheduled_lr(1.0, step, 10, "cosine") for step in (0, 5)] == [1.0, pytest.approx(0.5)]
+    assert 0 < scheduled_lr(1.0, 9, 10, "cosine") < 0.025 and scheduled_lr(1.0, 9, 10, "constant") == 1.0
+    used: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self: torch.optim.Adam, *args: Any, **kwargs: Any) -> Any:
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    run_trial(tiny(tiny_data_dir, lr_schedule="cosine", checkpoints=1))
+    assert used == pytest.approx([scheduled_lr(MNIST_LR, i, 10, "cosine") for i in range(10)])
+    with pytest.raises(ConfigError, match="unknown lr_schedule 'step'; valid: constant, cosine"):
+        run_trial(tiny(tiny_data_dir, lr_schedule="step"))
 
 
 def test_the_margin_check_changes_nothing(tiny_data_dir: Path) -> None:
