@@ -49,13 +49,14 @@ from torch import Tensor
 
 from bench.cli import Parser, int_list
 from bench.config import ConfigError, resolve
-from bench.data import DataError, augment, channel_stats, load_dataset, normalize
+from bench.data import DataError, channel_stats, load_dataset
 from bench.grid import GridError, default_preset, load_preset
 from bench.memory import TrainingPeak
 from bench.models import build_optimizer, forward_flops, initial_model, model_settings
-from bench.precision import autocast, resolve_precision
+from bench.precision import resolve_precision
 from bench.provenance import provenance
 from bench.sampling import make_batches
+from bench.step import batch_input, train_step
 from bench.synthetic import write_synthetic
 from losses import LOSSES
 
@@ -104,14 +105,14 @@ def make_step(cfg: dict[str, Any], data: Data, device: torch.device, precision: 
               compile_mode: str = "none") -> tuple[Callable[[int], Tensor], torch.nn.Module]:
     """The trial's training step for config `cfg` as step(i) → loss of batch i of its plan; and the model.
 
-    Same order and calls as the trial's loop: gather, augment (CIFAR-10), normalise, forward under autocast
-    in channels_last, loss, zero_grad, backward, optimiser step.
+    The trial's own step (bench/step.py: batch_input, then train_step), at the config's lr.
     """
     x_train, y_train, mean, std = data
     settings = model_settings(cfg)
     cuda = device.type == "cuda"
     model = initial_model(cfg, tuple(x_train.shape[1:]), device)
-    optimizer = build_optimizer(settings["optimizer"], model.parameters(), float(settings["lr"]), fused=cuda)
+    lr = float(settings["lr"])
+    optimizer = build_optimizer(settings["optimizer"], model.parameters(), lr, fused=cuda)
     forward = model if compile_mode == "none" else torch.compile(model, mode=compile_mode)
     loss_fn, margin, batch_size = LOSSES[cfg["loss"]], float(cfg["margin"]), int(cfg["batch_size"])
     plan = make_batches(cfg["sampler"], y_train.cpu(), batch_size, int(cfg["samples_per_class"]), 64,
@@ -123,15 +124,8 @@ def make_step(cfg: dict[str, Any], data: Data, device: torch.device, precision: 
         if compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # a new training iteration: earlier graph outputs are free
         batch = plan[i % len(plan)]
-        x = x_train[batch]
-        x = normalize(augment(x, augment_generator) if augmenting else x, mean, std)
-        with autocast(precision, device):
-            embeddings = forward(x.contiguous(memory_format=torch.channels_last))
-        loss = loss_fn(embeddings, y_train[batch], margin, check_finite=False)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        x = batch_input(x_train, batch, mean, std, augment_generator, augmenting)
+        return train_step(forward, optimizer, loss_fn, x, y_train[batch], margin, precision, lr)[1]
 
     return step, model
 

@@ -69,7 +69,7 @@ from torch import Tensor
 
 from bench.cli import Parser
 from bench.config import DATASETS, LR_SCALINGS, LR_SCHEDULES, PRECISIONS, SAMPLERS, ConfigError, resolve, trial_identity
-from bench.data import DataError, augment, channel_stats, normalize
+from bench.data import DataError, channel_stats, normalize
 from bench.diagnostics import (
     INITIAL_BATCHES,
     INITIAL_KEYS,
@@ -84,6 +84,7 @@ from bench.precision import autocast, resolve_precision
 from bench.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
 from bench.provenance import provenance
 from bench.sampling import make_batches
+from bench.step import batch_input, train_step
 from bench.synthetic import write_synthetic
 from losses import LOSSES, mining_stats
 
@@ -219,12 +220,6 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     ).to(device)
     augmenting = cfg["dataset"] == "cifar10"
 
-    def batch_images(batch: Tensor, generator: torch.Generator) -> Tensor:
-        """The training input of plan row `batch`: gathered, augmented (CIFAR-10), normalised, channels_last."""
-        x = x_train[batch]
-        x = normalize(augment(x, generator) if augmenting else x, mean, std)
-        return x.contiguous(memory_format=torch.channels_last)
-
     budget_seconds = float("inf") if cfg["budget_seconds"] is None else float(cfg["budget_seconds"])
     evaluate_at = checkpoint_steps(steps, int(cfg["checkpoints"]))
     fixed = {
@@ -246,7 +241,8 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     # the first planned batches with the augmentations training will draw for them (a fresh generator, same seed)
     initial_generator = torch.Generator(device).manual_seed(seed + 1)
     fixed |= initial_check(
-        model, [(batch_images(batch, initial_generator), y_train[batch]) for batch in plan[:INITIAL_BATCHES]],
+        model, [(batch_input(x_train, batch, mean, std, initial_generator, augmenting), y_train[batch])
+                for batch in plan[:INITIAL_BATCHES]],
         cfg["loss"], margin, precision, device,
     )
     augment_generator = torch.Generator(device).manual_seed(seed + 1)
@@ -258,17 +254,9 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     resumed = time.perf_counter()
     while True:
         batch = plan[step]
-        x = batch_images(batch, augment_generator)
-        with autocast(precision, device):
-            embeddings = model(x)
-        embeddings = embeddings.float()  # the loss in fp32 whatever ran in the forward pass
-        loss = loss_fn(embeddings, y_train[batch], margin, check_finite=False)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in optimizer.param_groups:
-            group["lr"] = scheduled_lr(lr, step, steps, cfg["lr_schedule"])
-        optimizer.step()
-        losses[step] = loss.detach()
+        x = batch_input(x_train, batch, mean, std, augment_generator, augmenting)
+        embeddings, losses[step] = train_step(model, optimizer, loss_fn, x, y_train[batch], margin, precision,
+                                              scheduled_lr(lr, step, steps, cfg["lr_schedule"]))
         step += 1
         if step == WARMUP_STEPS < steps:
             _sync(device)

@@ -1,0 +1,44 @@
+"""The training step, shared by the trial's loop (bench/trial.py) and the step benchmark (bench/step_benchmark.py),
+so that both run and time the same code.
+
+    x = batch_input(x_train, batch, mean, std, generator, augmenting)
+    embeddings, loss = train_step(model, optimizer, loss_fn, x, labels, margin, precision, lr)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from bench.data import augment, normalize
+from bench.precision import autocast
+
+Loss = Callable[..., Tensor]
+
+
+def batch_input(x_train: Tensor, batch: Tensor, mean: Tensor, std: Tensor, generator: torch.Generator,
+                augmenting: bool) -> Tensor:
+    """The training input [B, C, H, W] of plan row `batch` (indices [B] into uint8 x_train [N, C, H, W]): gathered,
+    augmented when `augmenting` (CIFAR-10, random draws from `generator`), normalised, channels_last."""
+    x = x_train[batch]
+    x = normalize(augment(x, generator) if augmenting else x, mean, std)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def train_step(forward: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer, loss_fn: Loss, x: Tensor,
+               labels: Tensor, margin: float, precision: str, lr: float) -> tuple[Tensor, Tensor]:
+    """One update at `lr`: the forward pass under `precision` (bench.precision), the loss in fp32 whatever ran in
+    the forward pass, zero_grad, backward, optimiser step. Returns the embeddings [B, D] (fp32, graph attached)
+    and the loss (a detached scalar, left on the device)."""
+    with autocast(precision, x.device):
+        embeddings = forward(x)
+    embeddings = embeddings.float()
+    loss = loss_fn(embeddings, labels, margin, check_finite=False)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return embeddings, loss.detach()
