@@ -300,7 +300,8 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
                                             splits, *((0, 0, eval_sizes) if last else eval_sizes))
             metrics.update(evaluation)
             if last:
-                metrics["plateau_gap"] = evaluation["plateau_val_map_at_r"] - previous_val
+                gap = evaluation["plateau_val_map_at_r"] - previous_val
+                metrics["plateau_gap"] = gap if checkpoint > 1 else math.nan  # math.nan: equal to itself in a dict
             previous_val = evaluation["val_map_at_r"]
             metrics.update(checkpoint_diagnostics(
                 cfg["loss"], margin, metrics["loss"], stats, metrics["val_knn_accuracy"],

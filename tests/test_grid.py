@@ -113,7 +113,7 @@ def calls(data_dir: Path) -> list[dict]:
 
 
 def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
-    assert preset_names() == ["cpu", "cpu-quick", "gpu-check", "paper", "smoke"]
+    assert preset_names() == ["cpu", "cpu-quick", "cpu-unseen", "gpu-check", "paper", "smoke"]
     four = {"batch-all", "batch-hard", "adaptive-mu", "quadruplet"}
     for name in preset_names():
         grid = load_preset(name)
@@ -366,7 +366,7 @@ def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path) -> None
     data_dir = tmp_path / "data"
     write_synthetic(data_dir, "mnist", n_train=50, n_test=20)
     cases = {
-        "unknown preset 'nope'; valid: cpu, cpu-quick, gpu-check, paper, smoke": ["--preset", "nope"],
+        "unknown preset 'nope'; valid: cpu, cpu-quick, cpu-unseen, gpu-check, paper, smoke": ["--preset", "nope"],
         "cannot be read as JSON": ["--preset", _bad(tmp_path, "broken", good[:-3])],
         "unknown config key(s) ['learning_rate']": ["--preset", _bad(tmp_path, "key", good.replace(
             '"checkpoints"', '"learning_rate"'))],

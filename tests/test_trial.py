@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench.step
 import bench.trial
 from bench.config import METRICS, ConfigError
 from bench.diagnostics import INITIAL_KEYS
@@ -184,8 +185,8 @@ def test_the_margin_check_sees_training_augmentations_and_changes_nothing(
 ) -> None:
     """On CIFAR-10 (augmented, BatchNorm): the check's images are training's, and training is the same without it."""
     augmented: list[torch.Tensor] = []
-    original = bench.trial.augment
-    monkeypatch.setattr(bench.trial, "augment", lambda x, generator: augmented.append(original(x, generator))
+    original = bench.step.augment
+    monkeypatch.setattr(bench.step, "augment", lambda x, generator: augmented.append(original(x, generator))
                         or augmented[-1])
     config = tiny(
         tiny_data_dir, dataset="cifar10", loss="batch-hard", batch_size=8, budget_samples=16, checkpoints=1,

@@ -14,6 +14,7 @@ from sklearn.neighbors import KNeighborsClassifier
 import bench.protocol
 import bench.trial
 from bench.baselines import baseline_config, run_baseline
+from bench.protocol import fixed_subset
 from bench.synthetic import synthetic_split
 from bench.trial import run_trial
 
@@ -64,13 +65,17 @@ def test_reported_metrics_match_sklearn_on_the_searched_embeddings(
     config = tiny(two_overlapping_classes, sampler="random", budget_samples=160, checkpoints=2,
                   eval_gallery=100, eval_queries=30)
     final = run_trial(config, reports.append)
-    # checkpoint 1: fixed subsets (eval_gallery, eval_queries); the last: the whole sets (540 / 60 / 200)
-    assert [(len(c[0]), len(c[2])) for c in calls] == [(100, 30), (100, 30), (540, 60), (540, 200)]
+    # checkpoint 1: fixed subsets (eval_gallery, eval_queries); the last: the whole sets (540 / 60 / 200), then
+    # validation again on checkpoint 1's subsets for plateau_gap
+    assert [(len(c[0]), len(c[2])) for c in calls] == [(100, 30), (100, 30), (540, 60), (540, 200), (100, 30)]
+    assert torch.equal(calls[4][0], calls[2][0][fixed_subset(540, 100)])
+    assert torch.equal(calls[4][2], calls[2][2][fixed_subset(60, 30)])
+    assert final["plateau_val_map_at_r"] != final["val_map_at_r"]
     assert [(r["val_gallery_size"], r["val_queries_size"], r["test_gallery_size"], r["test_queries_size"])
             for r in reports] == [(100, 30, 100, 30), (540, 60, 540, 200)]
     assert (final["train_size"], final["val_size"], final["test_size"], final["n_train_classes"]) == (540, 60, 200, 2)
     k_matters = False
-    for report, searches in zip(reports, (calls[:2], calls[2:]), strict=True):
+    for report, searches in zip(reports, (calls[:2], calls[2:4]), strict=True):
         for prefix, searched in zip(("val_", ""), searches, strict=True):
             assert all(t.dtype == torch.float32 for t in searched[::2])
             expected = sklearn_accuracy(5, *searched)
@@ -92,7 +97,7 @@ def test_bf16_evaluation_searches_float32_embeddings(tiny_data_dir: Path, monkey
     for precision in ("fp32", "bf16"):
         calls = capture(monkeypatch)
         run_trial(tiny(tiny_data_dir, budget_samples=32, checkpoints=1, precision=precision))
-        searched[precision] = calls[-1][2]  # the test queries
+        searched[precision] = calls[1][2]  # the test queries (then come validation's again, for plateau_gap)
     assert searched["bf16"].dtype == torch.float32
     assert not torch.equal(searched["bf16"], searched["fp32"])  # the forward pass did run in bf16
     torch.testing.assert_close(searched["bf16"], searched["fp32"], atol=0.05, rtol=0)
@@ -115,7 +120,8 @@ def test_training_sees_only_its_own_split(
     (labels,) = trained_on
     assert len(labels) == final["train_size"] == (540 if protocol == "seen" else 300)
     if protocol == "unseen":  # classes 0-4 train; 5-9 are searched leave-one-out, each set on its own
-        assert set(labels.tolist()) == set(range(5)) and [len(c) for c in calls] == [2, 2]
+        # validation, test, then validation's subset again for plateau_gap
+        assert set(labels.tolist()) == set(range(5)) and [len(c) for c in calls] == [2, 2, 2]
         assert all(set(c[1].tolist()) == set(range(5, 10)) for c in calls)
         assert (final["val_gallery_size"], final["test_gallery_size"], final["test_queries_size"]) == (300, 100, 100)
 
