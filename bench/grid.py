@@ -95,10 +95,6 @@ class Grid:
     per_dataset: dict[str, dict[str, Any]]
     dataset_axes: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
-    def rectangular(self) -> bool:
-        """Whether the points are the product of `axes` (no dataset replaces an axis's values)."""
-        return not any(self.dataset_axes.values())
-
     def points(self) -> list[dict[str, Any]]:
         """Per dataset, every combination of its axis values, as {axis: value} in the order of `axes`."""
         names = list(self.axes)
@@ -423,12 +419,11 @@ def ray_storage(ctx: Context) -> Path:
 
 
 def ray_param_space(grid: Grid) -> dict[str, Any]:
-    """Ray Tune's param_space of a grid: a grid search per axis when the grid is the product of its axes, else
-    one grid search over its points ({"point": point}), as a dataset that replaces an axis's values needs."""
+    """Ray Tune's param_space of a grid: one grid search over its points ({"point": point}), so that Ray starts
+    them in the grid's order (dataset by dataset, the seeds of a cell one after another: cells complete early in
+    a long run) and a dataset may replace an axis's values."""
     from ray import tune
 
-    if grid.rectangular():
-        return {axis: tune.grid_search(values) for axis, values in grid.axes.items()}
     return {"point": tune.grid_search(grid.points())}
 
 

@@ -28,6 +28,7 @@ from bench.grid import (
     pick_backend,
     preset_names,
     quiet_ray,
+    ray_param_space,
     run_grid,
     trial_id,
 )
@@ -130,6 +131,15 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     assert len(load_preset("smoke").points()) <= 8
 
 
+def test_ray_starts_the_points_in_the_grid_order_dataset_by_dataset_seeds_innermost() -> None:
+    """So that a long run completes whole cells (all seeds) of one dataset before it starts the next."""
+    grid = load_preset("cpu")
+    points = grid.points()
+    assert ray_param_space(grid) == {"point": {"grid_search": points}}
+    assert [p["seed"] for p in points[:6]] == [0, 1, 2, 0, 1, 2]
+    assert {p["dataset"] for p in points[:72]} == {"mnist"} and {p["dataset"] for p in points[72:]} == {"cifar10"}
+
+
 PROTOCOL_GRID = {  # seen for both datasets, unseen too for cifar10: 2 + 4 trials
     "doc": "fake trials over a protocol axis that cifar10 widens",
     "axes": {"dataset": ["mnist", "cifar10"], "protocol": ["seen"], "loss": ["batch-all"], "margin": [0.2],
@@ -168,7 +178,7 @@ def test_protocol_is_an_optional_axis_that_a_dataset_may_widen(protocol_setup: t
     preset, data_dir = protocol_setup
     grid = load_preset(str(preset))
     assert list(grid.axes) == ["dataset", "protocol", "loss", "margin", "batch_size", "seed"]
-    assert not grid.rectangular() and len(grid.points()) == 6
+    assert len(grid.points()) == 6
     assert grid.per_dataset == {"cifar10": {"budget_samples": 32}}
     assert sorted((p["dataset"], p["protocol"], p["seed"]) for p in grid.points()) == PROTOCOL_CELLS
     assert grid.point({"point": grid.points()[0]}) == grid.point({**grid.points()[0], "x": 1}) == grid.points()[0]
@@ -187,7 +197,7 @@ def test_protocol_is_an_optional_axis_that_a_dataset_may_widen(protocol_setup: t
 
     square = {**PROTOCOL_GRID, "axes": {**PROTOCOL_GRID["axes"], "protocol": ["seen", "unseen"]}, "per_dataset": {}}
     square_grid = load_preset(_bad(tmp_path, "square", json.dumps(square)))
-    assert square_grid.rectangular() and len(square_grid.points()) == 8
+    assert len(square_grid.points()) == 8
     assert sorted({(b["baseline"], b["dataset"], b["protocol"]) for b in baseline_configs(
         square_grid.config(p) for p in square_grid.points())}) == [
         (b, d, p) for b in ("pixels", "untrained") for d in ("cifar10", "mnist") for p in ("seen", "unseen")]
