@@ -332,7 +332,7 @@ def run_one(
 def ray_trial(point: dict[str, Any], ctx: Context, trial_fn: TrialFn) -> None:
     """Ray Tune's function trainable: run_one, forwarding each checkpoint's metrics with tune.report.
 
-    `point` is Ray's config of the trial: {axis: value}, or {"point": {axis: value}} (see ray_param_space).
+    `point` is Ray's config of the trial: {"point": {axis: value}} (see ray_param_space).
     """
     from ray import tune
 
