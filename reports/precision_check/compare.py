@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.stats import paired_p, t_interval
 
 CELL = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 256}
-METRICS = ("map_at_r", "knn_accuracy", "precision_at_1", "val_map_at_r", "samples_per_second")
+METRICS = ("map_at_r", "knn_accuracy", "precision_at_1", "val_map_at_r")  # speed: the step benchmark (quiet)
 
 
 def finals(folder: Path, precision: str) -> dict[int, dict]:
