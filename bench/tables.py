@@ -140,12 +140,11 @@ def eval_sizes(final: pd.DataFrame) -> str:
 
 
 def lr_rule(final: pd.DataFrame) -> str:
-    """The lr scaling rule(s) the trials used."""
+    """The lr scaling rule(s) and schedule(s) the trials used."""
     trials = final[final.kind == "trial"]
     rules = []
-    schedule = trials.lr_schedule if "lr_schedule" in trials else pd.Series("constant", index=trials.index)
-    columns = [trials.lr_scaling.astype(str), trials.lr_reference_batch.astype(str), schedule.fillna("constant")]
-    for (rule, ref, shape), _ in trials.groupby(columns):
+    columns = [trials.lr_scaling.astype(str), trials.lr_reference_batch.astype(str), trials.lr_schedule.astype(str)]
+    for (rule, ref, shape), _ in trials.groupby(columns):  # load_records gives old records DEFAULTS' constant
         rules.append(f"{rule} ({LR_RULES.get(rule, '?').format(ref=ref)}), {LR_SCHEDULES.get(shape, shape)}")
     return "; ".join(rules) or "unknown"
 
