@@ -21,7 +21,9 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
   the preset, a dataset's "axes" included), "threads" the
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
   (bench/fingerprint.py). Running a different grid, or the same grid on other data, under an existing
-  experiment name is refused in one line, so that two grids or two data sets never mix.
+  experiment name is refused in one line, so that two grids or two data sets never mix. The one change
+  allowed is an extension (`extends`): a grid that only adds axis values (a margin, a seed, a dataset's own
+  margins) keeps every recorded trial, rewrites grid.json and runs the new points.
 - run.lock while a run is going on (bench/lock.py): a second run of the same experiment is refused.
 - records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
   records/<trial_id>.npz its test embeddings; trial_id = the first 12 hex characters of the sha1 of
@@ -29,7 +31,7 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
   record is never rerun or rewritten. Non-finite metrics are written as null.
 - ray/: Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
   what is left, errored trials included; without it (deleted), a fresh Tune run skips every recorded trial.
-  Nothing in RESULTS is ever deleted.
+  An extension drops it, since it holds the smaller grid's points. No record is ever deleted.
 
 With RAY_ADDRESS set, the trials spread over that Ray cluster. RESULTS and the data folder must then be
 on storage that every node sees at the same path: since Ray 2.7, results are not synced to the head.
@@ -45,6 +47,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import threading
@@ -413,9 +416,9 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def ray_storage(ctx: Context) -> Path:
-    """Ray Tune's experiment state of this experiment: RESULTS/E/ray/."""
-    return Path(ctx.experiment_dir) / "ray"
+def ray_storage_dir(experiment_dir: str | Path) -> Path:
+    """Ray Tune's experiment state of an experiment: RESULTS/E/ray/."""
+    return Path(experiment_dir) / "ray"
 
 
 def ray_param_space(grid: Grid) -> dict[str, Any]:
@@ -452,7 +455,7 @@ def run_ray(
         trainable = tune.with_resources(
             tune.with_parameters(ray_trial, ctx=ctx, trial_fn=trial_fn), {"cpu": cpus_per_trial, "gpu": gpus}
         )
-        state = ray_storage(ctx)
+        state = ray_storage_dir(ctx.experiment_dir)
         if tune.Tuner.can_restore(state):
             print(f"Ray: resuming the experiment from {state}", flush=True)
             tuner = tune.Tuner.restore(str(state), trainable, resume_errored=True)
@@ -566,18 +569,39 @@ def stored_spec(experiment_dir: Path) -> dict[str, Any] | None:
     return stored
 
 
-def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, spec: dict[str, Any]) -> None:
-    """Refuse (GridError) when the folder holds another grid than `spec` (the data aside)."""
+def stored_grid(stored: dict[str, Any]) -> Grid:
+    """The Grid of a grid.json (its axes, fixed and per-dataset sections, checked like a preset's)."""
+    return Grid(stored.get("preset", ""), *_parse_preset({key: stored[key] for key in ("axes", "fixed", "per_dataset")
+                                                          if key in stored}))
+
+
+def extends(stored: dict[str, Any], grid: Grid, threads: int | None) -> bool:
+    """Whether `grid` holds every trial of the stored grid with the same config and thread default, i.e. it only
+    adds axis values: the recorded trials keep their ids, and the new points are new trials."""
+    if stored.get("threads") != threads:
+        return False
+    ours = {json.dumps(grid.config(point), sort_keys=True) for point in grid.points()}
+    try:
+        theirs = stored_grid(stored)
+    except GridError:
+        return False
+    return all(json.dumps(theirs.config(point), sort_keys=True) in ours for point in theirs.points())
+
+
+def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, spec: dict[str, Any], grid: Grid) -> list[str]:
+    """The differences from the folder's grid (the data aside) when `grid` extends it (`extends`), [] when it is
+    the same grid; refuse (GridError) any other change."""
     if stored is None:
-        return
+        return []
     before, now = _flat(stored), _flat(json.loads(json.dumps(spec)))
     changed = [f"{key}: {before.get(key)!r} there, {now.get(key)!r} now"
                for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
-    if changed:
+    if changed and not extends(stored, grid, spec["threads"]):
         raise GridError(
             f"{experiment_dir} holds a different grid ({'; '.join(changed)}); pass {new_experiment_hint()} to "
-            "start a new experiment, or run its original grid to resume it"
+            "start a new experiment, or run its original grid to resume it (a grid may only add axis values)"
         )
+    return changed
 
 
 def check_data(experiment_dir: Path, stored: dict[str, Any] | None, prints: dict[str, str], data_dir: str) -> None:
@@ -585,8 +609,8 @@ def check_data(experiment_dir: Path, stored: dict[str, Any] | None, prints: dict
     if stored is None:
         return
     before = stored.get("data") if isinstance(stored.get("data"), dict) else {}
-    changed = [f"{name} {before.get(name)} there, {value} now" for name, value in prints.items()
-               if before.get(name) != value]
+    changed = [f"{name} {before[name]} there, {value} now" for name, value in prints.items()
+               if name in before and before[name] != value]
     if changed:
         raise GridError(
             f"{experiment_dir} was run on other data (fingerprint {'; '.join(changed)} in {data_dir}); pass "
@@ -642,7 +666,7 @@ def run_grid(
     if all(grid.config(point).get("threads") is not None for point in grid.points()):
         threads = None  # the preset sets it everywhere: the backend does not matter
     stored = stored_spec(experiment_dir)
-    check_grid(experiment_dir, stored, grid.spec(experiment, threads, {}))
+    extension = check_grid(experiment_dir, stored, grid.spec(experiment, threads, {}), grid)
     data_dir = str(Path(data_dir).resolve())
     prints = fingerprints(grid.axes["dataset"], data_dir)
     check_data(experiment_dir, stored, prints, data_dir)
@@ -653,7 +677,11 @@ def run_grid(
     except LockError as err:
         raise GridError(str(err)) from None
     try:
-        if stored is None:
+        if extension:  # Ray's state holds the smaller grid's points; a fresh Tune run skips the recorded trials
+            print(f"extending experiment {experiment} ({'; '.join(extension)}); its recorded trials stay, Ray's "
+                  "state of the smaller grid is dropped", flush=True)
+            shutil.rmtree(ray_storage_dir(experiment_dir), ignore_errors=True)
+        if stored is None or extension:
             write_json(experiment_dir / "grid.json", grid.spec(experiment, threads, prints))
         (experiment_dir / "records").mkdir(exist_ok=True)
         ctx = Context(grid, experiment, str(experiment_dir), data_dir, command, prints, threads, device)

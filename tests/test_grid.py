@@ -365,6 +365,36 @@ def test_local_backend_resumes_and_refuses_a_changed_grid(fake_setup: tuple[Path
     assert len(records(tmp_path / "fake2")) == 16
 
 
+def test_a_grid_that_only_adds_axis_values_extends_the_experiment(fake_setup: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    preset, data_dir = fake_setup
+    assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
+    before = snapshot(tmp_path / "fake")
+    (tmp_path / "fake" / "ray").mkdir()  # stands for Ray's state of the smaller grid
+
+    grown = json.loads(preset.read_text())
+    grown["per_dataset"] = {"mnist": {"axes": {"margin": [0.2, 0.5, 0.8]}}}
+    preset.write_text(json.dumps(grown))
+    assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
+    new_calls = calls(data_dir)[16:]
+    assert len(new_calls) == 8 and {point["margin"] for point in new_calls} == {0.8}
+    assert {path: snapshot(tmp_path / "fake")[path] for path in before} == before
+    assert len(records(tmp_path / "fake")) == 24 and not (tmp_path / "fake" / "ray").exists()
+    stored = json.loads((tmp_path / "fake" / "grid.json").read_text())
+    assert stored["per_dataset"]["mnist"]["axes"] == {"margin": [0.2, 0.5, 0.8]}
+    assert stored["data"]["mnist"] == fingerprint("mnist", data_dir)
+
+    for change in ({"margin": [0.2, 0.8]}, {"seed": [0, 1, 2]}):  # a removed value; an added one beside a new budget
+        other = json.loads(preset.read_text())
+        other["per_dataset"]["mnist"]["axes"].update(change)
+        other["fixed"] = {**other["fixed"], **({"budget_samples": 128} if "seed" in change else {})}
+        preset.write_text(json.dumps(other))
+        with pytest.raises(GridError, match=r"holds a different grid .*a grid may only add axis values"):
+            run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial)
+        preset.write_text(json.dumps(grown))
+    assert len(calls(data_dir)) == 24 and len(records(tmp_path / "fake")) == 24
+
+
 def _bad(tmp_path: Path, name: str, text: str) -> str:
     path = tmp_path / f"{name}.json"
     path.write_text(text)
