@@ -3,15 +3,10 @@ in-process.
 
     python -m bench.grid --preset cpu --data-dir datasets --results results [--backend auto|ray|local]
 
-A preset is `bench/presets/<name>.json` (or the path of such a file): {"doc": text, "axes": {axis: [values]}
-for every one of AXES and any of OPTIONAL_AXES, "fixed": {config key: value} for every trial, "per_dataset":
-{dataset: {key: value}} overriding "fixed" for one dataset}. A key that is an axis of the preset cannot be
-fixed; `protocol` is fixed (or left to its default) unless the preset lists it under "axes", and then every
-point carries it. A dataset's entry in "per_dataset" may also hold "axes": {axis: [values]}, replacing the
-values of axes that "axes" lists (not "dataset") for that dataset only, e.g. {"cifar10": {"axes": {"protocol":
-["seen", "unseen"]}}} beside "protocol": ["seen"]: the grid is then the union of each dataset's own product
-(Grid.points). Every expanded config is checked with bench.config.resolve, and the data sets are loaded once,
-before any trial starts.
+A preset is `bench/presets/<name>.json` (or the path of such a file): {"doc": text} and a grid's sections,
+"axes", "fixed", "per_dataset" and optionally "blocks", as bench.gridspec describes them; the grid is the union of
+its blocks' points (Grid.points). Every expanded config is checked with bench.config.resolve, and the data sets
+are loaded once, before any trial starts.
 
 Trials whose preset leaves config `threads` None get the CPUs the backend gives one trial: Ray's
 --cpus-per-trial rounded (at least 1), or all of os.cpu_count() on the local backend.
@@ -20,10 +15,10 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
 - grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", "threads", "data"} ("per_dataset" as in
   the preset, a dataset's "axes" included), "threads" the
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
-  (bench/fingerprint.py). Running a different grid, or the same grid on other data, under an existing
-  experiment name is refused in one line, so that two grids or two data sets never mix. The one change
-  allowed is an extension (`extends`): a grid that only adds axis values (a margin, a seed, a dataset's own
-  margins) keeps every recorded trial, rewrites grid.json and runs the new points.
+  (bench/fingerprint.py). Running the same grid on other data under an existing experiment name is refused
+  in one line, and so is a changed grid that would drop a recorded trial, so that two grids or two data sets
+  never mix. A changed grid that keeps every recorded trial as a point with the same config (`check_grid`:
+  an added margin, say, or a change where nothing was recorded yet) rewrites grid.json and runs its points.
 - run.lock while a run is going on (bench/lock.py): a second run of the same experiment is refused.
 - records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
   records/<trial_id>.npz its test embeddings; trial_id = the first 12 hex characters of the sha1 of
@@ -31,7 +26,7 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
   record is never rerun or rewritten. Non-finite metrics are written as null.
 - ray/: Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
   what is left, errored trials included; without it (deleted), a fresh Tune run skips every recorded trial.
-  An extension drops it, since it holds the smaller grid's points. No record is ever deleted.
+  A changed grid drops it, since it holds the old grid's points. No record is ever deleted.
 
 With RAY_ADDRESS set, the trials spread over that Ray cluster. RESULTS and the data folder must then be
 on storage that every node sees at the same path: since Ray 2.7, results are not synced to the head.
@@ -41,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -53,26 +47,29 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.cli import Parser
-from bench.config import DEFAULTS, LOCATION_KEYS, STATUSES, resolve, trial_identity
+from bench.config import STATUSES, resolve, trial_identity
+from bench.gridspec import (
+    Grid,
+    GridError,
+    parse_grid,
+    stored_grid,
+    with_threads,
+)
 from bench.jsonio import finite, write_json
 from bench.lock import LOCK_NAME, LockError, acquire, release
 from bench.models import model_settings
 from bench.provenance import local_placement, provenance, ray_placement
 from bench.trial import run_trial
 
-AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
-OPTIONAL_AXES = ("protocol",)  # a preset may list these too
-AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", "seed")  # the order of a point's axes
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-PRESET_SECTIONS = ("doc", "axes", "fixed", "per_dataset")
 OOM_PATTERN = re.compile(r"out of memory|low on memory|OutOfMemoryError", re.IGNORECASE)
 POLL_SECONDS = 2.0
 # Ray retries a trial whose worker or node died this many times in the same run; a trial's own exceptions
@@ -81,46 +78,6 @@ MAX_NODE_FAILURES = 2
 LOST = {"node": None, "resources": None, "concurrent_trials": None}  # placement of a trial whose worker died
 
 TrialFn = Callable[..., dict[str, Any]]
-
-
-class GridError(ValueError):
-    """A preset, data folder or experiment folder the grid cannot start with; the message is one line."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A checked preset: its name, the values of each axis, the keys fixed for all or one dataset, and the axes
-    whose values one dataset replaces (dataset_axes: {dataset: {axis: [values]}})."""
-
-    preset: str
-    axes: dict[str, list[Any]]  # in the order of AXIS_ORDER
-    fixed: dict[str, Any]
-    per_dataset: dict[str, dict[str, Any]]
-    dataset_axes: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
-
-    def points(self) -> list[dict[str, Any]]:
-        """Per dataset, every combination of its axis values, as {axis: value} in the order of `axes`."""
-        names = list(self.axes)
-        return [dict(zip(names, values, strict=True))
-                for dataset in self.axes["dataset"]
-                for values in itertools.product(*({**self.axes, **self.dataset_axes.get(dataset, {}),
-                                                   "dataset": [dataset]}[a] for a in names))]
-
-    def point(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The grid point of a config (a trial config, or Ray's: {"point": point} or {axis: value})."""
-        return dict(config["point"]) if "point" in config else {axis: config[axis] for axis in self.axes}
-
-    def config(self, point: dict[str, Any]) -> dict[str, Any]:
-        """The trial config of one grid point, without location keys."""
-        return {**self.fixed, **self.per_dataset.get(point["dataset"], {}), **point}
-
-    def spec(self, experiment: str, threads: int | None, fingerprints: dict[str, str]) -> dict[str, Any]:
-        """The content of grid.json: the preset, the default thread count and each dataset's fingerprint."""
-        per_dataset = {name: {**self.per_dataset.get(name, {}),
-                              **({"axes": self.dataset_axes[name]} if self.dataset_axes.get(name) else {})}
-                       for name in [*self.per_dataset, *(d for d in self.dataset_axes if d not in self.per_dataset)]}
-        return {"preset": self.preset, "experiment": experiment, "axes": self.axes, "fixed": self.fixed,
-                "per_dataset": per_dataset, "threads": threads, "data": fingerprints}
 
 
 @dataclass(frozen=True)
@@ -138,8 +95,7 @@ class Context:
 
     def config(self, point: dict[str, Any]) -> dict[str, Any]:
         """The trial config of one grid point without location keys, `threads` filled in."""
-        config = self.grid.config(point)
-        return {**config, "threads": self.threads} if config.get("threads") is None else config
+        return with_threads(self.grid.config(point), self.threads)
 
     def trial_id(self, point: dict[str, Any]) -> str:
         """The trial id of one grid point (config and data fingerprint)."""
@@ -149,64 +105,6 @@ class Context:
 def preset_names() -> list[str]:
     """The presets shipped in bench/presets/."""
     return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
-
-
-def _typed(key: str, value: Any) -> Any:
-    """`value` checked against the type of DEFAULTS[key] (ints accepted for floats, made float)."""
-    default = DEFAULTS.get(key)
-    if default is None or value is None:
-        return value
-    kind = (int, float) if isinstance(default, float) else type(default)
-    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind):
-        raise GridError(f"{key} must be {type(default).__name__}, got {value!r}")
-    return float(value) if isinstance(default, float) else value
-
-
-def _settings(section: str, raw: Any, axes: Iterable[str]) -> dict[str, Any]:
-    """A "fixed" or per-dataset section: a dict of typed config keys that are neither axes nor locations."""
-    if not isinstance(raw, dict):
-        raise GridError(f'"{section}" must be an object of config keys')
-    taken = sorted(set(raw) & {*AXES, *axes, *LOCATION_KEYS})
-    if taken:
-        raise GridError(f'"{section}" sets {taken}, which the axes or the command line set')
-    return {key: _typed(key, value) for key, value in raw.items()}
-
-
-def _axis_values(name: str, axis: str, values: Any) -> list[Any]:
-    """The typed values of one axis: a non-empty list without repeats."""
-    if not isinstance(values, list) or not values:
-        raise GridError(f'{name} "{axis}" must be a non-empty list')
-    values = [_typed(axis, value) for value in values]
-    if len({json.dumps(value) for value in values}) < len(values):
-        raise GridError(f'{name} "{axis}" repeats a value: {values}')
-    return values
-
-
-def _parse_preset(raw: Any) -> tuple[dict[str, list[Any]], dict[str, Any], dict[str, dict[str, Any]],
-                                     dict[str, dict[str, list[Any]]]]:
-    """(axes, fixed, per_dataset, dataset_axes) of a preset's JSON, checked for shape and types."""
-    if not isinstance(raw, dict) or set(raw) - set(PRESET_SECTIONS):
-        raise GridError(f"a preset is a JSON object with keys {', '.join(PRESET_SECTIONS)}")
-    axes = raw.get("axes")
-    if not isinstance(axes, dict) or not set(AXES) <= set(axes) <= {*AXES, *OPTIONAL_AXES}:
-        raise GridError(f'"axes" must give a list of values for each of {", ".join(AXES)}, and may for '
-                        f'{", ".join(OPTIONAL_AXES)}')
-    axes = {axis: _axis_values("axis", axis, axes[axis]) for axis in AXIS_ORDER if axis in axes}
-    fixed = _settings("fixed", raw.get("fixed", {}), axes)
-    per_dataset = raw.get("per_dataset", {})
-    if not isinstance(per_dataset, dict) or set(per_dataset) - set(axes["dataset"]):
-        raise GridError(f'"per_dataset" must map datasets of the "dataset" axis {axes["dataset"]} to config keys')
-    dataset_axes = {}
-    for name, keys in per_dataset.items():
-        own = keys.get("axes", {}) if isinstance(keys, dict) else {}
-        if not isinstance(own, dict) or not set(own) <= set(axes) - {"dataset"}:
-            raise GridError(f'"per_dataset.{name}.axes" may only replace the values of axes that "axes" lists '
-                            f'(not dataset): {", ".join(a for a in axes if a != "dataset")}')
-        dataset_axes[name] = {axis: _axis_values(f"per_dataset.{name} axis", axis, own[axis])
-                              for axis in axes if axis in own}
-    per_dataset = {name: _settings(f"per_dataset.{name}", {k: v for k, v in keys.items() if k != "axes"}, axes)
-                   for name, keys in per_dataset.items()}
-    return axes, fixed, per_dataset, {name: own for name, own in dataset_axes.items() if own}
 
 
 def load_preset(name: str) -> Grid:
@@ -221,7 +119,7 @@ def load_preset(name: str) -> Grid:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GridError(f"preset {path} cannot be read as JSON: {err}") from None
     try:
-        grid = Grid(path.stem, *_parse_preset(raw))
+        grid = parse_grid(raw, path.stem)
     except GridError as err:
         raise GridError(f"preset {path}: {err}") from None
     for point in grid.points():
@@ -542,8 +440,8 @@ def new_experiment_hint() -> str:
 
 
 def _flat(spec: dict[str, Any]) -> dict[str, Any]:
-    """grid.json's axes, fixed keys, per-dataset keys and thread default as {"section.key[.key]": value}."""
-    out = {"threads": spec.get("threads")}
+    """grid.json's axes, fixed keys, per-dataset keys, blocks and thread default as {"section.key[.key]": value}."""
+    out = {"threads": spec.get("threads"), "blocks": spec.get("blocks")}
     for section in ("axes", "fixed", "per_dataset"):
         for key, value in spec.get(section, {}).items():
             if section == "per_dataset":
@@ -569,37 +467,36 @@ def stored_spec(experiment_dir: Path) -> dict[str, Any] | None:
     return stored
 
 
-def stored_grid(stored: dict[str, Any]) -> Grid:
-    """The Grid of a grid.json (its axes, fixed and per-dataset sections, checked like a preset's)."""
-    return Grid(stored.get("preset", ""), *_parse_preset({key: stored[key] for key in ("axes", "fixed", "per_dataset")
-                                                          if key in stored}))
-
-
-def extends(stored: dict[str, Any], grid: Grid, threads: int | None) -> bool:
-    """Whether `grid` holds every trial of the stored grid with the same config and thread default, i.e. it only
-    adds axis values: the recorded trials keep their ids, and the new points are new trials."""
-    if stored.get("threads") != threads:
-        return False
-    ours = {json.dumps(grid.config(point), sort_keys=True) for point in grid.points()}
+def recorded_configs(experiment_dir: Path, stored: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trial configs (threads filled in) of the stored grid's points that have a record."""
     try:
-        theirs = stored_grid(stored)
+        grid = stored_grid(stored)
     except GridError:
-        return False
-    return all(json.dumps(theirs.config(point), sort_keys=True) in ours for point in theirs.points())
+        return []
+    prints = stored.get("data") if isinstance(stored.get("data"), dict) else {}
+    configs = [with_threads(grid.config(point), stored.get("threads")) for point in grid.points()]
+    return [config for config in configs if config["dataset"] in prints
+            and (experiment_dir / "records" / f"{trial_id(config, prints[config['dataset']])}.json").is_file()]
 
 
-def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, spec: dict[str, Any], grid: Grid) -> list[str]:
-    """The differences from the folder's grid (the data aside) when `grid` extends it (`extends`), [] when it is
-    the same grid; refuse (GridError) any other change."""
+def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, grid: Grid, threads: int | None) -> list[str]:
+    """The differences between the folder's grid and `grid` (the data aside), [] when they are the same grid.
+    A changed grid must keep every recorded trial as one of its points with the same config (an extension, or
+    a change where nothing was recorded yet); any other change is refused (GridError)."""
     if stored is None:
         return []
-    before, now = _flat(stored), _flat(json.loads(json.dumps(spec)))
+    before, now = _flat(stored), _flat(json.loads(json.dumps(grid.spec("", threads, {}))))
     changed = [f"{key}: {before.get(key)!r} there, {now.get(key)!r} now"
                for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
-    if changed and not extends(stored, grid, spec["threads"]):
+    if not changed:
+        return []
+    ours = {json.dumps(with_threads(grid.config(point), threads), sort_keys=True) for point in grid.points()}
+    dropped = [c for c in recorded_configs(experiment_dir, stored) if json.dumps(c, sort_keys=True) not in ours]
+    if dropped or not stored.get("data"):
         raise GridError(
-            f"{experiment_dir} holds a different grid ({'; '.join(changed)}); pass {new_experiment_hint()} to "
-            "start a new experiment, or run its original grid to resume it (a grid may only add axis values)"
+            f"{experiment_dir} holds a different grid ({'; '.join(changed)}) that would drop {len(dropped)} of its "
+            f"recorded trials; pass {new_experiment_hint()} to start a new experiment, or run its original grid to "
+            "resume it"
         )
     return changed
 
@@ -666,7 +563,7 @@ def run_grid(
     if all(grid.config(point).get("threads") is not None for point in grid.points()):
         threads = None  # the preset sets it everywhere: the backend does not matter
     stored = stored_spec(experiment_dir)
-    extension = check_grid(experiment_dir, stored, grid.spec(experiment, threads, {}), grid)
+    changed = check_grid(experiment_dir, stored, grid, threads)
     data_dir = str(Path(data_dir).resolve())
     prints = fingerprints(grid.axes["dataset"], data_dir)
     check_data(experiment_dir, stored, prints, data_dir)
@@ -677,11 +574,11 @@ def run_grid(
     except LockError as err:
         raise GridError(str(err)) from None
     try:
-        if extension:  # Ray's state holds the smaller grid's points; a fresh Tune run skips the recorded trials
-            print(f"extending experiment {experiment} ({'; '.join(extension)}); its recorded trials stay, Ray's "
-                  "state of the smaller grid is dropped", flush=True)
+        if changed:  # Ray's state holds the old grid's points; a fresh Tune run skips the recorded trials
+            print(f"changing the grid of experiment {experiment} ({'; '.join(changed)}); every recorded trial is a "
+                  "point of the new grid and stays, Ray's state of the old grid is dropped", flush=True)
             shutil.rmtree(ray_storage_dir(experiment_dir), ignore_errors=True)
-        if stored is None or extension:
+        if stored is None or changed:
             write_json(experiment_dir / "grid.json", grid.spec(experiment, threads, prints))
         (experiment_dir / "records").mkdir(exist_ok=True)
         ctx = Context(grid, experiment, str(experiment_dir), data_dir, command, prints, threads, device)

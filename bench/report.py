@@ -25,6 +25,7 @@ import pandas as pd
 from bench import plots, stats, systems, tables
 from bench.cli import Parser
 from bench.config import DEFAULTS, STATUSES
+from bench.gridspec import GridError, stored_grid
 from losses import LOSSES
 
 REQUIRED = ("trial_id", "experiment", "config", "status", "history")
@@ -162,6 +163,10 @@ def load_records(results_dir: Path | str) -> Records:
             experiments.add(record_rows[0]["experiment"])
             paths[record_rows[0]["trial_id"]] = str(path)
             rows += record_rows
+        try:
+            stored_grid(grid)
+        except GridError as err:
+            raise ReportError(f"{folder / 'grid.json'}: not a grid ({err})") from None
         for experiment in experiments:
             if experiment in grids and grids[experiment] != grid:
                 raise ReportError(f"{folder}: experiment {experiment} also comes from another folder with another grid")

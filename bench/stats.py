@@ -29,6 +29,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from bench.config import DEFAULTS, STATUSES
+from bench.gridspec import stored_grid
 
 IN_MEAN = ("ok", "collapsed")
 BASELINES = ("pixels", "untrained")
@@ -114,21 +115,12 @@ def _setting(values: pd.Series) -> Any:
 
 def expected_cells(grid: dict[str, Any], experiment: str) -> pd.DataFrame:
     """The trial cells a grid.json asks for, with their expected seeds (one row per cell × seed): the grid's
-    points (bench.grid.Grid.points), a dataset's own "axes" in "per_dataset" replacing those axes' values."""
-    fixed = grid.get("fixed", {}) or {}
-    per_dataset = grid.get("per_dataset", {}) or {}
-    rows = []
-    for dataset in grid["axes"].get("dataset", []):
-        settings = {**fixed, **per_dataset.get(dataset, {})}
-        axes = {**grid["axes"], **(settings.get("axes") or {})}
-        protocols = axes.get("protocol", [settings.get("protocol", DEFAULTS["protocol"])])
-        for protocol in protocols:
-            for loss in axes.get("loss", []):
-                for margin in axes.get("margin", []):
-                    for batch_size in axes.get("batch_size", []):
-                        rows += [{"experiment": experiment, "dataset": dataset, "protocol": protocol, "loss": loss,
-                                  "margin": float(margin), "batch_size": int(batch_size), "seed": seed}
-                                 for seed in axes.get("seed", [])]
+    points (bench.gridspec.Grid.points), each with the protocol its config gives when it is not an axis."""
+    spec = stored_grid(grid)
+    rows = [{"experiment": experiment, "dataset": point["dataset"],
+             "protocol": spec.config(point).get("protocol", DEFAULTS["protocol"]), "loss": point["loss"],
+             "margin": float(point["margin"]), "batch_size": int(point["batch_size"]), "seed": point["seed"]}
+            for point in spec.points()]
     return pd.DataFrame(rows, columns=[*CELL, "seed"])
 
 

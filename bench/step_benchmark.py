@@ -50,7 +50,8 @@ from torch import Tensor
 from bench.cli import Parser, int_list
 from bench.config import ConfigError, resolve
 from bench.data import DataError, channel_stats, load_dataset
-from bench.grid import GridError, default_preset, load_preset
+from bench.grid import default_preset, load_preset
+from bench.gridspec import GridError
 from bench.memory import TrainingPeak
 from bench.models import build_optimizer, forward_flops, initial_model, model_settings
 from bench.precision import resolve_precision

@@ -12,7 +12,8 @@ import torch
 from bench.baselines import BASELINES, baseline_config, baseline_configs, baseline_id, pixel_embeddings, run_baseline
 from bench.config import METRICS
 from bench.fingerprint import fingerprint
-from bench.grid import Context, Grid, GridError, record_baselines
+from bench.grid import Context, record_baselines
+from bench.gridspec import Grid, GridError
 from bench.protocol import EVAL_METRICS
 from bench.synthetic import synthetic_split, write_synthetic
 

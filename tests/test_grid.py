@@ -20,7 +20,6 @@ import torch
 from bench.config import METRICS
 from bench.fingerprint import fingerprint
 from bench.grid import (
-    AXES,
     MAX_NODE_FAILURES,
     GridError,
     is_oom,
@@ -32,6 +31,7 @@ from bench.grid import (
     run_grid,
     trial_id,
 )
+from bench.gridspec import AXES
 from bench.lock import LOCK_NAME
 from bench.synthetic import write_synthetic
 
@@ -365,34 +365,67 @@ def test_local_backend_resumes_and_refuses_a_changed_grid(fake_setup: tuple[Path
     assert len(records(tmp_path / "fake2")) == 16
 
 
-def test_a_grid_that_only_adds_axis_values_extends_the_experiment(fake_setup: tuple[Path, Path],
-                                                                   tmp_path: Path) -> None:
+def test_a_changed_grid_must_keep_every_recorded_trial(fake_setup: tuple[Path, Path], tmp_path: Path) -> None:
     preset, data_dir = fake_setup
     assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
     before = snapshot(tmp_path / "fake")
     (tmp_path / "fake" / "ray").mkdir()  # stands for Ray's state of the smaller grid
 
-    grown = json.loads(preset.read_text())
-    grown["per_dataset"] = {"mnist": {"axes": {"margin": [0.2, 0.5, 0.8]}}}
+    grown = json.loads(preset.read_text())  # an added margin, for one dataset's batch-all only
+    grown["blocks"] = [{}, {"loss": ["batch-all"], "margin": [0.8]}]
     preset.write_text(json.dumps(grown))
     assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
     new_calls = calls(data_dir)[16:]
-    assert len(new_calls) == 8 and {point["margin"] for point in new_calls} == {0.8}
+    assert len(new_calls) == 4 and {(point["loss"], point["margin"]) for point in new_calls} == {("batch-all", 0.8)}
     assert {path: snapshot(tmp_path / "fake")[path] for path in before} == before
-    assert len(records(tmp_path / "fake")) == 24 and not (tmp_path / "fake" / "ray").exists()
+    assert len(records(tmp_path / "fake")) == 20 and not (tmp_path / "fake" / "ray").exists()
     stored = json.loads((tmp_path / "fake" / "grid.json").read_text())
-    assert stored["per_dataset"]["mnist"]["axes"] == {"margin": [0.2, 0.5, 0.8]}
-    assert stored["data"]["mnist"] == fingerprint("mnist", data_dir)
+    assert stored["blocks"] == grown["blocks"] and stored["data"]["mnist"] == fingerprint("mnist", data_dir)
+    assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0  # the same grid now
+    assert len(calls(data_dir)) == 20
 
-    for change in ({"margin": [0.2, 0.8]}, {"seed": [0, 1, 2]}):  # a removed value; an added one beside a new budget
-        other = json.loads(preset.read_text())
-        other["per_dataset"]["mnist"]["axes"].update(change)
-        other["fixed"] = {**other["fixed"], **({"budget_samples": 128} if "seed" in change else {})}
+    dropped = {**grown, "blocks": [{"margin": [0.2]}, {"loss": ["batch-all"], "margin": [0.8]}]}  # margin 0.5 gone
+    budget = {**grown, "fixed": {**grown["fixed"], "budget_samples": 128}}
+    for other, lost in ((dropped, 8), (budget, 20)):
         preset.write_text(json.dumps(other))
-        with pytest.raises(GridError, match=r"holds a different grid .*a grid may only add axis values"):
+        with pytest.raises(GridError, match=rf"holds a different grid .* that would drop {lost} of its recorded"):
             run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial)
-        preset.write_text(json.dumps(grown))
-    assert len(calls(data_dir)) == 24 and len(records(tmp_path / "fake")) == 24
+    assert len(calls(data_dir)) == 20 and len(records(tmp_path / "fake")) == 20
+
+
+def test_a_point_without_a_record_may_leave_the_grid(fake_setup: tuple[Path, Path], tmp_path: Path) -> None:
+    preset, data_dir = fake_setup
+    (data_dir / "INTERRUPT").touch()  # stops the run after its first trial: batch-all, margin 0.2, B 8, seed 0
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial)
+    (data_dir / "INTERRUPT").unlink()
+    assert len(records(tmp_path / "fake")) == 1
+    narrow = json.loads(preset.read_text())
+    narrow["axes"]["margin"] = [0.2, 0.3]  # 0.5 had no record yet
+    preset.write_text(json.dumps(narrow))
+    assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
+    assert len(records(tmp_path / "fake")) == 16 and {point["margin"] for point in calls(data_dir)} == {0.2, 0.3}
+
+
+def test_blocks_make_a_grid_a_union_of_products_in_the_grid_order() -> None:
+    from bench.gridspec import parse_grid
+
+    raw = {"axes": {"dataset": ["mnist", "cifar10"], "loss": ["batch-all", "adaptive-mu"], "margin": [0.2],
+                    "batch_size": [64], "seed": [0, 1]},
+           "per_dataset": {"cifar10": {"axes": {"batch_size": [256]}}},
+           "blocks": [{"loss": ["batch-all"], "margin": [0.2, 0.8]}, {"loss": ["adaptive-mu"], "margin": [0.05, 0.2]},
+                      {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2]}]}
+    grid = parse_grid(raw)
+    cells = [(p["dataset"], p["loss"], p["margin"], p["batch_size"], p["seed"]) for p in grid.points()]
+    assert cells == [(d, loss, m, b, s) for d, b in (("mnist", 64), ("cifar10", 256))
+                     for loss, margins in (("batch-all", (0.2, 0.8)), ("adaptive-mu", (0.2, 0.05)))
+                     for m in margins for s in (0, 1)]
+    assert parse_grid({**raw, "blocks": None}).points() == parse_grid({**raw, "blocks": [{}]}).points() == [
+        p for p in grid.points() if p["margin"] == 0.2]
+    for blocks, message in (([], "non-empty list"), ([{"lr": [0.1]}], "names ['lr']"),
+                            ([{"dataset": ["svhn"]}], "datasets outside"), ([{"margin": []}], "non-empty list")):
+        with pytest.raises(GridError, match=re.escape(message)):
+            parse_grid({**raw, "blocks": blocks})
 
 
 def _bad(tmp_path: Path, name: str, text: str) -> str:
@@ -503,7 +536,8 @@ def test_the_different_grid_refusal_names_the_make_variable_under_make(fake_setu
     proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, "MAKELEVEL": "1"}, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert "holds a different grid (axes.seed: [0, 1] there, [0, 2] now); pass EXPERIMENT=NAME" in proc.stderr
+    assert ("holds a different grid (axes.seed: [0, 1] there, [0, 2] now) that would drop 8 of its recorded trials; "
+            "pass EXPERIMENT=NAME") in proc.stderr
 
 
 def test_argparse_abbreviations_are_refused(tmp_path: Path) -> None:

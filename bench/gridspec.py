@@ -1,0 +1,164 @@
+"""A grid's specification: its axes, fixed and per-dataset settings and blocks, and the points it expands to.
+
+Pure (no training, no Ray): bench.grid runs the points, and bench.stats asks for the same points to know which
+cells the report expects. A spec is a preset's JSON or the same sections of a grid.json:
+- "axes": {axis: [values]} for every one of AXES and any of OPTIONAL_AXES;
+- "fixed": {config key: value} for every trial; "per_dataset": {dataset: {key: value}} overriding "fixed" for
+  one dataset, its optional "axes" replacing the values of some axes (not "dataset") for that dataset;
+- "blocks" (optional): a list of {axis: [values]}; the grid is then the union of the blocks, each the product of
+  its own values and, for the axes it leaves out, the dataset's values (its "per_dataset" axes, else "axes").
+  Without "blocks" the grid is one block that sets nothing: the product of the axes, per dataset.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.config import DEFAULTS, LOCATION_KEYS
+
+AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
+OPTIONAL_AXES = ("protocol",)  # a preset may list these too
+AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", "seed")  # the order of a point's axes
+GRID_SECTIONS = ("axes", "fixed", "per_dataset", "blocks")  # what a preset and a grid.json share
+PRESET_SECTIONS = ("doc", *GRID_SECTIONS)
+
+
+class GridError(ValueError):
+    """A preset, data folder or experiment folder the grid cannot start with; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A checked preset: its name, the values of each axis, the keys fixed for all or one dataset, the axes whose
+    values one dataset replaces (dataset_axes: {dataset: {axis: [values]}}) and the blocks whose union it is."""
+
+    preset: str
+    axes: dict[str, list[Any]]  # in the order of AXIS_ORDER
+    fixed: dict[str, Any]
+    per_dataset: dict[str, dict[str, Any]]
+    dataset_axes: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    blocks: tuple[dict[str, list[Any]], ...] = ({},)
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every point of every block once, as {axis: value} in the order of `axes`, sorted dataset by dataset,
+        then axis by axis in the order of AXIS_ORDER, each axis's values in the order they are first named."""
+        names = list(self.axes)
+        found: dict[str, dict[str, Any]] = {}
+        for block in self.blocks:
+            for dataset in block.get("dataset", self.axes["dataset"]):
+                values = {**self.axes, **self.dataset_axes.get(dataset, {}), **block, "dataset": [dataset]}
+                for combo in itertools.product(*(values[axis] for axis in names)):
+                    found.setdefault(json.dumps(combo), dict(zip(names, combo, strict=True)))
+        rank = {axis: [] for axis in names}
+        for section in (self.axes, *self.dataset_axes.values(), *self.blocks):
+            for axis, values in section.items():
+                rank[axis] += [text for text in map(json.dumps, values) if text not in rank[axis]]
+        return sorted(found.values(), key=lambda p: [rank[axis].index(json.dumps(p[axis])) for axis in names])
+
+    def point(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The grid point of a config (a trial config, or Ray's: {"point": point} or {axis: value})."""
+        return dict(config["point"]) if "point" in config else {axis: config[axis] for axis in self.axes}
+
+    def config(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The trial config of one grid point, without location keys."""
+        return {**self.fixed, **self.per_dataset.get(point["dataset"], {}), **point}
+
+    def spec(self, experiment: str, threads: int | None, fingerprints: dict[str, str]) -> dict[str, Any]:
+        """The content of grid.json: the preset, the default thread count and each dataset's fingerprint
+        ("blocks" only when the preset has them)."""
+        per_dataset = {name: {**self.per_dataset.get(name, {}),
+                              **({"axes": self.dataset_axes[name]} if self.dataset_axes.get(name) else {})}
+                       for name in [*self.per_dataset, *(d for d in self.dataset_axes if d not in self.per_dataset)]}
+        blocks = {"blocks": list(self.blocks)} if self.blocks != ({},) else {}
+        return {"preset": self.preset, "experiment": experiment, "axes": self.axes, "fixed": self.fixed,
+                "per_dataset": per_dataset, **blocks, "threads": threads, "data": fingerprints}
+
+
+def with_threads(config: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """A trial config with `threads` filled in where the grid leaves it None."""
+    return {**config, "threads": threads} if config.get("threads") is None else config
+
+
+def _typed(key: str, value: Any) -> Any:
+    """`value` checked against the type of DEFAULTS[key] (ints accepted for floats, made float)."""
+    default = DEFAULTS.get(key)
+    if default is None or value is None:
+        return value
+    kind = (int, float) if isinstance(default, float) else type(default)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind):
+        raise GridError(f"{key} must be {type(default).__name__}, got {value!r}")
+    return float(value) if isinstance(default, float) else value
+
+
+def _settings(section: str, raw: Any, axes: Iterable[str]) -> dict[str, Any]:
+    """A "fixed" or per-dataset section: a dict of typed config keys that are neither axes nor locations."""
+    if not isinstance(raw, dict):
+        raise GridError(f'"{section}" must be an object of config keys')
+    taken = sorted(set(raw) & {*AXES, *axes, *LOCATION_KEYS})
+    if taken:
+        raise GridError(f'"{section}" sets {taken}, which the axes or the command line set')
+    return {key: _typed(key, value) for key, value in raw.items()}
+
+
+def _axis_values(name: str, axis: str, values: Any) -> list[Any]:
+    """The typed values of one axis: a non-empty list without repeats."""
+    if not isinstance(values, list) or not values:
+        raise GridError(f'{name} "{axis}" must be a non-empty list')
+    values = [_typed(axis, value) for value in values]
+    if len({json.dumps(value) for value in values}) < len(values):
+        raise GridError(f'{name} "{axis}" repeats a value: {values}')
+    return values
+
+
+def _blocks(raw: Any, axes: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], ...]:
+    """The checked "blocks": a non-empty list of {axis: [values]} over the axes that "axes" lists, datasets
+    among the "dataset" axis."""
+    if raw is None:
+        return ({},)
+    if not isinstance(raw, list) or not raw or not all(isinstance(block, dict) for block in raw):
+        raise GridError('"blocks" must be a non-empty list of {axis: [values]} objects')
+    blocks = []
+    for index, block in enumerate(raw):
+        if set(block) - set(axes):
+            raise GridError(f'"blocks"[{index}] names {sorted(set(block) - set(axes))}, not axes that "axes" lists')
+        block = {axis: _axis_values(f'"blocks"[{index}] axis', axis, block[axis]) for axis in axes if axis in block}
+        if set(block.get("dataset", [])) - set(axes["dataset"]):
+            raise GridError(f'"blocks"[{index}] names datasets outside the "dataset" axis {axes["dataset"]}')
+        blocks.append(block)
+    return tuple(blocks)
+
+
+def parse_grid(raw: Any, name: str = "") -> Grid:
+    """The Grid of a preset's JSON (or of a grid.json's GRID_SECTIONS), checked for shape and types."""
+    if not isinstance(raw, dict) or set(raw) - set(PRESET_SECTIONS):
+        raise GridError(f"a preset is a JSON object with keys {', '.join(PRESET_SECTIONS)}")
+    axes = raw.get("axes")
+    if not isinstance(axes, dict) or not set(AXES) <= set(axes) <= {*AXES, *OPTIONAL_AXES}:
+        raise GridError(f'"axes" must give a list of values for each of {", ".join(AXES)}, and may for '
+                        f'{", ".join(OPTIONAL_AXES)}')
+    axes = {axis: _axis_values("axis", axis, axes[axis]) for axis in AXIS_ORDER if axis in axes}
+    fixed = _settings("fixed", raw.get("fixed", {}), axes)
+    per_dataset = raw.get("per_dataset", {})
+    if not isinstance(per_dataset, dict) or set(per_dataset) - set(axes["dataset"]):
+        raise GridError(f'"per_dataset" must map datasets of the "dataset" axis {axes["dataset"]} to config keys')
+    dataset_axes = {}
+    for dataset, keys in per_dataset.items():
+        own = keys.get("axes", {}) if isinstance(keys, dict) else {}
+        if not isinstance(own, dict) or not set(own) <= set(axes) - {"dataset"}:
+            raise GridError(f'"per_dataset.{dataset}.axes" may only replace the values of axes that "axes" lists '
+                            f'(not dataset): {", ".join(a for a in axes if a != "dataset")}')
+        dataset_axes[dataset] = {axis: _axis_values(f"per_dataset.{dataset} axis", axis, own[axis])
+                                 for axis in axes if axis in own}
+    per_dataset = {dataset: _settings(f"per_dataset.{dataset}", {k: v for k, v in keys.items() if k != "axes"}, axes)
+                   for dataset, keys in per_dataset.items()}
+    return Grid(name, axes, fixed, per_dataset, {d: own for d, own in dataset_axes.items() if own},
+                _blocks(raw.get("blocks"), axes))
+
+
+def stored_grid(spec: dict[str, Any]) -> Grid:
+    """The Grid of a grid.json (its GRID_SECTIONS, checked like a preset's)."""
+    return parse_grid({key: spec[key] for key in GRID_SECTIONS if key in spec}, spec.get("preset", ""))
