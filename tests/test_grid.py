@@ -31,7 +31,7 @@ from bench.grid import (
     run_grid,
     trial_id,
 )
-from bench.gridspec import AXES
+from bench.gridspec import AXES, Grid
 from bench.lock import LOCK_NAME
 from bench.synthetic import write_synthetic
 
@@ -128,6 +128,14 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     cpu = load_preset("cpu")
     assert cpu.axes["dataset"] == ["mnist", "cifar10"] and len(cpu.axes["seed"]) == 3
     assert all(isinstance(margin, float) for margin in cpu.axes["margin"])
+    unseen = load_preset("cpu-unseen")  # cpu's CIFAR-10 cells under the other protocol
+
+    def cells(grid: Grid, dataset: str) -> set[tuple]:
+        return {tuple(v for k, v in p.items() if k != "protocol") for p in grid.points() if p["dataset"] == dataset}
+
+    assert cells(unseen, "cifar10") == cells(cpu, "cifar10") and len(cells(cpu, "mnist")) == 96
+    assert {k: v for k, v in unseen.config(unseen.points()[0]).items() if k not in (*AXES, "protocol")} \
+        == {k: v for k, v in cpu.config(cpu.points()[-1]).items() if k not in (*AXES, "protocol")}
     assert len(load_preset("smoke").points()) <= 8
 
 
