@@ -12,8 +12,8 @@ Trials whose preset leaves config `threads` None get the CPUs the backend gives 
 --cpus-per-trial rounded (at least 1), or all of os.cpu_count() on the local backend.
 
 Experiment E (default: the preset's name) lives in RESULTS/E/:
-- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", "threads", "data"} ("per_dataset" as in
-  the preset, a dataset's "axes" included), "threads" the
+- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", ["blocks",] "threads", "data"}
+  ("per_dataset" as in the preset, a dataset's "axes" included; "blocks" when the preset has them), "threads" the
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
   (bench/fingerprint.py). Running the same grid on other data under an existing experiment name is refused
   in one line, and so is a changed grid that would drop a recorded trial, so that two grids or two data sets
@@ -56,13 +56,7 @@ import torch
 
 from bench.cli import Parser
 from bench.config import STATUSES, resolve, trial_identity
-from bench.gridspec import (
-    Grid,
-    GridError,
-    parse_grid,
-    stored_grid,
-    with_threads,
-)
+from bench.gridspec import Grid, GridError, parse_grid, stored_grid, with_threads
 from bench.jsonio import finite, write_json
 from bench.lock import LOCK_NAME, LockError, acquire, release
 from bench.models import model_settings

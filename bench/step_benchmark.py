@@ -176,25 +176,28 @@ def preset_points(preset: str, precision: str, device: torch.device, compile_mod
                   batch_sizes: list[int] | None = None) -> list[StepPoint]:
     """Every (dataset, loss, batch size) of the preset × precisions × compile modes, in that order.
 
-    The config is the preset's at its first margin and seed; `batch_sizes` replaces the preset's axis.
+    The config is that of the preset's first point with the dataset and loss (its first margin and seed);
+    `batch_sizes` replaces the preset's batch sizes.
     """
     try:
         grid = load_preset(preset)
     except GridError as err:
         raise BenchError(str(err)) from None
+    first: dict[tuple[str, str], dict[str, Any]] = {}  # (dataset, loss) -> its first point
+    sizes: dict[tuple[str, str], dict[int, None]] = {}  # (dataset, loss) -> its batch sizes, in order
+    for point in grid.points():
+        first.setdefault((point["dataset"], point["loss"]), point)
+        sizes.setdefault((point["dataset"], point["loss"]), {})[point["batch_size"]] = None
     points = []
-    for dataset in grid.axes["dataset"]:
-        for loss in grid.axes["loss"]:
-            for batch_size in batch_sizes or grid.axes["batch_size"]:
-                point = {"dataset": dataset, "loss": loss, "margin": grid.axes["margin"][0],
-                         "batch_size": batch_size, "seed": grid.axes["seed"][0]}
-                cfg = grid.config(point)
-                try:
-                    trial_precision = resolve_precision(resolve(cfg)["precision"], device)
-                except ConfigError as err:
-                    raise BenchError(f"preset {preset}: {err}") from None
-                precisions = {"trial": [trial_precision], "both": ["fp32", "bf16"]}.get(precision, [precision])
-                points += [make_point(cfg, p, mode) for p in precisions for mode in compile_modes]
+    for key, base in first.items():
+        for batch_size in batch_sizes or list(sizes[key]):
+            cfg = grid.config({**base, "batch_size": batch_size})
+            try:
+                trial_precision = resolve_precision(resolve(cfg)["precision"], device)
+            except ConfigError as err:
+                raise BenchError(f"preset {preset}: {err}") from None
+            precisions = {"trial": [trial_precision], "both": ["fp32", "bf16"]}.get(precision, [precision])
+            points += [make_point(cfg, p, mode) for p in precisions for mode in compile_modes]
     return points
 
 

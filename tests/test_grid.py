@@ -133,7 +133,7 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     def cells(grid: Grid, dataset: str) -> set[tuple]:
         return {tuple(v for k, v in p.items() if k != "protocol") for p in grid.points() if p["dataset"] == dataset}
 
-    assert cells(unseen, "cifar10") == cells(cpu, "cifar10") and len(cells(cpu, "mnist")) == 96
+    assert cells(unseen, "cifar10") == cells(cpu, "cifar10") and len(cells(cpu, "mnist")) == 108
     assert {k: v for k, v in unseen.config(unseen.points()[0]).items() if k not in (*AXES, "protocol")} \
         == {k: v for k, v in cpu.config(cpu.points()[-1]).items() if k not in (*AXES, "protocol")}
     assert len(load_preset("smoke").points()) <= 8
