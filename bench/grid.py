@@ -487,10 +487,11 @@ def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, grid: Grid, 
     ours = {json.dumps(with_threads(grid.config(point), threads), sort_keys=True) for point in grid.points()}
     dropped = [c for c in recorded_configs(experiment_dir, stored) if json.dumps(c, sort_keys=True) not in ours]
     if dropped or not stored.get("data"):
+        why = (f"that would drop {len(dropped)} of its recorded trials" if dropped
+               else "whose records cannot be matched (its grid.json names no data)")
         raise GridError(
-            f"{experiment_dir} holds a different grid ({'; '.join(changed)}) that would drop {len(dropped)} of its "
-            f"recorded trials; pass {new_experiment_hint()} to start a new experiment, or run its original grid to "
-            "resume it"
+            f"{experiment_dir} holds a different grid ({'; '.join(changed)}) {why}; pass {new_experiment_hint()} to "
+            "start a new experiment, or run its original grid to resume it"
         )
     return changed
 
