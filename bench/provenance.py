@@ -14,16 +14,19 @@ from typing import Any
 
 import torch
 
+OUTPUTS = ("results", "reports")  # what runs write into the checkout: never code, so never "dirty"
 
-def git_commit() -> str:
-    """The checkout's HEAD commit, with '-dirty' if tracked files changed; 'unknown' outside git."""
-    root = Path(__file__).resolve().parent.parent
+
+def git_commit(root: Path | None = None) -> str:
+    """The checkout's HEAD commit, with '-dirty' if tracked files outside OUTPUTS changed (a grid rewrites its
+    results/<experiment>/grid.json when it grows); 'unknown' outside git. `root`: the checkout (default: this one)."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{o}" for o in OUTPUTS)],
             cwd=root, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

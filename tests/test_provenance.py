@@ -1,0 +1,27 @@
+"""Provenance: the commit a record names is '-dirty' only when code changed, not when a run wrote its outputs."""
+
+import subprocess
+from pathlib import Path
+
+from bench.provenance import git_commit
+
+
+def test_a_rewritten_grid_json_is_not_dirty_code(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "results" / "cpu").mkdir(parents=True)
+    (tmp_path / "results" / "cpu" / "grid.json").write_text("{}")
+    (tmp_path / "trial.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    sha = git("rev-parse", "HEAD")
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "results" / "cpu" / "grid.json").write_text('{"axes": {}}')  # a grown grid rewrites it
+    (tmp_path / "notes.txt").write_text("untracked")
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "trial.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == sha + "-dirty"
+    assert git_commit(tmp_path / "nowhere") == "unknown"
