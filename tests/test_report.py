@@ -276,6 +276,14 @@ def _duplicate(folder: Path) -> Path:
                                                    "batch_size": [8], "seed": [0]}).parent
 
 
+def _bad_blocks(folder: Path) -> Path:
+    experiment = _duplicate(folder) / "x"
+    (experiment / "records" / "b.json").unlink()
+    grid = json.loads((experiment / "grid.json").read_text())
+    (experiment / "grid.json").write_text(json.dumps({**grid, "blocks": [{"lr": [0.1]}]}))
+    return folder
+
+
 def _partial(folder: Path) -> Path:
     write_experiment(folder, "x", [trial_record("x", "batch-hard", 0.2, 8, 0)], {"seed": [0]})
     record = next((folder / "x" / "records").glob("*.json"))
@@ -319,6 +327,7 @@ def _foreign_record(folder: Path) -> Path:
     (_lacking_metrics, "lacks map_at_r"),
     (_mixed_protocols, "records mix protocols seen, unseen in one cell"),
     (_duplicate, "two records for one trial"),
+    (_bad_blocks, "grid.json: not a grid (\"blocks\"[0] names ['lr']"),
 ])
 def test_bad_folders_fail_with_one_line(make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "results").mkdir()
