@@ -456,17 +456,15 @@ def stored_spec(experiment_dir: Path) -> dict[str, Any] | None:
     try:
         stored = json.loads(path.read_text())
         _flat(stored)
-    except (OSError, ValueError, AttributeError) as err:
+        stored_grid(stored)
+    except (OSError, ValueError, AttributeError, TypeError) as err:
         raise GridError(f"{path} is unreadable ({err}); pass {new_experiment_hint()} for a new folder") from None
     return stored
 
 
 def recorded_configs(experiment_dir: Path, stored: dict[str, Any]) -> list[dict[str, Any]]:
     """The trial configs (threads filled in) of the stored grid's points that have a record."""
-    try:
-        grid = stored_grid(stored)
-    except GridError:
-        return []
+    grid = stored_grid(stored)  # checked by stored_spec
     prints = stored.get("data") if isinstance(stored.get("data"), dict) else {}
     configs = [with_threads(grid.config(point), stored.get("threads")) for point in grid.points()]
     return [config for config in configs if config["dataset"] in prints
