@@ -133,7 +133,7 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     def cells(grid: Grid, dataset: str) -> set[tuple]:
         return {tuple(v for k, v in p.items() if k != "protocol") for p in grid.points() if p["dataset"] == dataset}
 
-    assert cells(unseen, "cifar10") == cells(cpu, "cifar10") and len(cells(cpu, "mnist")) == 108
+    assert cells(unseen, "cifar10") == cells(cpu, "cifar10") and len(cells(cpu, "mnist")) == 114
     assert {k: v for k, v in unseen.config(unseen.points()[0]).items() if k not in (*AXES, "protocol")} \
         == {k: v for k, v in cpu.config(cpu.points()[-1]).items() if k not in (*AXES, "protocol")}
     assert len(load_preset("smoke").points()) <= 8
@@ -146,8 +146,8 @@ def test_ray_starts_the_points_in_the_grid_order_dataset_by_dataset_seeds_innerm
     assert ray_param_space(grid) == {"point": {"grid_search": points}}
     assert [p["seed"] for p in points[:6]] == [0, 1, 2, 0, 1, 2]
     datasets = [p["dataset"] for p in points]
-    assert datasets == ["mnist"] * 108 + ["cifar10"] * 72
-    margins = [p["margin"] for p in points if p["dataset"] == "mnist" and p["loss"] == "batch-all"]
+    assert datasets == ["mnist"] * 114 + ["cifar10"] * 84
+    margins = [p["margin"] for p in points if p["dataset"] == "cifar10" and p["loss"] == "batch-all"]
     assert margins == sorted(margins)  # the axis's order, whichever block named a value first
 
 
