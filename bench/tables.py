@@ -140,18 +140,21 @@ def eval_sizes(final: pd.DataFrame) -> str:
 
 
 def lr_rule(final: pd.DataFrame) -> str:
-    """The lr scaling rule(s) and schedule(s) the trials used."""
+    """Per dataset: the peak lr(s), the lr scaling rule(s) and the schedule(s) the trials used."""
     trials = final[final.kind == "trial"]
-    rules = []
-    columns = [trials.lr_scaling.astype(str), trials.lr_reference_batch.astype(str), trials.lr_schedule.astype(str)]
-    for (rule, ref, shape), _ in trials.groupby(columns):  # load_records gives old records DEFAULTS' constant
-        rules.append(f"{rule} ({LR_RULES.get(rule, '?').format(ref=ref)}), {LR_SCHEDULES.get(shape, shape)}")
-    return "; ".join(rules) or "unknown"
+    parts = []
+    columns = [trials.dataset, trials.lr_scaling.astype(str), trials.lr_reference_batch.astype(str),
+               trials.lr_schedule.astype(str)]
+    for (dataset, rule, ref, shape), group in trials.groupby(columns):  # old records get DEFAULTS' constant
+        parts.append(f"{dataset}: lr {_joined(group.lr)}, {rule} ({LR_RULES.get(rule, '?').format(ref=ref)}), "
+                     f"{LR_SCHEDULES.get(shape, shape)}")
+    return "; ".join(parts) or "unknown"
 
 
 def hardware(final: pd.DataFrame) -> str:
-    """Hardware and device of the records."""
-    return f"{_joined(final.provenance_hardware)} ({_joined(final.provenance_device)})"
+    """Hardware and device of the records ("(1 threads)" in older provenance reads "(1 thread)")."""
+    hardware_text = _joined(final.provenance_hardware).replace("(1 threads)", "(1 thread)")
+    return f"{hardware_text} ({_joined(final.provenance_device)})"
 
 
 def facts(final: pd.DataFrame) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from bench import plots, stats
+from bench import plots, stats, tables
 from bench.fake_records import baseline_record, trial_record, write_experiment, write_smoke_results
 from bench.report import load_records, main
 from losses import LOSSES
@@ -108,7 +108,8 @@ def test_headline_lists_baselines_first_and_states_what_it_depends_on(reports: P
     assert headline.index("MAP@R (test)") < headline.index("k-NN accuracy (test)") < headline.index("P@1 (test)")
     for fact in ("Budget mnist: 960, 1920 samples, no time limit", "60 planned optimiser steps", "precision fp32",
                  "validation: 540 queries, gallery 540; test: 1000 queries, gallery 5400",
-                 "hardware Test CPU (2 threads) (cpu)", "lr rule none (lr as configured", "On test MAP@R, "):
+                 "hardware Test CPU (2 threads) (cpu)", "lr rule mnist: lr 0.0002, none (lr as configured",
+                 "On test MAP@R, "):
         assert fact in headline, fact
     grid = full[full.index("### Full grid"):]
     assert "| selected |" in grid and "| not selected |" in grid and "| not eligible: failed |" in grid
@@ -449,3 +450,8 @@ def test_bad_benchmark_fails_with_one_line(make, explicit: bool, message: str, t
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("python -m bench.report: error: ") and message in err
     assert (sorted(p.name for p in reports.iterdir()) if reports.exists() else []) == before
+
+
+def test_hardware_line_reads_one_thread_in_the_singular() -> None:
+    final = pd.DataFrame({"provenance_hardware": ["AMD EPYC (1 threads)"], "provenance_device": ["cpu"]})
+    assert tables.hardware(final) == "AMD EPYC (1 thread) (cpu)"
