@@ -187,6 +187,12 @@ def _cell_text(row: Any) -> list[str]:
     return [row.dataset, row.protocol, row.loss, plain(row.margin), plain(row.batch_size)]
 
 
+def p_clause(p: float) -> str:
+    """'p = 0.015', or 'p < 0.001' below 0.001."""
+    text = p_value(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _versus(row: Any, metric: str) -> str:
     if getattr(row, f"best_{metric}"):
         return "best"
@@ -194,7 +200,7 @@ def _versus(row: Any, metric: str) -> str:
     if _missing(p):
         pairs = getattr(row, f"n_pairs_{metric}")
         return f"not testable ({pairs} paired seed{'' if pairs == 1 else 's'})"
-    return f"≈ best, p = {p_value(p)}" if p >= stats.ALPHA else f"worse, p = {p_value(p)}"
+    return f"≈ best, {p_clause(p)}" if p >= stats.ALPHA else f"worse, {p_clause(p)}"
 
 
 def margin_text(row: Any, trials: pd.DataFrame) -> str:
@@ -312,9 +318,10 @@ def _event(row: Any, state: str) -> tuple[str, str]:
 
 
 def diagnostics_table(name: str, events: pd.DataFrame) -> Table:
-    """Per trial ever pinned or collapsed: where it first was, and whether its final checkpoint escaped."""
+    """Per trial ever pinned or collapsed, in cell and seed order: where it first was, and whether it escaped."""
     header = ["dataset", "protocol", "loss", "margin", "batch", "seed", "first pinned at margin", "escaped",
               "first collapsed", "escaped", "final status"]
+    events = events.sort_values([*stats.CELL, "seed"], kind="stable")
     rows = [[*_cell_text(row), plain(row.seed), *_event(row, "pinned_at_margin"), *_event(row, "collapsed"),
              row.status] for row in events.itertuples()]
     return Table(name, header, rows)

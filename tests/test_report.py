@@ -455,3 +455,8 @@ def test_bad_benchmark_fails_with_one_line(make, explicit: bool, message: str, t
 def test_hardware_line_reads_one_thread_in_the_singular() -> None:
     final = pd.DataFrame({"provenance_hardware": ["AMD EPYC (1 threads)"], "provenance_device": ["cpu"]})
     assert tables.hardware(final) == "AMD EPYC (1 thread) (cpu)"
+
+
+def test_p_clause_never_reads_p_equals_less_than() -> None:
+    assert tables.p_clause(0.0004) == "p < 0.001"
+    assert tables.p_clause(0.015) == "p = 0.015"
