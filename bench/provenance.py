@@ -35,7 +35,7 @@ def git_commit(root: Path | None = None) -> str:
 
 
 def hardware(device: str | torch.device = "cpu") -> str:
-    """A readable name of the device: the GPU's name on CUDA, else CPU model and core count."""
+    """A readable name of the device: the GPU's name on CUDA, else the CPU model and torch's thread count."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -47,7 +47,8 @@ def hardware(device: str | torch.device = "cpu") -> str:
                 break
     except OSError:
         pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{cpu} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def _version(package: str) -> str | None:

@@ -3,7 +3,10 @@
 import subprocess
 from pathlib import Path
 
-from bench.provenance import git_commit
+import pytest
+import torch
+
+from bench.provenance import git_commit, hardware
 
 
 def test_a_rewritten_grid_json_is_not_dirty_code(tmp_path: Path) -> None:
@@ -25,3 +28,10 @@ def test_a_rewritten_grid_json_is_not_dirty_code(tmp_path: Path) -> None:
     (tmp_path / "trial.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == sha + "-dirty"
     assert git_commit(tmp_path / "nowhere") == "unknown"
+
+
+def test_hardware_names_its_thread_count_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert hardware("cpu").endswith("(1 thread)")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert hardware("cpu").endswith("(2 threads)")
