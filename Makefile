@@ -11,12 +11,15 @@ DATA_DIR ?= datasets
 RESULTS ?= results
 REPORTS ?= reports
 BACKEND ?= auto
+# free space a new .venv needs, in GiB (measured: 6.3 GiB with torch 2.14.1 and its CUDA wheels)
+INSTALL_GIB ?= 7
 
 .PHONY: install test ablation report bench gpu-check lint clean-venv
 
 # (Re)install when .venv is missing or pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.10" >&2; exit 1; }
+	@[ -x $(PY) ] || [ "$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1048576)}')" -ge $(INSTALL_GIB) ] || { echo "error: less than $(INSTALL_GIB) GiB free on this disk; a new $(VENV) (torch with its CUDA wheels) takes about 6.3 GiB" >&2; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; install the venv module (Debian: apt-get install python3-venv)" >&2; exit 1; }
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
