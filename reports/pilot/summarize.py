@@ -1,19 +1,22 @@
 """The pilot's table (issue 12): each pilot trial's validation MAP@R at every checkpoint and its plateau gap, from
-the records in this folder. Validation only: the pilot chooses, so its test metrics are not shown (they stay in
-the records).
+the records in a folder (default: this one; reports/plateau/ holds the longer CIFAR-10 runs). Validation only: the
+pilot chooses, so its test metrics are not shown (they stay in the records).
 
-Run from the repository root:  python reports/pilot/summarize.py > reports/pilot/summary.md
+Run from the repository root:  python reports/pilot/summarize.py [FOLDER] > FOLDER/summary.md
 Intermediate checkpoints are on evaluation subsets unless the trial evaluated whole sets throughout
 (eval_gallery = eval_queries = 0); the final checkpoint is always on the whole sets, so only final values compare
 across trials.
 """
 
 import json
+import sys
 from pathlib import Path
+
+folder = Path(sys.argv[1] if len(sys.argv) > 1 else "reports/pilot")
 
 print("| trial | schedule | lr | samples | val MAP@R per checkpoint | final val MAP@R | plateau gap | wall s |")
 print("|---|---|---|---|---|---|---|---|")
-for path in sorted(Path("reports/pilot").glob("*.json")):
+for path in sorted(folder.glob("*.json")):
     record = json.loads(path.read_text())
     config, final, history = record["config"], record["final"], record["history"]
     whole = config["eval_gallery"] == 0 and config["eval_queries"] == 0
