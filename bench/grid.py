@@ -186,7 +186,8 @@ def make_record(
         "reason": reason,
         "history": history,
         "final": final,
-        "provenance": {**provenance(device), "command": ctx.command, **(placement or local_placement(device))},
+        "provenance": {**provenance(device, final.get("threads")), "command": ctx.command,  # the trial's threads
+                       **(placement or local_placement(device))},
         "embeddings": embeddings.name if status in ("ok", "collapsed") and embeddings.is_file() else None,
         "data": {"fingerprint": ctx.fingerprints[point["dataset"]]},
         "initial": initial_margin_check(final),

@@ -34,8 +34,9 @@ def git_commit(root: Path | None = None) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
-def hardware(device: str | torch.device = "cpu") -> str:
-    """A readable name of the device: the GPU's name on CUDA, else the CPU model and torch's thread count."""
+def hardware(device: str | torch.device = "cpu", threads: int | None = None) -> str:
+    """A readable name of the device: the GPU's name on CUDA, else the CPU model and the thread count (`threads`,
+    e.g. what a trial ran with; default: torch's count now)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -47,7 +48,7 @@ def hardware(device: str | torch.device = "cpu") -> str:
                 break
     except OSError:
         pass
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if threads is None else threads
     return f"{cpu} ({threads} thread{'' if threads == 1 else 's'})"
 
 
@@ -58,12 +59,12 @@ def _version(package: str) -> str | None:
         return None
 
 
-def provenance(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Date (UTC), git commit, hardware, device and library versions as a flat JSON-able dict."""
+def provenance(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """Date (UTC), git commit, hardware (with `threads`, see hardware), device and library versions, flat JSON."""
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
-        "hardware": hardware(device),
+        "hardware": hardware(device, threads),
         "device": str(torch.device(device)),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -459,8 +459,8 @@ def write_record(path: Path, config: dict[str, Any], history: list[dict[str, Any
         "history": history,
         "final": final,
         "initial": {key.removeprefix("initial_"): final[key] for key in INITIAL_KEYS},
-        "provenance": {**provenance(pick_device(cfg["device"])), "command": shlex.join(["python", "-m",
-                                                                                       "bench.trial", *sys.argv[1:]])},
+        "provenance": {**provenance(pick_device(cfg["device"]), final.get("threads")),  # the trial's threads
+                       "command": shlex.join(["python", "-m", "bench.trial", *sys.argv[1:]])},
     }
     write_json(path, record)
 

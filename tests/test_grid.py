@@ -67,7 +67,7 @@ def fake_trial(config: dict, report) -> dict:
         raise ValueError("loss is NaN\nat step 3")
     for checkpoint in (1, 2):
         metrics = {**dict.fromkeys(METRICS, 0.5), "checkpoint": checkpoint, "step": checkpoint, "status": "ok",
-                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100, **INITIAL}
+                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100, "threads": 3, **INITIAL}
         if config["loss"] == "batch-hard" and checkpoint == 2:
             metrics.update(status="diverged", reason="non-finite loss at step 2", knn_accuracy=math.nan)
         report(metrics)
@@ -312,6 +312,9 @@ def test_failures_are_recorded_and_local_backend_writes_the_same_files(
         assert other["provenance"]["resources"] == {"cpu": os.cpu_count(), "gpu": 0}
         assert (record["provenance"]["concurrent_trials"], other["provenance"]["concurrent_trials"]) == (2, 1)
         assert other["provenance"]["node"] == {"node_id": socket.gethostname(), "hostname": socket.gethostname()}
+        # the hardware names the threads the trial reported running with, not the worker's or driver's count
+        threads = r"\(3 threads\)" if record["history"] else r"\(\d+ threads?\)"
+        assert all(re.search(threads + "$", r["provenance"]["hardware"]) for r in (record, other)), threads
         if cfg["margin"] == 0.5:
             assert record["status"] == "OOM" and record["reason"].startswith("OutOfMemoryError: CUDA out of memory")
             assert record["history"] == [] and record["final"] == {}

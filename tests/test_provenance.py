@@ -35,3 +35,4 @@ def test_hardware_names_its_thread_count_in_words(monkeypatch: pytest.MonkeyPatc
     assert hardware("cpu").endswith("(1 thread)")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert hardware("cpu").endswith("(2 threads)")
+    assert hardware("cpu", threads=1).endswith("(1 thread)")  # a trial's own count wins over torch's now

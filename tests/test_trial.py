@@ -330,7 +330,7 @@ def test_cli_prints_setup_progress_and_one_json_line_and_writes_the_record(tiny_
         "--dataset", "mnist", "--loss", "batch-hard", "--margin", "0.2", "--batch-size", "32",
         "--budget-samples", "64", "--data-dir", str(tiny_data_dir), "--device", "cpu", "--precision", "fp32",
         "--threads", "1", "--eval-gallery", "100", "--eval-queries", "50", "--json", "--out", str(out),
-        "--model", "mnist-net",
+        "--model", "mnist-net", env={"OMP_NUM_THREADS": "2"},  # the process's count, unlike the trial's
     )
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
@@ -348,6 +348,7 @@ def test_cli_prints_setup_progress_and_one_json_line_and_writes_the_record(tiny_
     record = json.loads(out.read_text())
     assert record["final"] == metrics and len(record["history"]) == 2 and record["status"] == "ok"
     assert record["config"]["threads"] == 1 and record["provenance"]["command"].startswith("python -m bench.trial")
+    assert record["provenance"]["hardware"].endswith("(1 thread)")  # what the trial ran with
     assert record["initial"] == {key.removeprefix("initial_"): metrics[key] for key in INITIAL_KEYS}
 
 
