@@ -19,7 +19,7 @@ INSTALL_GIB ?= 7
 # (Re)install when .venv is missing or pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.10" >&2; exit 1; }
-	@[ -x $(PY) ] || [ "$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1048576)}')" -ge $(INSTALL_GIB) ] || { echo "error: less than $(INSTALL_GIB) GiB free on this disk; a new $(VENV) (torch with its CUDA wheels) takes about 6.3 GiB" >&2; exit 1; }
+	@free=$$(df -Pk . 2>/dev/null | awk 'NR == 2 {print int($$4 / 1048576)}'); [ -x $(PY) ] || [ -z "$$free" ] || [ "$$free" -ge $(INSTALL_GIB) ] || { echo "error: less than $(INSTALL_GIB) GiB free on this disk; a new $(VENV) (torch with its CUDA wheels) takes about 6.3 GiB" >&2; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; install the venv module (Debian: apt-get install python3-venv)" >&2; exit 1; }
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
