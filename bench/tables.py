@@ -71,11 +71,6 @@ def interval(row: Any, metric: str, digits: int = 4) -> str:
     return f"{mean:.{digits}f} (n=1)" if _missing(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f} (n={n})"
 
 
-def p_value(p: float) -> str:
-    """p with 3 decimals, '< 0.001' below."""
-    return ABSENT if _missing(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def statuses(row: Any) -> str:
     """'2 ok, 1 OOM' (+ ', 1 missing') of a cell."""
     parts = [f"{getattr(row, column)} {status}" for status, column in stats.STATUS_COLUMNS.items()
@@ -188,9 +183,8 @@ def _cell_text(row: Any) -> list[str]:
 
 
 def p_clause(p: float) -> str:
-    """'p = 0.015', or 'p < 0.001' below 0.001."""
-    text = p_value(p)
-    return f"p {text}" if text.startswith("<") else f"p = {text}"
+    """A present p as 'p = 0.015' (3 decimals), or 'p < 0.001' below 0.001."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _versus(row: Any, metric: str) -> str:
