@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 folder = Path(sys.argv[1] if len(sys.argv) > 1 else "reports/pilot")
+if not sorted(folder.glob("*.json")):
+    sys.exit(f"summarize.py: error: no trial records (*.json) in {folder}")
 
 print("| trial | schedule | lr | samples | val MAP@R per checkpoint | final val MAP@R | plateau gap | wall s |")
 print("|---|---|---|---|---|---|---|---|")
