@@ -14,7 +14,7 @@ BACKEND ?= auto
 # free space a new .venv needs, in GiB (measured: 6.3 GiB with torch 2.14.1 and its CUDA wheels)
 INSTALL_GIB ?= 7
 
-.PHONY: install test ablation report bench gpu-check lint clean-venv
+.PHONY: install test ablation report bench gpu-check lint docs clean-venv
 
 # (Re)install when .venv is missing or pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
@@ -49,6 +49,10 @@ bench: $(STAMP)
 GPU_CHECK ?= gpu-check
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m bench.gpu_check --data-dir "$(DATA_DIR)" --out "$(GPU_CHECK)"
+
+# docs/config.md from the config table (bench/engine/config.py KEYS); tests/test_config.py checks it is current
+docs: $(STAMP)
+	$(PY) -c "from bench.reporting.reference import config_markdown; open('docs/config.md', 'w').write(config_markdown())"
 
 clean-venv:
 	rm -rf $(VENV)

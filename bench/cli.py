@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from typing import Any
+
+from bench.engine.config import KEYS
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,3 +29,18 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 2:
         raise argparse.ArgumentTypeError(f"expected integers ≥ 2, got {text!r}")
     return values
+
+
+def config_flags(parser: argparse.ArgumentParser, required: Iterable[str] = ()) -> None:
+    """A flag per config key of bench.engine.config.KEYS (dashes for underscores; a bool key as --key / --no-key),
+    typed and with the key's values and help, default None (unset: the config's default applies)."""
+    required = set(required)
+    for name, key in KEYS.items():
+        flag = "--" + name.replace("_", "-")
+        default = "required" if name in required else f"default {key.default!r}"
+        values = "" if key.choices is None else f"; one of {', '.join(key.choices)}"
+        text = f"{key.help}{values} ({default})"
+        if key.type is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=key.type, default=None, help=text.replace("%", "%%"))

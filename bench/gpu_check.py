@@ -41,7 +41,10 @@ from typing import Any
 import torch
 
 from bench.cli import Parser
-from bench.provenance import provenance
+from bench.engine.device import pick_device
+from bench.engine.files import write_text
+from bench.experiment.provenance import provenance
+from bench.reporting.markdown import table as markdown_table
 
 NO_GPU = "no CUDA GPU visible: make gpu-check measures the GPU path"
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,11 +166,11 @@ def write_report(out: Path, results: list[dict[str, Any]], device: torch.device,
         info.update(gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version())
     lines = ["# GPU check", "", *(f"- {key}: {value}" for key, value in info.items()), "",
-             "| step | status | time (s) |", "|---|---|---|",
-             *(f"| {r['step']} | {r['status']} | {r['seconds']:.0f} |" for r in results)]
+             *markdown_table(["step", "status", "time (s)"],
+                             [[r["step"], r["status"], f"{r['seconds']:.0f}"] for r in results])]
     for r in results:
         lines += ["", f"## {r['step']}", "", f"Command: `{r['command']}`", "", r["details"]]
-    (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "gpu_check.md", "\n".join(lines) + "\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -187,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke and not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
         return 2
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from bench.data import DataError, load_dataset
-    from bench.synthetic import write_synthetic
+    device = pick_device("auto")
+    from bench.engine.data import DataError, load_dataset
+    from bench.engine.synthetic import write_synthetic
 
     with tempfile.TemporaryDirectory(prefix="tripletbench-gpu-check-data-") as generated:
         data_dir = args.data_dir

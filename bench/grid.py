@@ -4,8 +4,9 @@ in-process.
     python -m bench.grid --preset cpu --data-dir datasets --results results [--backend auto|ray|local]
 
 A preset is `bench/presets/<name>.json` (or the path of such a file): {"doc": text} and a grid's sections,
-"axes", "fixed", "per_dataset" and optionally "blocks", as bench.gridspec describes them; the grid is the union of
-its blocks' points (Grid.points). Every expanded config is checked with bench.config.resolve, and the data sets
+"axes", "fixed", "per_dataset" and optionally "blocks", as bench.experiment.gridspec describes them; the grid is the
+union of
+its blocks' points (Grid.points). Every expanded config is checked with bench.engine.config.resolve, and the data sets
 are loaded once, before any trial starts.
 
 Trials whose preset leaves config `threads` None get the CPUs the backend gives one trial: Ray's
@@ -15,14 +16,15 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
 - grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", ["blocks",] "threads", "data"}
   ("per_dataset" as in the preset, a dataset's "axes" included; "blocks" when the preset has them), "threads" the
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
-  (bench/fingerprint.py). Running the same grid on other data under an existing experiment name is refused
+  (bench/experiment/fingerprint.py). Running the same grid on other data under an existing experiment name is refused
   in one line, and so is a changed grid that would drop a recorded trial, so that two grids or two data sets
   never mix. A changed grid that keeps every recorded trial as a point with the same config (`check_grid`:
   an added margin, say, or a change where nothing was recorded yet) rewrites grid.json and runs its points.
-- run.lock while a run is going on (bench/lock.py): a second run of the same experiment is refused.
+- run.lock while a run is going on (bench/experiment/lock.py): a second run of the same experiment is refused.
 - records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
   records/<trial_id>.npz its test embeddings; trial_id = the first 12 hex characters of the sha1 of
-  json.dumps({**trial_identity(config), "data_fingerprint": fingerprint}, sort_keys=True). A trial with a
+  json.dumps({**trial_identity(config), "data_fingerprint": fingerprint}, sort_keys=True)
+  (bench/experiment/identity.py). A trial with a
   record is never rerun or rewritten. Non-finite metrics are written as null.
 - ray/: Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
   what is left, errored trials included; without it (deleted), a fresh Tune run skips every recorded trial.
@@ -35,7 +37,6 @@ on storage that every node sees at the same path: since Ray 2.7, results are not
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -55,16 +56,20 @@ from typing import Any
 import torch
 
 from bench.cli import Parser
-from bench.config import STATUSES, resolve, trial_identity
-from bench.gridspec import Grid, GridError, parse_grid, stored_grid, with_threads
-from bench.jsonio import finite, write_json
-from bench.lock import LOCK_NAME, LockError, acquire, release
-from bench.models import model_settings
-from bench.provenance import local_placement, provenance, ray_placement
-from bench.trial import run_trial
+from bench.engine.config import STATUSES, ConfigError, resolve
+from bench.engine.data import DataError
+from bench.engine.device import is_oom, one_line, release_cached
+from bench.engine.files import finite, write_json
+from bench.engine.train import run_trial
+from bench.experiment import records
+from bench.experiment.baselines import baseline_records
+from bench.experiment.fingerprint import fingerprint
+from bench.experiment.gridspec import Grid, GridError, stored_grid, with_threads
+from bench.experiment.identity import trial_id
+from bench.experiment.lock import LOCK_NAME, LockError, acquire, release
+from bench.experiment.presets import default_preset, load_preset, preset_names
+from bench.experiment.provenance import local_placement, provenance, ray_placement
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-OOM_PATTERN = re.compile(r"out of memory|low on memory|OutOfMemoryError", re.IGNORECASE)
 POLL_SECONDS = 2.0
 # Ray retries a trial whose worker or node died this many times in the same run; a trial's own exceptions
 # never reach Ray (run_one records them), so only lost workers and nodes are retried.
@@ -83,7 +88,7 @@ class Context:
     experiment_dir: str
     data_dir: str
     command: str
-    fingerprints: dict[str, str]  # dataset -> bench.fingerprint.fingerprint: part of every trial's identity
+    fingerprints: dict[str, str]  # dataset -> bench.experiment.fingerprint.fingerprint: part of every trial's identity
     threads: int | None  # config `threads` where the preset leaves it None: the CPUs the backend gives a trial
     device: str = "auto"  # config `device` of every trial (a location key; tests force "cpu")
 
@@ -94,51 +99,6 @@ class Context:
     def trial_id(self, point: dict[str, Any]) -> str:
         """The trial id of one grid point (config and data fingerprint)."""
         return trial_id(self.config(point), self.fingerprints[point["dataset"]])
-
-
-def preset_names() -> list[str]:
-    """The presets shipped in bench/presets/."""
-    return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
-
-
-def load_preset(name: str) -> Grid:
-    """The preset called `name` (or stored at the .json path `name`), every config in its grid checked."""
-    path = Path(name)
-    if not (path.suffix == ".json" and path.is_file()):
-        path = PRESETS_DIR / f"{name}.json"
-        if not path.is_file():
-            raise GridError(f"unknown preset {name!r}; valid: {', '.join(preset_names())} (or a path to a .json file)")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise GridError(f"preset {path} cannot be read as JSON: {err}") from None
-    try:
-        grid = parse_grid(raw, path.stem)
-    except GridError as err:
-        raise GridError(f"preset {path}: {err}") from None
-    for point in grid.points():
-        try:
-            model_settings(resolve(grid.config(point)))
-        except (ValueError, TypeError) as err:
-            raise GridError(f"preset {path}: trial {point}: {err}") from None
-    return grid
-
-
-def trial_id(config: dict[str, Any], fingerprint: str) -> str:
-    """12 hex characters of the sha1 of the trial's identity and its data's fingerprint as canonical JSON."""
-    identity = {**trial_identity(config), "data_fingerprint": fingerprint}
-    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def is_oom(err: BaseException) -> bool:
-    """Whether an exception means that the trial ran out of (GPU or host) memory."""
-    return isinstance(err, torch.OutOfMemoryError | MemoryError) or bool(OOM_PATTERN.search(one_line(err, 10**6)))
-
-
-def one_line(err: BaseException, limit: int = 300) -> str:
-    """`Type: message`, whitespace collapsed to single spaces and cut to `limit` characters."""
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _record_path(ctx: Context, tid: str, suffix: str = ".json") -> Path:
@@ -152,46 +112,34 @@ def trial_config(ctx: Context, point: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_record(ctx: Context, point: dict[str, Any]) -> dict[str, Any] | None:
-    """The record of a grid point's finished trial, or None."""
-    path = _record_path(ctx, ctx.trial_id(point))
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def initial_margin_check(final: dict[str, Any]) -> dict[str, Any] | None:
-    """record["initial"]: the final checkpoint's initial_* keys and effective_margin, None when it has none."""
-    keys = ("fraction_easy", "fraction_semihard", "fraction_hard", "active_anchors")
-    lifted = {key: final.get(f"initial_{key}") for key in keys} | {"effective_margin": final.get("effective_margin")}
-    return lifted if any(f"initial_{key}" in final for key in keys) else None
+    """The record of a grid point's finished trial, or None (GridError naming a damaged record)."""
+    try:
+        return records.read_record(_record_path(ctx, ctx.trial_id(point)))
+    except records.RecordError as err:
+        raise GridError(f"{err}; move it aside (nothing else is touched) and re-run to train that trial again") \
+            from None
 
 
 def make_record(
     ctx: Context, point: dict[str, Any], status: str, reason: str | None, history: list[dict[str, Any]],
     placement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A finished trial's record: identity, resolved config, status, reason, checkpoints, data, provenance.
+    """A finished trial's record (bench/experiment/records.py) with the run's provenance.
 
-    `placement` is {"node", "resources", "concurrent_trials"} of bench.provenance (default: this process,
-    local backend).
+    `placement` is {"node", "resources", "concurrent_trials"} of bench.experiment.provenance (default: this
+    process, local backend).
     """
     config = trial_config(ctx, point)
     embeddings = Path(config["save_embeddings"])
     device = "cuda" if torch.cuda.is_available() and ctx.device in ("auto", "cuda") else "cpu"
-    final = history[-1] if history else {}
-    return {
-        "trial_id": ctx.trial_id(point),
-        "experiment": ctx.experiment,
-        "preset": ctx.grid.preset,
-        "config": resolve(config),
-        "status": status,
-        "reason": reason,
-        "history": history,
-        "final": final,
-        "provenance": {**provenance(device, final.get("threads")), "command": ctx.command,  # the trial's threads
-                       **(placement or local_placement(device))},
-        "embeddings": embeddings.name if status in ("ok", "collapsed") and embeddings.is_file() else None,
-        "data": {"fingerprint": ctx.fingerprints[point["dataset"]]},
-        "initial": initial_margin_check(final),
-    }
+    threads = history[-1].get("threads") if history else None  # the trial's threads
+    return records.trial_record(
+        ctx.trial_id(point), resolve(config), status, reason, history,
+        {**provenance(device, threads), "command": ctx.command, **(placement or local_placement(device))},
+        experiment=ctx.experiment, preset=ctx.grid.preset,
+        embeddings=embeddings.name if status in ("ok", "collapsed") and embeddings.is_file() else None,
+        fingerprint=ctx.fingerprints[point["dataset"]],
+    )
 
 
 def run_one(
@@ -218,10 +166,9 @@ def run_one(
         status, reason = final.get("status", "ok"), final.get("reason")
     except Exception as err:  # a failed trial is a result, never the end of the grid
         status, reason = ("OOM" if is_oom(err) else "error"), one_line(err)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_cached()
     record = make_record(ctx, point, status, reason, history, placement)
-    write_json(_record_path(ctx, record["trial_id"]), record)
+    records.write_record(_record_path(ctx, record["trial_id"]), record)
     return record, True
 
 
@@ -386,28 +333,24 @@ def run_ray(
 def ray_failure(ctx: Context, point: dict[str, Any], error: BaseException) -> None:
     """A trial that Ray lost: recorded as OOM when its worker was killed for memory, else left to resume."""
     if is_oom(error):
-        write_json(_record_path(ctx, ctx.trial_id(point)), make_record(ctx, point, "OOM", one_line(error), [], LOST))
+        record = make_record(ctx, point, "OOM", one_line(error), [], LOST)
+        records.write_record(_record_path(ctx, record["trial_id"]), record)
     else:
         print(f"trial {point} failed in Ray ({one_line(error, 200)}); re-run the same command to resume it",
               flush=True)
 
 
 def record_baselines(ctx: Context, points: list[dict[str, Any]]) -> None:
-    """Write records/baseline-<id>.json for each of the grid's baselines not recorded yet (bench.baselines).
+    """Write records/baseline-<id>.json for each of the grid's baselines not recorded yet (bench.experiment.baselines).
 
     A protocol that cannot split the data (ConfigError) stops the grid here, before any trial (GridError).
     """
-    from bench.baselines import baseline_records
-    from bench.config import ConfigError
-    from bench.data import DataError
-
     configs = [trial_config(ctx, point) for point in points]
     try:
         for record in baseline_records(configs, ctx.data_dir, ctx.fingerprints, ctx.device,
-                                       recorded=lambda bid: _record_path(ctx, bid).is_file()):
-            record = {**record, "experiment": ctx.experiment, "preset": ctx.grid.preset,
-                      "provenance": {**record["provenance"], "command": ctx.command}}
-            write_json(_record_path(ctx, record["trial_id"]), record)
+                                       recorded=lambda bid: _record_path(ctx, bid).is_file(),
+                                       experiment=ctx.experiment, preset=ctx.grid.preset, command=ctx.command):
+            records.write_record(_record_path(ctx, record["trial_id"]), record)
             final, config = record["final"], record["config"]
             print(f"baseline {record['baseline']} {config['dataset']} {config['protocol']}"
                   + (f" seed {config['seed']}" if config["seed"] is not None else "")
@@ -418,11 +361,8 @@ def record_baselines(ctx: Context, points: list[dict[str, Any]]) -> None:
 
 
 def fingerprints(datasets: list[str], data_dir: str) -> dict[str, str]:
-    """Each data set's fingerprint (bench/fingerprint.py); loading it on a cache miss also checks it, so that
+    """Each data set's fingerprint (bench/experiment/fingerprint.py); loading it on a cache miss also checks it, so that
     missing or corrupt data stops the grid before any trial (GridError)."""
-    from bench.data import DataError
-    from bench.fingerprint import fingerprint
-
     try:
         return {name: fingerprint(name, data_dir) for name in datasets}
     except DataError as err:
@@ -592,14 +532,6 @@ def run_grid(
         release(lock)
 
 
-def default_preset() -> str:
-    """'paper' when a CUDA GPU is visible, else 'cpu', saying so and how to choose another."""
-    name = "paper" if torch.cuda.is_available() else "cpu"
-    print(f"no preset given: using '{name}' ({'a' if name == 'paper' else 'no'} CUDA GPU visible); "
-          f"choose one with make ablation PRESET=<{'|'.join(preset_names())}> (or --preset NAME)", flush=True)
-    return name
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line's arguments."""
     p = Parser(
@@ -632,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             if args.preset not in ("", "smoke"):
                 raise GridError(f"--smoke runs the smoke preset; drop --preset {args.preset}")
-            from bench.synthetic import write_synthetic
+            from bench.engine.synthetic import write_synthetic
 
             with tempfile.TemporaryDirectory(prefix="tripletbench-smoke-") as data_dir:
                 for dataset in load_preset("smoke").axes["dataset"]:

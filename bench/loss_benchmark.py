@@ -30,7 +30,7 @@ Defaults. CPU: B = 128…4096, 8 GiB memory cap, 120 s time cap, 5 repeats; the 
 on 2 quiet cores (reports/loss_benchmark.md); B = 8192 is left out to keep it short (ask for it with
 --batch-sizes). CUDA: B = 128…8192, the GPU's memory as the cap, 20 repeats.
 
-The loss overhead is measured with the trial's own step (bench.models' MNIST net and optimiser, the
+The loss overhead is measured with the trial's own step (bench.engine.models' MNIST net and optimiser, the
 trial's normalisation and channels-last layout, bf16 autocast on CUDA) on random 28×28 images at B = 512: the median
 training step (forward, loss, backward, optimiser step) against the median forward+backward of the loss
 alone on that step's embeddings.
@@ -68,10 +68,13 @@ from pytorch_metric_learning.miners import BatchHardMiner
 from torch import Tensor
 
 from bench.cli import Parser, int_list
-from bench.config import resolve
-from bench.data import normalize
-from bench.models import build_model, build_optimizer, model_settings
-from bench.provenance import provenance
+from bench.engine.config import ConfigError, resolve
+from bench.engine.data import normalize
+from bench.engine.device import is_oom, one_line, pick_device, sync
+from bench.engine.files import write_atomic, write_text
+from bench.engine.models import build_model, build_optimizer, model_settings
+from bench.experiment.provenance import provenance
+from bench.reporting.markdown import table as markdown_table
 from losses import LOSSES
 from losses.dense import DENSE_LOSSES
 
@@ -165,7 +168,7 @@ def loss_function(impl: str, loss: str) -> Callable[[Tensor, Tensor], Tensor]:
 def estimate_mib(impl: str, loss: str, batch_size: int, classes: int) -> float:
     """A lower bound on the memory of one call: its largest tensor (dense B³/B⁴ float32; pml's triplet indices)."""
     if impl == DENSE:
-        return 4 * batch_size ** (4 if loss == "quadruplet" else 3) / 2**20
+        return 4 * batch_size ** LOSSES[loss].order / 2**20
     if impl == PML_ALL:
         sizes = [batch_size // classes + (c < batch_size % classes) for c in range(classes)]
         return 3 * 8 * sum(n * (n - 1) * (batch_size - n) for n in sizes) / 2**20
@@ -189,29 +192,13 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _is_oom(err: BaseException) -> bool:
-    text = str(err)
-    return (isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError))
-            or "can't allocate memory" in text or "out of memory" in text.lower())
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:160] if text else ''}"
-
-
 def _oom_note(err: BaseException) -> str:
     """'allocating 4.0 GiB failed under the cap' from a CPU or CUDA allocator error."""
     found = re.search(r"allocate (\d+) bytes", str(err))
     if found:
         return f"allocating {_size(int(found[1]) / 2**20)} failed under the cap"
     found = re.search(r"allocate ([\d.]+ [KMGT]iB)", str(err))
-    return f"allocating {found[1]} failed under the cap" if found else f"failed under the cap ({_first_line(err)})"
+    return f"allocating {found[1]} failed under the cap" if found else f"failed under the cap ({one_line(err, 200)})"
 
 
 def _cap_memory(device: torch.device, baseline_mib: float, cap_mib: float) -> None:
@@ -236,7 +223,7 @@ def measure(point: Point, ready: Ready) -> Result:
     try:
         torch.ones(1 << 20).exp_()  # starts the intra-op thread pool, whose stacks belong to the baseline
         function(few_embeddings, few_labels).backward()
-        _sync(device)
+        sync(device)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
             baseline = torch.cuda.memory_allocated(device) / 2**20
@@ -249,15 +236,15 @@ def measure(point: Point, ready: Ready) -> Result:
         for call in range(point.repeats + 1):  # call 0 is the warm-up
             if len(times) and time.perf_counter() - started + statistics.median(times) > point.time_cap / 2:
                 break
-            _sync(device)
+            sync(device)
             tic = time.perf_counter()
             function(embeddings, labels).backward()
-            _sync(device)
+            sync(device)
             if call:
                 times.append(time.perf_counter() - tic)
             embeddings.grad = None
     except Exception as err:
-        if _is_oom(err):
+        if is_oom(err):
             return {"status": "OOM", "note": _oom_note(err)}
         raise
     # ru_maxrss lags the RSS by a few pages, so a peak no higher than the baseline can read just below it
@@ -290,7 +277,7 @@ def measure_overhead(point: OverheadPoint, ready: Ready) -> Result:
     step_times: list[float] = []
     loss_times: list[float] = []
     for step in range(point.steps + 1):  # step 0 is the warm-up
-        _sync(device)
+        sync(device)
         tic = time.perf_counter()
         x = normalize(images, mean, std)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
@@ -299,11 +286,11 @@ def measure_overhead(point: OverheadPoint, ready: Ready) -> Result:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _sync(device)
+        sync(device)
         middle = time.perf_counter()
         leaf = embeddings.detach().requires_grad_()
         loss_fn(leaf, labels, MARGIN, check_finite=False).backward()
-        _sync(device)
+        sync(device)
         if step:
             step_times.append(middle - tic)
             loss_times.append(time.perf_counter() - middle)
@@ -317,7 +304,7 @@ def _child(target: Callable[[Any, Ready], Result], arg: Any, conn: Any) -> None:
     try:
         result = target(arg, lambda: conn.send("ready"))
     except Exception as err:
-        result = {"status": "error", "note": _first_line(err)}
+        result = {"status": "error", "note": one_line(err, 200)}
     conn.send(result)
     conn.close()
 
@@ -507,9 +494,7 @@ def targets(table: pd.DataFrame, overhead: pd.DataFrame, device_type: str) -> li
 
 
 def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, rows))
 
 
 def _pivot(table: pd.DataFrame, classes: int, column: str, fmt: str) -> str:
@@ -631,7 +616,7 @@ def plot_figure(table: pd.DataFrame, hardware: str) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from bench.plots import palette
+    from bench.reporting.plots import palette
 
     colours = palette(tuple(LOSSES), list(table["loss"]))
     class_counts = sorted(table["classes"].unique())
@@ -680,18 +665,8 @@ def write_plot(table: pd.DataFrame, path: Path, hardware: str = "") -> None:
     import matplotlib.pyplot as plt
 
     figure = plot_figure(table, hardware)
-    _write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
+    write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=110, metadata={"Software": None}))
     plt.close(figure)
-
-
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """write(tmp) beside `path`, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -713,9 +688,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     """Resolved settings: explicit flags, else --smoke's values, else the device's defaults."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("python -m bench.loss_benchmark: error: --device cuda, but CUDA is not available here")
+    try:
+        device = pick_device(args.device).type
+    except ConfigError as err:
+        raise SystemExit(f"python -m bench.loss_benchmark: error: {err}") from None
     cuda = device == "cuda"
     defaults: dict[str, Any] = {
         "batch_sizes": list(CUDA_BATCH_SIZES if cuda else CPU_BATCH_SIZES),
@@ -748,11 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     overhead = pd.DataFrame(run_overhead(settings, log), columns=list(OVERHEAD_COLUMNS))
     seconds = time.perf_counter() - started
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / f"{PREFIX}.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-    _write_atomic(out / f"{PREFIX}_overhead.csv", lambda tmp: overhead.to_csv(tmp, index=False, float_format="%.6g"))
-    report = write_markdown(table, overhead, settings, info, command, seconds)
-    _write_atomic(out / f"{PREFIX}.md", lambda tmp: tmp.write_text(report))
+    write_text(out / f"{PREFIX}.csv", table.to_csv(index=False, float_format="%.6g"))
+    write_text(out / f"{PREFIX}_overhead.csv", overhead.to_csv(index=False, float_format="%.6g"))
+    write_text(out / f"{PREFIX}.md", write_markdown(table, overhead, settings, info, command, seconds))
     write_plot(table, out / f"{PREFIX}.png", str(info.get("hardware", "")))
     log(f"wrote {out / PREFIX}.csv, {PREFIX}_overhead.csv, {PREFIX}.md and {PREFIX}.png in {seconds / 60:.1f} min")
     return 0

@@ -1,230 +1,21 @@
-"""Tables and plots from a results folder: `python -m bench.report --results DIR --reports DIR` (or `--smoke`).
+"""`python -m bench.report --results DIR --reports DIR` (or `--smoke`): tables and plots from a results folder.
 
-A pure function of its inputs: it reads only grid.json and records/*.json (trial and baseline records, see the
-README) and the isolated step benchmark when there is one (`--systems PATH`, by default
-<reports>/step_benchmark.csv with its step_benchmark.json: the systems table, bench.systems); no training, no
-Ray, and the same inputs give the same bytes whatever the file order or PYTHONHASHSEED. RESULTS is one
-experiment folder or a folder of them. The orchestration is load_records and load_systems (here) ->
-bench.stats.summarize -> bench.tables (summary.csv, systems.csv, summary.md, summary.tex, tex/*.tex fragments)
-and bench.plots (plots/<experiment>/*.png). `--smoke` reports generated records
-(bench.fake_records) into --reports, end to end.
+Reads the records (bench/reporting/frame.py) and the isolated step benchmark when there is one (`--systems
+PATH`, by default <reports>/step_benchmark.csv with its step_benchmark.json: the systems table) and writes the
+report (bench/reporting/build.py). `--smoke` reports generated records (bench/reporting/fake_records.py) into
+--reports, end to end.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
-from bench import plots, stats, systems, tables
 from bench.cli import Parser
-from bench.config import DEFAULTS, STATUSES
-from bench.gridspec import GridError, stored_grid
-from losses import LOSSES
-
-REQUIRED = ("trial_id", "experiment", "config", "status", "history")
-PROVENANCE = ("date", "git_commit", "hardware", "device", "torch", "ray", "command", "concurrent_trials")
-# checkpoint key -> column, where the checkpoint's name would shadow a record-level one
-RENAMED = {"loss": "train_loss", "status": "checkpoint_status"}
-INITIAL_KEYS = {"fraction_easy": "initial_fraction_easy", "fraction_semihard": "initial_fraction_semihard",
-                "fraction_hard": "initial_fraction_hard", "active_anchors": "initial_active_anchors",
-                "effective_margin": "effective_margin"}
-
-
-class ReportError(ValueError):
-    """A results folder that cannot be reported; the message is one line naming the folder or file."""
-
-
-@dataclass(frozen=True)
-class Records:
-    """Every checkpoint of every record (one row each) and each experiment's grid.json."""
-
-    checkpoints: pd.DataFrame
-    grids: dict[str, dict[str, Any]]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError(f"{path}: unreadable ({err})") from None
-
-
-def experiment_dirs(results_dir: Path) -> list[Path]:
-    """results_dir itself if it holds grid.json or records/, else its subfolders that do (sorted)."""
-    if not results_dir.is_dir():
-        raise ReportError(f"{results_dir}: no such folder")
-
-    def is_experiment(folder: Path) -> bool:
-        return (folder / "grid.json").is_file() or (folder / "records").is_dir()
-
-    if is_experiment(results_dir):
-        return [results_dir]
-    found = sorted(d for d in results_dir.iterdir() if d.is_dir() and is_experiment(d))
-    if not found:
-        raise ReportError(f"{results_dir}: no experiment (grid.json and records/) in it or in its subfolders")
-    return found
-
-
-def _record_rows(record: Any, path: Path) -> list[dict[str, Any]]:
-    """One row per checkpoint (one row of NaN metrics when there is none) of a checked trial or baseline record."""
-    if not isinstance(record, dict):
-        raise ReportError(f"{path}: not a trial record (expected a JSON object)")
-    baseline = record.get("kind") == "baseline"
-    config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    needed = ("dataset",) if baseline else ("dataset", "loss", "margin", "batch_size", "seed")
-    missing = [key for key in REQUIRED if key not in record] + [f"config.{k}" for k in needed if k not in config]
-    if baseline and record.get("baseline") not in stats.BASELINES:
-        missing.append(f"baseline ({' or '.join(stats.BASELINES)})")
-    if missing:
-        raise ReportError(f"{path}: not a trial record (missing {', '.join(missing)})")
-    if record["status"] not in STATUSES:
-        raise ReportError(f"{path}: unknown status {record['status']!r}; valid: {', '.join(STATUSES)}")
-    history = record["history"]
-    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
-        raise ReportError(f"{path}: history is not a list of checkpoints")
-    for entry in history:
-        lacking = [key for key in stats.TEST_METRICS if key not in entry]
-        if lacking:
-            raise ReportError(f"{path}: a checkpoint lacks {', '.join(lacking)} (partial record?)")
-    provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
-    if baseline:
-        settings = {"protocol": DEFAULTS["protocol"], **config, "loss": record["baseline"], "margin": math.nan,
-                    "batch_size": math.nan, "seed": config.get("seed"), "budget_samples": None,
-                    "budget_seconds": None}
-    else:
-        settings = {**DEFAULTS, **config}
-    initial = record.get("initial") if isinstance(record.get("initial"), dict) else {}
-    base = {
-        **settings,
-        "kind": "baseline" if baseline else "trial",
-        **{key: record[key] for key in ("experiment", "trial_id", "status")},
-        "preset": record.get("preset"),
-        "reason": record.get("reason"),
-        **{f"provenance_{key}": provenance.get(key) for key in PROVENANCE},
-        "embeddings": str(path.parent / record["embeddings"]) if record.get("embeddings") else None,
-        **{column: initial[key] for key, column in INITIAL_KEYS.items() if key in initial},
-    }
-    return [{**base, "checkpoint": index,
-             **{RENAMED.get(key, key): value for key, value in entry.items()}}
-            for index, entry in enumerate(history, 1)] or [base]
-
-
-def _check_cells(frame: pd.DataFrame, grids: dict[str, dict[str, Any]], paths: dict[str, str]) -> None:
-    """Raise ReportError when two records claim one trial (one cell and seed), naming a protocol mix if any."""
-    final = stats.final_rows(frame)
-    for experiment, records in final.groupby("experiment"):
-        trial_key = ["dataset", "loss", "margin", "batch_size", "seed"]
-        if "protocol" in grids[experiment]["axes"]:
-            trial_key.insert(1, "protocol")
-        for kind, key in (("trial", trial_key), ("baseline", ["dataset", "protocol", "loss", "seed"])):
-            chosen = records[records.kind == kind]
-            keyed = chosen.assign(**{k: chosen[k].astype(str) for k in key})
-            for values, same in keyed.groupby(key, sort=True):
-                if len(same) < 2:
-                    continue
-                where = ", ".join(f"{k} {v}" for k, v in zip(key, values, strict=True))
-                files = ", ".join(sorted(paths[t] for t in same.trial_id))
-                protocols = sorted(set(same.protocol.astype(str)))
-                if len(protocols) > 1:
-                    raise ReportError(f"experiment {experiment}: records mix protocols {', '.join(protocols)} in "
-                                      f"one cell ({where}): {files}")
-                raise ReportError(f"experiment {experiment}: two records for one {kind} ({where}): {files}")
-
-
-def load_records(results_dir: Path | str) -> Records:
-    """Every record under results_dir as one row per checkpoint, sorted by experiment, trial and checkpoint.
-
-    Config keys a trial record lacks take bench.config's DEFAULTS; a checkpoint's `loss` is the column
-    `train_loss` and its `status` is `checkpoint_status`; fields a record predates are NaN. Raises
-    ReportError on a missing or foreign folder, an experiment without records, a bad record, or two
-    records of one trial (e.g. protocols mixed in one cell).
-    """
-    rows: list[dict[str, Any]] = []
-    grids: dict[str, dict[str, Any]] = {}
-    paths: dict[str, str] = {}
-    for folder in experiment_dirs(Path(results_dir)):
-        grid = _read_json(folder / "grid.json") if (folder / "grid.json").is_file() else None
-        axes = grid.get("axes") if isinstance(grid, dict) else None
-        if not isinstance(axes, dict) or not all(isinstance(values, list) for values in axes.values()):
-            raise ReportError(f"{folder / 'grid.json'}: missing or not a grid (expected an 'axes' object of lists)")
-        files = sorted((folder / "records").glob("*.json"))
-        if not files:
-            raise ReportError(f"{folder / 'records'}: no trial records")
-        experiments = set()
-        for path in files:
-            record_rows = _record_rows(_read_json(path), path)
-            experiments.add(record_rows[0]["experiment"])
-            paths[record_rows[0]["trial_id"]] = str(path)
-            rows += record_rows
-        try:
-            stored_grid(grid)
-        except GridError as err:
-            raise ReportError(f"{folder / 'grid.json'}: not a grid ({err})") from None
-        for experiment in experiments:
-            if experiment in grids and grids[experiment] != grid:
-                raise ReportError(f"{folder}: experiment {experiment} also comes from another folder with another grid")
-            grids[experiment] = grid
-    frame = pd.DataFrame(rows)
-    for column in ("checkpoint", *stats.AGGREGATED, *stats.INITIAL, "step", "samples_seen", "train_loss"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else math.nan
-    for column in ("margin", "batch_size"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
-    frame = frame.sort_values(["experiment", "trial_id", "checkpoint"], ignore_index=True)
-    _check_cells(frame, grids, paths)
-    return Records(frame, grids)
-
-
-def load_systems(reports_dir: Path | str, explicit: Path | str | None = None) -> systems.Systems | None:
-    """The isolated step benchmark: `explicit` (ReportError when it is missing or bad), else
-    <reports_dir>/step_benchmark.csv when it exists (ReportError when it is bad), else None."""
-    path = Path(explicit) if explicit is not None else Path(reports_dir) / systems.DEFAULT_NAME
-    if explicit is None and not path.is_file():
-        return None
-    try:
-        return systems.load(path, tuple(LOSSES))
-    except systems.SystemsError as err:
-        raise ReportError(str(err)) from None
-
-
-def write_report(records: Records, reports_dir: Path | str, isolated: systems.Systems | None = None) -> list[Path]:
-    """Write summary.csv, systems.csv, summary.md, summary.tex, tex/*.tex and plots/<experiment>/*.png; the paths
-    written. `isolated` is the step benchmark (load_systems) behind the systems table; None states there is none."""
-    reports_dir = Path(reports_dir)
-    summary = stats.summarize(records.checkpoints, records.grids, tuple(LOSSES))
-    figures: dict[str, dict[str, Any]] = {}
-    points = None
-    if isolated is not None:
-        frame = pd.DataFrame(list(isolated.rows), columns=list(systems.ROW_COLUMNS))
-        frame = frame[frame["compile"].isin(["none", ""])]
-        frame = frame.assign(**{column: pd.to_numeric(frame[column], errors="coerce") for column in systems.NUMERIC})
-        caption = (f"{tables.systems_hardware(isolated)}, commit {isolated.info('git_commit')}, "
-                   f"{isolated.info('date')}; median of {isolated.info('steps')} steps")
-        points = (frame, caption)
-    for experiment in sorted(records.grids):
-        trials = records.checkpoints[records.checkpoints.experiment == experiment]
-        figures[experiment] = plots.make_plots(trials, summary[summary.experiment == experiment], tuple(LOSSES),
-                                               points)
-    document = tables.document(records.checkpoints, records.grids, summary, figures, isolated)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    written = [tables.write_csv(summary, reports_dir / "summary.csv"),
-               systems.write_csv(isolated, reports_dir / "systems.csv")]
-    for experiment, made in figures.items():
-        written += plots.save(made, reports_dir / "plots" / experiment)
-    written += tables.write_documents(document, reports_dir)
-    return written
-
-
-def build_report(results_dir: Path | str, reports_dir: Path | str,
-                 systems_path: Path | str | None = None) -> list[Path]:
-    """load_records(results_dir) and load_systems, then write_report into reports_dir; the paths written."""
-    return write_report(load_records(results_dir), reports_dir, load_systems(reports_dir, systems_path))
+from bench.reporting import systems
+from bench.reporting.build import write_report
+from bench.reporting.frame import ReportError, load_records, load_systems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,12 +27,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the isolated step benchmark's CSV for the systems table (default: "
                         f"REPORTS/{systems.DEFAULT_NAME} if it exists, as make bench writes it)")
     parser.add_argument("--smoke", action="store_true",
-                        help="report generated records (bench.fake_records) instead of --results; seconds")
+                        help="report generated records (bench.reporting.fake_records) instead of --results; seconds")
     args = parser.parse_args(argv)
     try:
         isolated = load_systems(args.reports, args.systems)
         if args.smoke:
-            from bench.fake_records import write_smoke_results
+            from bench.reporting.fake_records import write_smoke_results
 
             with tempfile.TemporaryDirectory(prefix="tripletbench-report-smoke-") as folder:
                 records = load_records(write_smoke_results(Path(folder)))

@@ -12,12 +12,12 @@ device synchronisation; the time is their median, samples/s = batch size / media
 
 Memory is the step's peak above a baseline taken once the data set is loaded and before the model is
 built, so that it counts the model, the optimiser state and the step's activations, not the data: measured by
-bench.memory.TrainingPeak, as the trial measures its training peak (CUDA: max_memory_allocated above the
+bench.engine.memory.TrainingPeak, as the trial measures its training peak (CUDA: max_memory_allocated above the
 baseline; CPU: the peak RSS above the baseline RSS, after glibc's malloc_trim has returned the memory that
 earlier points freed, else their freed pages would hold this point's allocations unseen).
 Points run one after the other in this process.
 
-Precision: `trial` (default) is what the preset's config resolves to on this device (bench.precision);
+Precision: `trial` (default) is what the preset's config resolves to on this device (bench.engine.precision);
 `fp32`, `bf16` or `both` override it. `--compile` adds torch.compile variants of the model: `default`
 and `reduce-overhead` (CUDA graphs on CUDA). A point that runs out of memory is recorded as `OOM`, any
 other failure as `error` with a one-line note; neither stops the run.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import statistics
 import sys
@@ -48,17 +47,21 @@ import torch
 from torch import Tensor
 
 from bench.cli import Parser, int_list
-from bench.config import ConfigError, resolve
-from bench.data import DataError, channel_stats, load_dataset
-from bench.grid import default_preset, load_preset
-from bench.gridspec import GridError
-from bench.memory import TrainingPeak
-from bench.models import build_optimizer, forward_flops, initial_model, model_settings
-from bench.precision import resolve_precision
-from bench.provenance import provenance
-from bench.sampling import make_batches
-from bench.step import batch_input, train_step
-from bench.synthetic import write_synthetic
+from bench.engine.config import ConfigError, resolve
+from bench.engine.data import DataError, channel_stats, load_dataset
+from bench.engine.datasets import DATASETS
+from bench.engine.device import is_oom, one_line, pick_device, release_cached, sync
+from bench.engine.files import write_text
+from bench.engine.memory import TrainingPeak
+from bench.engine.models import build_optimizer, forward_flops, initial_model, model_settings
+from bench.engine.precision import resolve_precision
+from bench.engine.sampling import make_batches
+from bench.engine.step import batch_input, train_step
+from bench.engine.synthetic import write_synthetic
+from bench.experiment.gridspec import GridError
+from bench.experiment.presets import default_preset, load_preset
+from bench.experiment.provenance import provenance
+from bench.reporting.markdown import table as markdown_table
 from losses import LOSSES
 
 PRECISIONS = ("trial", "fp32", "bf16", "both")
@@ -97,16 +100,11 @@ def make_point(config: dict[str, Any], precision: str, compile_mode: str = "none
     return StepPoint(tuple(sorted(resolve(config).items())), precision, compile_mode)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_step(cfg: dict[str, Any], data: Data, device: torch.device, precision: str,
               compile_mode: str = "none") -> tuple[Callable[[int], Tensor], torch.nn.Module]:
     """The trial's training step for config `cfg` as step(i) → loss of batch i of its plan; and the model.
 
-    The trial's own step (bench/step.py: batch_input, then train_step), at the config's lr.
+    The trial's own step (bench/engine/step.py: batch_input, then train_step), at the config's lr.
     """
     x_train, y_train, mean, std = data
     settings = model_settings(cfg)
@@ -119,7 +117,7 @@ def make_step(cfg: dict[str, Any], data: Data, device: torch.device, precision: 
     plan = make_batches(cfg["sampler"], y_train.cpu(), batch_size, int(cfg["samples_per_class"]), 64,
                         torch.Generator().manual_seed(int(cfg["seed"]))).to(device)
     augment_generator = torch.Generator(device).manual_seed(int(cfg["seed"]) + 1)
-    augmenting = cfg["dataset"] == "cifar10"
+    augmenting = DATASETS[cfg["dataset"]].augment
 
     def step(i: int) -> Tensor:
         if compile_mode == "reduce-overhead":
@@ -147,18 +145,15 @@ def measure_step(point: StepPoint, data: Data, device: torch.device, steps: int,
         row["forward_gflops_per_sample"] = forward_flops(model, tuple(data[0].shape[1:])) / 1e9
         times = []
         for i in range(warmup + steps):
-            _sync(device)
+            sync(device)
             tic = time.perf_counter()
             step(i)
-            _sync(device)
+            sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - tic)
     except Exception as err:  # a failed point is a result, never the end of the run
-        oom = isinstance(err, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(err).lower()
-        text = " ".join(str(err).split())
-        row.update(status="OOM" if oom else "error", note=f"{type(err).__name__}: {text}"[:200])
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        row.update(status="OOM" if is_oom(err) else "error", note=one_line(err, 200))
+        release_cached()
         return row
     median = statistics.median(times)
     row.update(median_ms=1000 * median, samples_per_second=row["batch_size"] / median,
@@ -247,20 +242,15 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, info: dict[str, Any], c
         "CPU: peak RSS), so model, optimiser state and activations, not the data. One point at a time.",
     ]
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
-        lines += ["", f"## {dataset}", "",
-                  "| model | loss | B | precision | compile | step (ms) | samples/s | peak memory (MiB) | status |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['loss']} | {r['batch_size']} | {r['precision']} | {r['compile']} | "
-                  f"{_cell(r.get('median_ms'), '{:.1f}')} | {_cell(r.get('samples_per_second'), '{:.0f}')} | "
-                  f"{_cell(r.get('peak_memory_mib'), '{:.0f}')} | {(r['status'] + ' ' + r['note']).strip()} |"
-                  for r in rows if r["dataset"] == dataset]
+        lines += ["", f"## {dataset}", "", *markdown_table(
+            ["model", "loss", "B", "precision", "compile", "step (ms)", "samples/s", "peak memory (MiB)", "status"],
+            [[r["model"], r["loss"], r["batch_size"], r["precision"], r["compile"], _cell(r.get("median_ms"), "{:.1f}"),
+              _cell(r.get("samples_per_second"), "{:.0f}"), _cell(r.get("peak_memory_mib"), "{:.0f}"),
+              (r["status"] + " " + r["note"]).strip()] for r in rows if r["dataset"] == dataset])]
     meta = json.dumps({"command": command, **info}, indent=2, sort_keys=True) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
     for name, text in ((f"{PREFIX}.csv", buffer.getvalue()), (f"{PREFIX}.md", "\n".join(lines) + "\n"),
                        (f"{PREFIX}.json", meta)):
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text(out / name, text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -289,18 +279,9 @@ def _smoke_data(smoke: bool, data_dir: str) -> Iterator[str]:
         yield data_dir
         return
     with tempfile.TemporaryDirectory(prefix="tripletbench-step-smoke-") as folder:
-        for dataset in ("mnist", "cifar10"):
+        for dataset in DATASETS:
             write_synthetic(folder, dataset)
         yield folder
-
-
-def pick(device: str) -> torch.device:
-    """The device to measure on (BenchError for cuda without CUDA)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda, but CUDA is not available here")
-    return torch.device(device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "bench.step_benchmark", *(sys.argv[1:] if argv is None else argv)])
     try:
-        device = pick(args.device)
+        device = pick_device(args.device)
         modes = [mode.strip() for mode in args.compile.split(",") if mode.strip()]
         if not modes or set(modes) - set(COMPILE_MODES):
             raise BenchError(f"--compile {args.compile!r}: expected comma-separated of {', '.join(COMPILE_MODES)}")
@@ -332,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                                   lambda line: print(line, file=sys.stderr, flush=True))
         finally:
             torch.use_deterministic_algorithms(deterministic)
-    except BenchError as err:
+    except (BenchError, ConfigError) as err:
         print(f"python -m bench.step_benchmark: error: {err}", file=sys.stderr)
         return 2
     info = {**provenance(device), "threads": torch.get_num_threads(), "preset": preset,

@@ -2,9 +2,17 @@
 
     from losses import LOSSES, mining_stats
     loss = LOSSES["batch-all"](embeddings, labels, margin)   # scalar tensor with a graph
+
+Each entry of LOSSES is a Loss: the function and the facts about it that diagnostics and benchmarks need
+(whether it adapts its margin, its value when every distance is equal, whether it mines one hardest pair per
+anchor, the order of the tuples it sums over). A new loss is one function and one entry here.
 """
 
+from __future__ import annotations
+
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -18,18 +26,53 @@ from losses.triplet import (
     semi_hard,
 )
 
-Loss = Callable[..., Tensor]
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss function f(embeddings [B, D], labels [B], margin, check_finite=True) -> scalar, and its facts.
+
+    - adaptive_margin: its hinges use m_eff = m + max(μ, 0), μ = mean negative − mean positive pair distance of
+      the batch (a mean over no pairs counts as 0); otherwise m_eff = m.
+    - pinned_factor: its value over m_eff when every pair distance is equal (quadruplet: 1.5, as its pair term
+      adds m_eff / 2): the value at which training is pinned at the margin.
+    - hardest: it mines one hardest positive and one hardest negative per anchor (so the fraction of anchors
+      whose hinge is active says how much it learns from).
+    - order: the tuples it sums over, 3 (triplets) or 4 (quadruplets): its dense reference builds B**order terms.
+    """
+
+    fn: Callable[..., Tensor]
+    adaptive_margin: bool = False
+    pinned_factor: float = 1.0
+    hardest: bool = False
+    order: int = 3
+
+    def __call__(self, embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+        """The loss of embeddings [B, D] with labels [B] at `margin`: a scalar attached to the graph."""
+        return self.fn(embeddings, labels, margin, check_finite)
+
+    def effective_margin(self, margin: float, mu_pos: float, mu_neg: float) -> float:
+        """The margin of its hinges on a batch with mean positive / negative pair distances mu_pos, mu_neg."""
+        if not self.adaptive_margin:
+            return margin
+        mu = (mu_neg if math.isfinite(mu_neg) else 0.0) - (mu_pos if math.isfinite(mu_pos) else 0.0)
+        return margin + max(mu, 0.0)
+
+    def pinned_loss(self, effective_margin: float) -> float:
+        """Its value when every pair distance is (nearly) equal, at `effective_margin`."""
+        return self.pinned_factor * effective_margin
+
 
 LOSSES: dict[str, Loss] = {
-    "batch-all": batch_all,
-    "batch-hard": batch_hard,
-    "adaptive-mu": adaptive_mu,
-    "quadruplet": quadruplet,
-    "semi-hard": semi_hard,
+    "batch-all": Loss(batch_all),
+    "batch-hard": Loss(batch_hard, hardest=True),
+    "adaptive-mu": Loss(adaptive_mu, adaptive_margin=True),
+    "quadruplet": Loss(quadruplet, adaptive_margin=True, pinned_factor=1.5, order=4),
+    "semi-hard": Loss(semi_hard),
 }
 
 __all__ = [
     "LOSSES",
+    "Loss",
     "adaptive_mu",
     "batch_all",
     "batch_hard",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.synthetic import write_synthetic
+from bench.engine.synthetic import write_synthetic
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.baselines import BASELINES, baseline_config, baseline_configs, baseline_id, pixel_embeddings, run_baseline
-from bench.config import METRICS
-from bench.fingerprint import fingerprint
+from bench.engine.config import METRICS
+from bench.engine.protocol import EVAL_METRICS
+from bench.engine.synthetic import synthetic_split, write_synthetic
+from bench.experiment.baselines import BASELINES, baseline_config, baseline_configs, pixel_embeddings, run_baseline
+from bench.experiment.fingerprint import fingerprint
+from bench.experiment.gridspec import Grid, GridError
+from bench.experiment.identity import baseline_id
 from bench.grid import Context, record_baselines
-from bench.gridspec import Grid, GridError
-from bench.protocol import EVAL_METRICS
-from bench.synthetic import synthetic_split, write_synthetic
 
 RECORD_KEYS = {"kind", "baseline", "trial_id", "experiment", "preset", "config", "status", "reason", "final",
                "history", "provenance"}
@@ -30,7 +31,7 @@ def test_pixel_embeddings_are_flat_unit_rows() -> None:
 
 @pytest.mark.parametrize("protocol", ["seen", "unseen"])
 def test_pixels_separate_well_separated_clusters_perfectly(tiny_data_dir: Path, protocol: str) -> None:
-    # bench.synthetic: class prototypes uniform in 0..255 per pixel, noise σ = 40: classes far apart in pixels
+    # bench.engine.synthetic: class prototypes uniform in 0..255 per pixel, noise σ = 40: classes far apart in pixels
     final = run_baseline(baseline_config("pixels", {"dataset": "mnist", "protocol": protocol}), str(tiny_data_dir),
                          "cpu")
     assert {key: final[key] for key in EVAL_METRICS} == dict.fromkeys(EVAL_METRICS, 1.0)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.fingerprint import fingerprint
-from bench.grid import MAX_NODE_FAILURES, load_preset, trial_id
-from bench.synthetic import write_synthetic
+from bench.engine.synthetic import write_synthetic
+from bench.experiment.fingerprint import fingerprint
+from bench.experiment.identity import trial_id
+from bench.experiment.presets import load_preset
+from bench.grid import MAX_NODE_FAILURES
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torchvision
 
-import bench.data
-from bench.data import OFFLINE_ENV, DataError, augment, channel_stats, load_dataset, normalize
-from bench.synthetic import synthetic_split
+import bench.engine.data
+from bench.engine.data import OFFLINE_ENV, DataError, augment, channel_stats, load_dataset, normalize
+from bench.engine.synthetic import synthetic_split
 
 
 def arrays(dataset: str, n_train: int = 40, n_test: int = 20) -> dict[str, np.ndarray]:
@@ -109,7 +109,7 @@ class FakeTorchvision:
 
 def test_download_is_tried_last_and_its_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(OFFLINE_ENV, raising=False)
-    monkeypatch.setitem(bench.data.TORCHVISION, "mnist", FakeTorchvision)
+    monkeypatch.setitem(bench.engine.data.TORCHVISION, "mnist", FakeTorchvision)
     FakeTorchvision.calls = []
     with pytest.raises(DataError) as err:
         load_dataset("mnist", tmp_path, "cpu")
@@ -120,7 +120,7 @@ def test_download_is_tried_last_and_its_failure_is_one_line(tmp_path: Path, monk
 
 
 def test_offline_skips_the_download(tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(bench.data.TORCHVISION, "mnist", FakeTorchvision)
+    monkeypatch.setitem(bench.engine.data.TORCHVISION, "mnist", FakeTorchvision)
     FakeTorchvision.calls = []
     with pytest.raises(DataError, match="folder not found"):
         load_dataset("mnist", tmp_path / "nothing here", "cpu")

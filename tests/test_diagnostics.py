@@ -8,18 +8,17 @@ import math
 import pytest
 import torch
 
-from bench.diagnostics import (
+from bench.engine.diagnostics import (
     CHANCE_POINTS,
     active_anchors,
     checkpoint_diagnostics,
-    effective_margin,
     effective_rank,
     images_per_class,
     initial_statistics,
     is_collapsed,
     is_pinned,
 )
-from bench.evaluate import retrieval_metrics
+from bench.engine.evaluate import retrieval_metrics
 from losses import LOSSES, mining_stats
 
 
@@ -42,15 +41,15 @@ def test_effective_margin_is_the_margin_the_adaptive_losses_use() -> None:
     embeddings, labels = clustered(4, 6, 8)
     embeddings = embeddings.double()
     stats = mining_stats(embeddings, labels, 0.1)
-    m_eff = effective_margin("adaptive-mu", 0.1, stats["mu_pos"], stats["mu_neg"])
+    m_eff = LOSSES["adaptive-mu"].effective_margin(0.1, stats["mu_pos"], stats["mu_neg"])
     assert m_eff == pytest.approx(0.1 + stats["mu_neg"] - stats["mu_pos"]) and m_eff > 0.5
     # adaptive-mu is batch-all at the effective margin: the library's own μ and ours agree
     assert float(LOSSES["adaptive-mu"](embeddings, labels, 0.1)) == pytest.approx(
         float(LOSSES["batch-all"](embeddings, labels, m_eff)), rel=1e-12)
     for loss in ("batch-all", "batch-hard", "semi-hard"):
-        assert effective_margin(loss, 0.1, stats["mu_pos"], stats["mu_neg"]) == 0.1
-    assert effective_margin("quadruplet", 0.3, 0.9, 0.5) == 0.3  # μ < 0 counts as 0
-    assert effective_margin("quadruplet", 0.3, math.nan, 0.5) == pytest.approx(0.8)  # no positive pair: μ_pos = 0
+        assert LOSSES[loss].effective_margin(0.1, stats["mu_pos"], stats["mu_neg"]) == 0.1
+    assert LOSSES["quadruplet"].effective_margin(0.3, 0.9, 0.5) == 0.3  # μ < 0 counts as 0
+    assert LOSSES["quadruplet"].effective_margin(0.3, math.nan, 0.5) == pytest.approx(0.8)  # no positive pair
 
 
 def reference_initial(batches: list[tuple[torch.Tensor, torch.Tensor]], loss: str, margin: float) -> dict[str, float]:
@@ -144,7 +143,7 @@ def test_a_net_shrinking_toward_zero_is_pinned_a_healthy_one_is_not(loss: str) -
         points = (embeddings * scale).double()
         value = float(LOSSES[loss](points, labels, 0.2))
         stats = mining_stats(points, labels, 0.2)
-        m_eff = effective_margin(loss, 0.2, stats["mu_pos"], stats["mu_neg"])
+        m_eff = LOSSES[loss].effective_margin(0.2, stats["mu_pos"], stats["mu_neg"])
         assert is_pinned(loss, value, m_eff, stats["mu_neg"]) == pinned, (loss, scale, value)
 
 

@@ -5,7 +5,7 @@ from urllib.error import URLError
 
 import pytest
 
-import bench.data as data
+import bench.engine.data as data
 
 
 class FailingDownload:

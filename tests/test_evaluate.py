@@ -11,8 +11,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 from sklearn.neighbors import KNeighborsClassifier
 
-import bench.evaluate
-from bench.evaluate import knn_accuracy, map_at_r, precision_at_1, retrieval_metrics
+import bench.engine.evaluate
+from bench.engine.evaluate import knn_accuracy, map_at_r, precision_at_1, retrieval_metrics
 
 
 def random_set(seed: int, n_gallery: int, n_queries: int, dim: int, n_classes: int) -> tuple[torch.Tensor, ...]:
@@ -54,7 +54,7 @@ def sklearn_knn(k: int, weighted: bool = True) -> KNeighborsClassifier:
 @pytest.fixture(params=[False, True], ids=["one-chunk", "many-chunks"])
 def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.param:
-        monkeypatch.setattr(bench.evaluate, "CHUNK_ELEMENTS", 700)  # a few queries per chunk
+        monkeypatch.setattr(bench.engine.evaluate, "CHUNK_ELEMENTS", 700)  # a few queries per chunk
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bench.fingerprint as fp
-from bench.data import DataError
-from bench.synthetic import write_synthetic
+import bench.experiment.fingerprint as fp
+from bench.engine.data import DataError
+from bench.engine.synthetic import write_synthetic
 
 
 def test_the_fingerprint_is_the_content_and_the_cache_follows_size_and_mtime(

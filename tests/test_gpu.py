@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.data import channel_stats, load_dataset
-from bench.models import build_model
-from bench.trial import embed, run_trial
+from bench.engine.data import channel_stats, load_dataset
+from bench.engine.models import build_model
+from bench.engine.train import embed, run_trial
 from losses import LOSSES
 
 pytestmark = [

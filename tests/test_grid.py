@@ -17,23 +17,15 @@ import pytest
 import ray
 import torch
 
-from bench.config import METRICS
-from bench.fingerprint import fingerprint
-from bench.grid import (
-    MAX_NODE_FAILURES,
-    GridError,
-    is_oom,
-    load_preset,
-    pick_backend,
-    preset_names,
-    quiet_ray,
-    ray_param_space,
-    run_grid,
-    trial_id,
-)
-from bench.gridspec import AXES, Grid
-from bench.lock import LOCK_NAME
-from bench.synthetic import write_synthetic
+from bench.engine.config import METRICS
+from bench.engine.device import is_oom
+from bench.engine.synthetic import write_synthetic
+from bench.experiment.fingerprint import fingerprint
+from bench.experiment.gridspec import AXES, Grid, GridError
+from bench.experiment.identity import trial_id
+from bench.experiment.lock import LOCK_NAME
+from bench.experiment.presets import load_preset, preset_names
+from bench.grid import MAX_NODE_FAILURES, pick_backend, quiet_ray, ray_param_space, run_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {"trial_id", "experiment", "preset", "config", "status", "reason", "history", "final", "provenance",
@@ -183,8 +175,8 @@ PROTOCOL_CELLS = [("cifar10", "seen", 0), ("cifar10", "seen", 1), ("cifar10", "u
 
 def test_protocol_is_an_optional_axis_that_a_dataset_may_widen(protocol_setup: tuple[Path, Path],
                                                               tmp_path: Path) -> None:
-    from bench.baselines import baseline_configs
-    from bench.stats import expected_cells
+    from bench.experiment.baselines import baseline_configs
+    from bench.reporting.stats import expected_cells
 
     preset, data_dir = protocol_setup
     grid = load_preset(str(preset))
@@ -422,7 +414,7 @@ def test_a_point_without_a_record_may_leave_the_grid(fake_setup: tuple[Path, Pat
 
 
 def test_blocks_make_a_grid_a_union_of_products_in_the_grid_order() -> None:
-    from bench.gridspec import parse_grid
+    from bench.experiment.gridspec import parse_grid
 
     raw = {"axes": {"dataset": ["mnist", "cifar10"], "loss": ["batch-all", "adaptive-mu"], "margin": [0.2],
                     "batch_size": [64], "seed": [0, 1]},
@@ -595,11 +587,11 @@ def test_a_killed_worker_is_reported_rerun_finishes_it_and_a_resume_without_rays
 
 def test_a_changed_model_default_is_another_trial(monkeypatch: pytest.MonkeyPatch) -> None:
     """lr None means the model's default: when the default moves, an old record must not pass for the new trial."""
-    import bench.models
+    import bench.engine.models
 
     config = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 64, "seed": 0}
     before = trial_id(config, "f" * 16)
-    assert trial_id({**config, "lr": bench.models.MODEL_DEFAULTS["mnist-net"]["lr"]}, "f" * 16) == before
-    moved = {**bench.models.MODEL_DEFAULTS["mnist-net"], "lr": 1.0}
-    monkeypatch.setitem(bench.models.MODEL_DEFAULTS, "mnist-net", moved)
+    assert trial_id({**config, "lr": bench.engine.models.MODEL_DEFAULTS["mnist-net"]["lr"]}, "f" * 16) == before
+    moved = {**bench.engine.models.MODEL_DEFAULTS["mnist-net"], "lr": 1.0}
+    monkeypatch.setitem(bench.engine.models.MODEL_DEFAULTS, "mnist-net", moved)
     assert trial_id(config, "f" * 16) != before

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.engine.synthetic import write_synthetic
+from bench.experiment.lock import LOCK_NAME, LockError, acquire, release
 from bench.grid import run_grid
-from bench.lock import LOCK_NAME, LockError, acquire, release
-from bench.synthetic import write_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
-HOLD = "import sys, time; from bench.lock import acquire; acquire(sys.argv[1], 'holder'); print('held', flush=True); " \
+HOLD = "import sys, time; from bench.experiment.lock import acquire; acquire(sys.argv[1], 'holder'); " \
+       "print('held', flush=True); " \
        "time.sleep(600)"
 PRESET = {"axes": {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [8], "seed": [0]},
           "fixed": {"budget_samples": 16, "checkpoints": 1, "threads": 1}}

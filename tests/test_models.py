@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import ConfigError, resolve
-from bench.models import MODELS, build_model, forward_flops, model_settings
+from bench.engine.config import ConfigError, resolve
+from bench.engine.models import MODELS, build_model, forward_flops, model_settings
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -63,7 +63,7 @@ def test_bad_models_and_sizes_fail_with_one_line() -> None:
 
 
 def test_cifar_net_size_is_as_documented() -> None:
-    """The parameter count that bench/models.py's docstring states."""
+    """The parameter count that bench/engine/models.py's docstring states."""
     net = build_model("cifar-net", SHAPES["cifar10"], 128, normalize=True)
     assert sum(p.numel() for p in net.parameters()) == CIFAR_NET_PARAMETERS
 
@@ -78,4 +78,4 @@ def test_forward_flops_counts_twice_the_multiply_adds_of_conv_and_linear_layers(
     assert forward_flops(net, (4, 8, 8)) == 2 * (per_output_pixel * 8 * 8 + 5 * 96)
     assert net.training  # left as it was
     assert forward_flops(build_model("cifar-net", SHAPES["cifar10"], 128, normalize=True), SHAPES["cifar10"]) \
-        == 39_804_992  # the 40 MFLOPs in bench/models.py's table
+        == 39_804_992  # the 40 MFLOPs in bench/engine/models.py's table

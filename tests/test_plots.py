@@ -1,4 +1,5 @@
-"""bench.plots and the loss benchmark's plot read as figures before saving: axes, labels, lines, points, colours."""
+"""bench.reporting.plots and the loss benchmark's plot read as figures before saving: axes, labels, lines, points,
+colours."""
 
 import statistics
 from pathlib import Path
@@ -9,10 +10,10 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 
-from bench import plots, stats
-from bench.fake_records import baseline_record, trial_record, write_experiment, write_smoke_results
 from bench.loss_benchmark import plot_figure
-from bench.report import load_records
+from bench.reporting import plots, stats
+from bench.reporting.fake_records import baseline_record, trial_record, write_experiment, write_smoke_results
+from bench.reporting.frame import load_records
 from losses import LOSSES
 
 ORDER = tuple(LOSSES)

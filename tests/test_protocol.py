@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import bench.trial
-from bench.config import ConfigError
-from bench.protocol import (
+from bench.engine.config import ConfigError
+from bench.engine.protocol import (
     CPU_EVAL_MAX,
     CPU_EVAL_MIN,
     Splits,
@@ -23,7 +23,7 @@ from bench.protocol import (
     make_splits,
     validation_mask,
 )
-from bench.synthetic import write_synthetic
+from bench.engine.synthetic import write_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def test_seen_splits_are_disjoint_stratified_and_fixed() -> None:
 def test_the_validation_split_is_the_same_in_another_process() -> None:
     labels = torch.arange(1000) % 7
     mask = validation_mask(labels, 0.1)
-    code = ("import torch; from bench.protocol import validation_mask; "
+    code = ("import torch; from bench.engine.protocol import validation_mask; "
             "print(validation_mask(torch.arange(1000) % 7, 0.1).nonzero().flatten().tolist())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(mask.nonzero().flatten().tolist())

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.provenance import git_commit, hardware
+from bench.experiment.provenance import git_commit, hardware
 
 
 def test_a_rewritten_grid_json_is_not_dirty_code(tmp_path: Path) -> None:

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from bench import plots, stats, tables
-from bench.fake_records import baseline_record, trial_record, write_experiment, write_smoke_results
-from bench.report import load_records, main
+from bench.report import main
+from bench.reporting import plots, stats, tables
+from bench.reporting.fake_records import baseline_record, trial_record, write_experiment, write_smoke_results
+from bench.reporting.frame import load_records
 from losses import LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.config import ConfigError
-from bench.sampling import make_batches, pk_batches, random_batches
+from bench.engine.config import ConfigError
+from bench.engine.sampling import make_batches, pk_batches, random_batches
 
 
 def generator(seed: int = 0) -> torch.Generator:

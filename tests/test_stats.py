@@ -1,4 +1,5 @@
-"""bench.stats against independent references (scipy.stats, statistics) on generated records with known values."""
+"""bench.reporting.stats against independent references (scipy.stats, statistics) on generated records with known
+values."""
 
 import math
 import statistics
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from bench import stats
-from bench.fake_records import baseline_record, trial_record, write_experiment
-from bench.report import load_records
+from bench.reporting import stats
+from bench.reporting.fake_records import baseline_record, trial_record, write_experiment
+from bench.reporting.frame import load_records
 from losses import LOSSES
 
 ORDER = tuple(LOSSES)

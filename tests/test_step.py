@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-import bench.step
-from bench.step import batch_input, train_step
+import bench.engine.step
+import bench.engine.train
+from bench.engine.step import batch_input, train_step
+from bench.engine.train import run_trial
 from bench.step_benchmark import load_data, make_point, make_step
-from bench.trial import run_trial
 from losses import LOSSES
 
 
@@ -54,10 +55,10 @@ def test_the_trial_and_the_step_benchmark_run_the_same_step(tiny_data_dir: Path,
     def spy(name: str) -> Any:
         def step(*args: Any, **kwargs: Any) -> Any:
             calls.append(name)
-            return bench.step.train_step(*args, **kwargs)
+            return bench.engine.step.train_step(*args, **kwargs)
         return step
 
-    monkeypatch.setattr("bench.trial.train_step", spy("trial"))
+    monkeypatch.setattr("bench.engine.train.train_step", spy("trial"))
     monkeypatch.setattr("bench.step_benchmark.train_step", spy("benchmark"))
     run_trial({"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 32, "budget_samples": 64,
                "data_dir": str(tiny_data_dir), "device": "cpu", "eval_gallery": 100, "eval_queries": 50,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import bench.step_benchmark
-from bench.grid import load_preset
+from bench.experiment.presets import load_preset
 from bench.step_benchmark import COLUMNS, SMOKE, load_data, main, make_point, make_step, measure_step
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,21 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-import bench.step
+import bench.engine.protocol
+import bench.engine.step
+import bench.engine.train
 import bench.trial
-from bench.config import METRICS, ConfigError
-from bench.diagnostics import INITIAL_KEYS
-from bench.models import MODEL_DEFAULTS, build_model
-from bench.protocol import fixed_subset
-from bench.trial import (
-    WARMUP_STEPS,
-    checkpoint_steps,
-    initial_check,
-    pick_device,
-    run_trial,
-    scaled_lr,
-    scheduled_lr,
-)
+from bench.engine.config import METRICS, ConfigError
+from bench.engine.device import pick_device
+from bench.engine.diagnostics import INITIAL_KEYS
+from bench.engine.models import MODEL_DEFAULTS, build_model
+from bench.engine.protocol import fixed_subset
+from bench.engine.train import WARMUP_STEPS, checkpoint_steps, initial_check, run_trial, scaled_lr, scheduled_lr
 from losses import LOSSES
 
 TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_seconds")
@@ -62,7 +58,7 @@ def recording(name: str, step_losses: list[float]) -> Any:
         step_losses.append(float(value.detach()))
         return value
 
-    return loss
+    return dataclasses.replace(original, fn=loss)
 
 
 def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,13 +96,24 @@ def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pyte
     assert final["mu_neg"] > final["mu_pos"] + 0.2  # the classes moved apart
 
 
-def test_the_plateau_is_read_on_the_previous_checkpoints_subsets(tiny_data_dir: Path) -> None:
+def test_the_plateau_is_read_on_the_previous_checkpoints_subsets(
+    tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The last checkpoint evaluates everything, and validation again on the earlier checkpoints' subsets."""
+    searches: list[tuple[int, float]] = []  # (queries, MAP@R) of every search, in order
+    original = bench.engine.protocol.retrieval_metrics
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, float]:
+        result = original(*args, **kwargs)
+        searches.append((len(args[3]) if len(args) > 3 else len(args[0]), result["map_at_r"]))
+        return result
+
+    monkeypatch.setattr(bench.engine.protocol, "retrieval_metrics", spy)
     _, reports = run(tiny(tiny_data_dir, checkpoints=2, eval_queries=50))
     first, last = reports
     assert (first["val_queries_size"], last["val_queries_size"]) == (50, last["val_size"]) and last["val_size"] > 50
     assert last["plateau_gap"] == pytest.approx(last["plateau_val_map_at_r"] - first["val_map_at_r"])
-    assert last["plateau_val_map_at_r"] != last["val_map_at_r"]  # 50 queries, not the whole validation set
+    assert searches[-1] == (50, last["plateau_val_map_at_r"])  # a last search on 50 queries, not the whole set
     _, whole = run(tiny(tiny_data_dir, checkpoints=2, eval_gallery=0, eval_queries=0))
     assert whole[-1]["plateau_val_map_at_r"] == whole[-1]["val_map_at_r"]
     _, single = run(tiny(tiny_data_dir, checkpoints=1))
@@ -171,8 +178,8 @@ def test_lr_scaling(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert scaled_lr(1e-3, 64, "none", 256) == 1e-3 and scaled_lr(1e-3, 64, "linear", 256) == pytest.approx(2.5e-4)
     assert scaled_lr(1e-3, 1024, "sqrt", 256) == pytest.approx(2e-3)
     used: list[float] = []
-    original = bench.trial.build_optimizer
-    monkeypatch.setattr(bench.trial, "build_optimizer", lambda name, params, lr, **kw: (
+    original = bench.engine.train.build_optimizer
+    monkeypatch.setattr(bench.engine.train, "build_optimizer", lambda name, params, lr, **kw: (
         used.append(lr), original(name, params, lr, **kw))[1])
     final = run_trial(tiny(tiny_data_dir, lr_scaling="sqrt", lr_reference_batch=128, budget_samples=32, checkpoints=1))
     assert used == [pytest.approx(MNIST_LR * 0.5)] and final["lr"] == used[0]
@@ -185,8 +192,8 @@ def test_the_margin_check_sees_training_augmentations_and_changes_nothing(
 ) -> None:
     """On CIFAR-10 (augmented, BatchNorm): the check's images are training's, and training is the same without it."""
     augmented: list[torch.Tensor] = []
-    original = bench.step.augment
-    monkeypatch.setattr(bench.step, "augment", lambda x, generator: augmented.append(original(x, generator))
+    original = bench.engine.step.augment
+    monkeypatch.setattr(bench.engine.step, "augment", lambda x, generator: augmented.append(original(x, generator))
                         or augmented[-1])
     config = tiny(
         tiny_data_dir, dataset="cifar10", loss="batch-hard", batch_size=8, budget_samples=16, checkpoints=1,
@@ -196,7 +203,7 @@ def test_the_margin_check_sees_training_augmentations_and_changes_nothing(
     assert final["status"] == "ok" and final["step"] == 2 and final["samples_seen"] == 16
     assert len(augmented) == 4 and all(torch.equal(augmented[i], augmented[i + 2]) for i in range(2))
     assert 0 <= final["initial_active_anchors"] <= 1
-    monkeypatch.setattr(bench.trial, "INITIAL_BATCHES", 0)
+    monkeypatch.setattr(bench.engine.train, "INITIAL_BATCHES", 0)
     without = run_trial(config)
     assert math.isnan(without["effective_margin"])
     assert strip([without]) == [{**strip([final])[0], **{key: without[key] for key in INITIAL_KEYS}}]
@@ -211,7 +218,7 @@ def nan_from_call(call: int) -> Any:
         value = LOSSES["batch-hard"](embeddings, labels, margin, check_finite)
         return value * math.nan if len(calls) >= call else value
 
-    return loss
+    return dataclasses.replace(LOSSES["semi-hard"], fn=loss)
 
 
 def test_divergence_stops_at_the_next_look_and_names_the_first_bad_step(
@@ -225,16 +232,16 @@ def test_divergence_stops_at_the_next_look_and_names_the_first_bad_step(
     assert math.isnan(final["knn_accuracy"]) and math.isnan(final["loss"])
 
     monkeypatch.setitem(LOSSES, "semi-hard", nan_from_call(7))
-    monkeypatch.setattr(bench.trial, "CHECK_EVERY", 4)
+    monkeypatch.setattr(bench.engine.train, "CHECK_EVERY", 4)
     final, reports = run(tiny(tiny_data_dir, loss="semi-hard", batch_size=16, budget_samples=320, checkpoints=1))
     assert len(reports) == 1 and final["step"] == 8 and final["reason"] == "non-finite loss at step 7"
 
 
 def test_collapse_to_a_point_is_detected(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def to_one_point(embeddings: torch.Tensor, labels: torch.Tensor, margin: float, **_: Any) -> torch.Tensor:
+    def to_one_point(embeddings: torch.Tensor, labels: torch.Tensor, margin: float, *_: Any) -> torch.Tensor:
         return (embeddings - embeddings.mean(dim=0)).square().sum(dim=1).mean()
 
-    monkeypatch.setitem(LOSSES, "quadruplet", to_one_point)
+    monkeypatch.setitem(LOSSES, "quadruplet", dataclasses.replace(LOSSES["quadruplet"], fn=to_one_point))
     final = run_trial(tiny(tiny_data_dir, loss="quadruplet", lr=1e-2, budget_samples=160, checkpoints=1))
     assert final["status"] == "collapsed" and final["collapsed"] and final["mu_neg"] < 0.02
     assert final["effective_rank"] < 2 or final["knn_accuracy"] <= 0.15
@@ -258,8 +265,9 @@ def test_an_unnormalised_net_shrinking_to_zero_is_pinned_then_collapsed(
 ) -> None:
     """Shrunk far below the margin, every hinge stays active (pinned) although the neighbours still hold (not
     collapsed); once the outputs coincide, the information is gone (collapsed). The old spread rule saw neither."""
-    original = bench.trial.initial_model
-    monkeypatch.setattr(bench.trial, "initial_model", lambda *args, **kwargs: Shrinking(original(*args, **kwargs)))
+    original = bench.engine.train.initial_model
+    monkeypatch.setattr(bench.engine.train, "initial_model",
+                        lambda *args, **kwargs: Shrinking(original(*args, **kwargs)))
     final, reports = run(tiny(
         tiny_data_dir, normalize=False, batch_size=16, budget_samples=160, eval_gallery=100, eval_queries=50,
     ))
@@ -280,8 +288,8 @@ def test_evaluation_time_counts_neither_in_throughput_nor_in_the_budget(
     tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Embedding sleeps 1 s: 10 s of evaluation before the 6th and last step, a budget of 8 s of training."""
-    original = bench.trial.embed
-    monkeypatch.setattr(bench.trial, "embed", lambda *args: time.sleep(1) or original(*args))
+    original = bench.engine.train.embed
+    monkeypatch.setattr(bench.engine.train, "embed", lambda *args: time.sleep(1) or original(*args))
     final, reports = run(tiny(
         tiny_data_dir, batch_size=16, budget_samples=96, checkpoints=6, budget_seconds=8, eval_gallery=50,
         eval_queries=20,
@@ -447,9 +455,10 @@ def test_cpu_peak_memory_is_the_training_peak(tiny_data_dir: Path, monkeypatch: 
     config = tiny(tiny_data_dir, batch_size=16, budget_samples=32, checkpoints=1, eval_gallery=50, eval_queries=20)
     plain = run_trial(config)["peak_memory_mib"]
     assert 1 < plain < earlier_peak_mib
-    monkeypatch.setattr(bench.trial, "embed", allocating(bench.trial.embed, 300))
+    monkeypatch.setattr(bench.engine.train, "embed", allocating(bench.engine.train.embed, 300))
     assert run_trial(config)["peak_memory_mib"] < plain + 100  # evaluation is left out
-    monkeypatch.setitem(LOSSES, "batch-all", allocating(LOSSES["batch-all"], 320))
+    monkeypatch.setitem(LOSSES, "batch-all", dataclasses.replace(LOSSES["batch-all"],
+                                                                 fn=allocating(LOSSES["batch-all"].fn, 320)))
     assert run_trial(config)["peak_memory_mib"] >= plain + 300  # a training step's peak counts
 
 

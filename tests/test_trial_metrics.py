@@ -11,12 +11,13 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-import bench.protocol
+import bench.engine.protocol
+import bench.engine.train
 import bench.trial
-from bench.baselines import baseline_config, run_baseline
-from bench.protocol import fixed_subset
-from bench.synthetic import synthetic_split
-from bench.trial import run_trial
+from bench.engine.protocol import fixed_subset
+from bench.engine.synthetic import synthetic_split
+from bench.engine.train import run_trial
+from bench.experiment.baselines import baseline_config, run_baseline
 
 Captured = list[tuple[torch.Tensor, ...]]
 
@@ -31,13 +32,13 @@ def tiny(data_dir: Path, **changes: Any) -> dict[str, Any]:
 def capture(monkeypatch: pytest.MonkeyPatch) -> Captured:
     """Record (gallery, gallery labels, queries, query labels) of every search of the evaluation."""
     calls: Captured = []
-    search = bench.protocol.retrieval_metrics
+    search = bench.engine.protocol.retrieval_metrics
 
     def spy(gallery: torch.Tensor, gallery_labels: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, float]:
         calls.append((gallery, gallery_labels, *args))
         return search(gallery, gallery_labels, *args, **kwargs)
 
-    monkeypatch.setattr(bench.protocol, "retrieval_metrics", spy)
+    monkeypatch.setattr(bench.engine.protocol, "retrieval_metrics", spy)
     return calls
 
 
@@ -108,13 +109,13 @@ def test_training_sees_only_its_own_split(
     tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch, protocol: str
 ) -> None:
     trained_on = []
-    plan = bench.trial.make_batches
+    plan = bench.engine.train.make_batches
 
     def spy(sampler: str, labels: torch.Tensor, *args: Any) -> torch.Tensor:
         trained_on.append(labels.clone())
         return plan(sampler, labels, *args)
 
-    monkeypatch.setattr(bench.trial, "make_batches", spy)
+    monkeypatch.setattr(bench.engine.train, "make_batches", spy)
     calls = capture(monkeypatch)
     final = run_trial(tiny(tiny_data_dir, protocol=protocol, budget_samples=32, checkpoints=1))
     (labels,) = trained_on

@@ -10,7 +10,7 @@ to be read against.
 import json
 from pathlib import Path
 
-from bench.stats import paired_p, t_interval
+from bench.reporting.stats import paired_p, t_interval
 
 CELL = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 256}
 METRICS = ("map_at_r", "knn_accuracy", "precision_at_1", "val_map_at_r")  # speed: the step benchmark (quiet)

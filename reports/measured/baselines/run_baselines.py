@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from bench.baselines import baseline_config, run_baseline
-from bench.provenance import provenance
+from bench.experiment.baselines import baseline_config, run_baseline
+from bench.experiment.provenance import provenance
 
 data_dir = sys.argv[1]
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else torch.get_num_threads())

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from bench.data import augment, normalize
-from bench.precision import autocast
+from bench.engine.data import augment, normalize
+from bench.engine.precision import autocast
 
 Loss = Callable[..., Tensor]
 
@@ -29,7 +29,7 @@ def batch_input(x_train: Tensor, batch: Tensor, mean: Tensor, std: Tensor, gener
 
 def train_step(forward: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer, loss_fn: Loss, x: Tensor,
                labels: Tensor, margin: float, precision: str, lr: float) -> tuple[Tensor, Tensor]:
-    """One update at `lr`: the forward pass under `precision` (bench.precision), the loss in fp32 whatever ran in
+    """One update at `lr`: the forward pass under `precision` (bench.engine.precision), the loss in fp32 whatever ran in
     the forward pass, zero_grad, backward, optimiser step. Returns the embeddings [B, D] (fp32, graph attached)
     and the loss (a detached scalar, left on the device)."""
     with autocast(precision, x.device):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.engine.files import write_text
+
 DEFAULT_NAME = "step_benchmark.csv"
 REQUIRED = ("dataset", "loss", "batch_size", "precision", "status", "samples_per_second", "peak_memory_mib")
 NUMERIC = ("batch_size", "median_ms", "samples_per_second", "peak_memory_mib", "steps", "warmup",
@@ -130,5 +132,4 @@ def write_csv(systems: Systems | None, path: Path) -> Path:
     for row in systems.rows if systems else ():
         writer.writerow([*(row[column] for column in ROW_COLUMNS),
                          *(systems.provenance.get(column, "") for column in PROVENANCE_COLUMNS)])
-    path.write_text(buffer.getvalue())
-    return path
+    return write_text(path, buffer.getvalue())

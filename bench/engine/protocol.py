@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.config import ConfigError
-from bench.data import load_dataset
-from bench.evaluate import retrieval_metrics
+from bench.engine.config import ConfigError
+from bench.engine.data import load_dataset
+from bench.engine.evaluate import retrieval_metrics
 
 VAL_SEED = 20200623  # the validation split's own seed: the same split in every trial and run
 SUBSET_SEED = 20170310  # fixed, so that evaluation and train subsets are the same in every trial

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from bench.config import DEFAULTS, STATUSES
-from bench.gridspec import stored_grid
+from bench.engine.config import DEFAULTS, STATUSES
+from bench.engine.diagnostics import INITIAL_KEYS
+from bench.experiment.gridspec import stored_grid
 
 IN_MEAN = ("ok", "collapsed")
 BASELINES = ("pixels", "untrained")
@@ -48,8 +49,7 @@ SETTINGS = ("planned_steps", "images_per_class", "lr", "lr_scaling", "lr_referen
             "precision", "threads",
             "budget_samples", "budget_seconds", "val_gallery_size", "val_queries_size", "test_gallery_size",
             "test_queries_size", "train_size", "val_size", "test_size")
-INITIAL = ("initial_fraction_easy", "initial_fraction_semihard", "initial_fraction_hard", "initial_active_anchors",
-           "effective_margin")
+INITIAL = INITIAL_KEYS  # the margin check's columns (bench/engine/diagnostics.py)
 EASY_LIMIT = 0.5
 ALPHA = 0.05
 STATUS_COLUMNS = {status: f"n_{status.lower()}" for status in STATUSES}
@@ -115,7 +115,7 @@ def _setting(values: pd.Series) -> Any:
 
 def expected_cells(grid: dict[str, Any], experiment: str) -> pd.DataFrame:
     """The trial cells a grid.json asks for, with their expected seeds (one row per cell × seed): the grid's
-    points (bench.gridspec.Grid.points), each with the protocol its config gives when it is not an axis."""
+    points (bench.experiment.gridspec.Grid.points), each with the protocol its config gives when it is not an axis."""
     spec = stored_grid(grid)
     rows = [{"experiment": experiment, "dataset": point["dataset"],
              "protocol": spec.config(point).get("protocol", DEFAULTS["protocol"]), "loss": point["loss"],

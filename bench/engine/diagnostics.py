@@ -1,14 +1,14 @@
 """Training diagnostics: the margin check before the first update, pinned at the margin, collapse, batch makeup.
 
-- Effective margin: the margin a loss's triplet hinges use. m for batch-all, batch-hard and semi-hard;
-  m + max(μ, 0) for adaptive-mu and quadruplet, with μ = mean negative − mean positive pair distance of the
-  batch, as losses/triplet.py computes it (a mean over no pairs counts as 0 there, and here).
+- Effective margin: the margin a loss's triplet hinges use (losses.Loss.effective_margin: m, or m + max(μ, 0) for
+  the losses that adapt it).
 - Initial statistics: the mining statistics of the trial's first INITIAL_BATCHES planned batches, embedded
   before the first update, at each batch's effective margin; fractions are of all their valid triplets
-  together, `effective_margin` is the mean over the batches. For batch-hard, `initial_active_anchors` is
-  the fraction of anchors (with a positive and a negative) whose hinge max_p d_ap − min_n d_an + m is > 0.
+  together, `effective_margin` is the mean over the batches. For a loss that mines the hardest pairs
+  (losses.Loss.hardest: batch-hard), `initial_active_anchors` is the fraction of anchors (with a positive and
+  a negative) whose hinge max_p d_ap − min_n d_an + m is > 0.
 - pinned_at_margin: the training loss is within PINNED_TOLERANCE (relative) of its value when all distances
-  are equal (the effective margin; 1.5 × it for quadruplet, whose pair term adds half of it) and μ_neg is
+  are equal (losses.Loss.pinned_loss: the effective margin; 1.5 × it for quadruplet) and μ_neg is
   below the effective margin: every hinge stays active and the net only shrinks or holds the embeddings.
 - collapsed: the embeddings lost their information. k-NN accuracy at most CHANCE_POINTS above chance (1 / the
   number of classes), or an effective rank below MIN_EFFECTIVE_RANK.
@@ -26,10 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from losses import mining_stats, pair_masks, pairwise_distance
+from losses import LOSSES, mining_stats, pair_masks, pairwise_distance
 
 INITIAL_BATCHES = 8
-ADAPTIVE_MARGIN_LOSSES = ("adaptive-mu", "quadruplet")
 PINNED_TOLERANCE = 0.05
 # 5 points above chance: an embedding with any class information left scores far higher (an untrained MNIST
 # net scores ~0.9, an untrained CIFAR-10 net ~0.3 against chance 0.1), one without it scores chance ± noise
@@ -39,19 +38,6 @@ CHANCE_POINTS = 0.05
 MIN_EFFECTIVE_RANK = 2.0
 INITIAL_KEYS = ("initial_fraction_easy", "initial_fraction_semihard", "initial_fraction_hard",
                 "initial_active_anchors", "effective_margin")
-
-
-def effective_margin(loss: str, margin: float, mu_pos: float, mu_neg: float) -> float:
-    """The margin of `loss`'s triplet hinges on a batch with mean positive / negative distances mu_pos, mu_neg."""
-    if loss not in ADAPTIVE_MARGIN_LOSSES:
-        return margin
-    mu = (mu_neg if math.isfinite(mu_neg) else 0.0) - (mu_pos if math.isfinite(mu_pos) else 0.0)
-    return margin + max(mu, 0.0)
-
-
-def pinned_loss(loss: str, margin: float) -> float:
-    """The value of `loss` when every pair distance is (nearly) equal, at effective margin `margin`."""
-    return 1.5 * margin if loss == "quadruplet" else margin
 
 
 @torch.no_grad()
@@ -74,19 +60,19 @@ def initial_statistics(batches: Iterable[tuple[Tensor, Tensor]], loss: str, marg
     for embeddings, labels in batches:
         embeddings = embeddings.float()
         nominal = mining_stats(embeddings, labels, margin)
-        m_eff = effective_margin(loss, margin, nominal["mu_pos"], nominal["mu_neg"])
+        m_eff = LOSSES[loss].effective_margin(margin, nominal["mu_pos"], nominal["mu_neg"])
         stats = nominal if m_eff == margin else mining_stats(embeddings, labels, m_eff)
         for kind in counts:
             if stats["valid_triplets"]:
                 counts[kind] += round(stats[f"fraction_{kind}"] * stats["valid_triplets"])
         margins.append(m_eff)
-        if loss == "batch-hard":
+        if LOSSES[loss].hardest:
             batch_active, batch_anchors = active_anchors(embeddings, labels, m_eff)
             active, anchors = active + batch_active, anchors + batch_anchors
     valid = sum(counts.values())
     return {
         **{f"initial_fraction_{kind}": count / valid if valid else math.nan for kind, count in counts.items()},
-        "initial_active_anchors": (active / anchors if anchors else math.nan) if loss == "batch-hard" else None,
+        "initial_active_anchors": (active / anchors if anchors else math.nan) if LOSSES[loss].hardest else None,
         "effective_margin": math.fsum(margins) / len(margins) if margins else math.nan,
     }
 
@@ -104,7 +90,7 @@ def effective_rank(embeddings: Tensor) -> float:
 
 def is_pinned(loss: str, loss_mean: float, m_eff: float, mu_neg: float) -> bool:
     """Whether the training loss sits at its all-distances-equal value (± PINNED_TOLERANCE) with μ_neg < m_eff."""
-    pinned = pinned_loss(loss, m_eff)
+    pinned = LOSSES[loss].pinned_loss(m_eff)
     return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and mu_neg < m_eff
 
 
@@ -123,7 +109,7 @@ def checkpoint_diagnostics(
     the mean training loss since the previous checkpoint; knn_accuracy, n_classes and embeddings [N, D] are
     those of the evaluated split.
     """
-    m_eff = effective_margin(loss, margin, mining["mu_pos"], mining["mu_neg"])
+    m_eff = LOSSES[loss].effective_margin(margin, mining["mu_pos"], mining["mu_neg"])
     rank = effective_rank(embeddings)
     return {
         "pinned_at_margin": is_pinned(loss, loss_mean, m_eff, mining["mu_neg"]),

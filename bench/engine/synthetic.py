@@ -6,14 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPES = {"mnist": (28, 28), "cifar10": (32, 32, 3)}
+from bench.engine.datasets import DATASETS
+
+
+def image_shape(dataset: str) -> tuple[int, ...]:
+    """The .npz image shape of one of the table's data sets: (H, W) for one channel, else (H, W, C)."""
+    channels, height, width = DATASETS[dataset].shape
+    return (height, width) if channels == 1 else (height, width, channels)
 
 
 def synthetic_split(
     dataset: str, n: int, n_classes: int = 10, noise: float = 40.0, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images uint8 [n, *SHAPES[dataset]] drawn as class prototype + Gaussian noise; labels int64 [n]."""
-    shape = SHAPES[dataset]
+    """Images uint8 [n, *image_shape(dataset)] drawn as class prototype + Gaussian noise; labels int64 [n]."""
+    shape = image_shape(dataset)
     prototypes = np.random.default_rng(1234).integers(0, 256, size=(n_classes, *shape))
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % n_classes

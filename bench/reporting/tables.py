@@ -1,8 +1,8 @@
 """The report's text: summary.csv, summary.md, the LaTeX document summary.tex and \\input-able booktabs fragments.
 
-`document` turns the checkpoint frame, grids and bench.stats.summarize's cells into blocks (headings,
+`document` turns the checkpoint frame, grids and bench.reporting.stats.summarize's cells into blocks (headings,
 paragraphs, items, named tables, images); `markdown`, `latex_document` and `latex_fragment` render them.
-Numbers are formatted here only; every statistic comes from bench.stats.
+Numbers are formatted here only; every statistic comes from bench.reporting.stats.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from bench import stats
-from bench.systems import NOT_RECORDED, Systems
+from bench.engine.files import write_text
+from bench.reporting import stats
+from bench.reporting.markdown import table as markdown_table
+from bench.reporting.systems import NOT_RECORDED, Systems
 
 ABSENT = "–"
 METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
@@ -553,8 +555,7 @@ def markdown(blocks: list[Block]) -> str:
         elif kind == "image":
             lines += [f"![{content.stem}]({content.as_posix()})", ""]
         else:
-            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-                      for cells in [content.header, ["---"] * len(content.header), *content.rows]] + [""]
+            lines += [*markdown_table(content.header, content.rows), ""]
     return "\n".join(lines)
 
 
@@ -629,20 +630,16 @@ def write_csv(summary: pd.DataFrame, path: Path) -> Path:
     lines = [",".join(CSV_COLUMNS)]
     lines += [",".join(csv_value(row[column]) for column in CSV_COLUMNS)
               for row in summary.reindex(columns=CSV_COLUMNS).astype(object).to_dict("records")]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def write_documents(blocks: list[Block], reports_dir: Path) -> list[Path]:
     """summary.md, summary.tex and tex/<table>.tex for every non-empty table; the paths written."""
     written = []
     for name, text in (("summary.md", markdown(blocks)), ("summary.tex", latex_document(blocks))):
-        (reports_dir / name).write_text(text)
-        written.append(reports_dir / name)
+        written.append(write_text(reports_dir / name, text))
     (reports_dir / "tex").mkdir(exist_ok=True)
     for kind, content in blocks:
         if kind == "table" and content.rows:
-            path = reports_dir / "tex" / f"{content.name}.tex"
-            path.write_text(latex_fragment(content))
-            written.append(path)
+            written.append(write_text(reports_dir / "tex" / f"{content.name}.tex", latex_fragment(content)))
     return written

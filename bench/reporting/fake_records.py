@@ -1,4 +1,4 @@
-"""Generated trial and baseline records in the record format of the README (for the report's tests and --smoke).
+"""Generated trial and baseline records in the record format of docs/records.md (for the report's tests and --smoke).
 
 Values are a fixed function of the cell and seed (zlib.crc32, never hash()), so the same call writes the same
 bytes. Every record field that bench.report reads is present: test and val_* metrics, *_size fields,
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.config import DEFAULTS
+from bench.engine.config import DEFAULTS
+from bench.experiment import records as schema
 
 SIZES = {"val_gallery_size": 540, "val_queries_size": 540, "test_gallery_size": 5400, "test_queries_size": 1000,
          "train_size": 5400, "val_size": 600, "test_size": 1000, "n_train_classes": 10}
@@ -24,6 +25,9 @@ PROVENANCE = {"date": "2026-01-01T00:00:00Z", "git_commit": "abc123", "hardware"
               "device": "cpu", "python": "3.11", "torch": "2.5.0", "ray": None, "numpy": "2.0",
               "command": "make ablation PRESET=test", "node": {"node_id": "n0", "hostname": "host"},
               "resources": {"cpu": 1, "gpu": 0}, "concurrent_trials": 2}
+
+
+FINGERPRINT = "0123456789abcdef"
 
 
 def _noise(*key: Any) -> float:
@@ -75,15 +79,8 @@ def trial_record(experiment: str, loss: str, margin: float, batch_size: int, see
     config = {**DEFAULTS, "dataset": dataset, "loss": loss, "margin": margin, "batch_size": batch_size, "seed": seed,
               "protocol": protocol, "budget_samples": 20 * checkpoints * batch_size}
     trial_id = trial_id or f"{dataset}-{protocol}-{loss}-{margin}-{batch_size}-{seed}"
-    final = history[-1] if history else {}
-    return {
-        "trial_id": trial_id, "experiment": experiment, "preset": "test", "config": config, "status": status,
-        "reason": None if status == "ok" else f"{status} on purpose", "history": history, "final": final,
-        "provenance": PROVENANCE, "embeddings": None, "data": {"fingerprint": "0123456789abcdef"},
-        "initial": {key.removeprefix("initial_"): final.get(key) for key in
-                    ("initial_fraction_easy", "initial_fraction_semihard", "initial_fraction_hard",
-                     "initial_active_anchors", "effective_margin")} if final else {},
-    }
+    return schema.trial_record(trial_id, config, status, None if status == "ok" else f"{status} on purpose", history,
+                                PROVENANCE, experiment=experiment, preset="test", fingerprint=FINGERPRINT)
 
 
 def baseline_record(experiment: str, baseline: str, seed: int | None, values: dict[str, float],
@@ -91,11 +88,9 @@ def baseline_record(experiment: str, baseline: str, seed: int | None, values: di
     """A baseline record (pixels: seed None; untrained: one per seed) with final metrics `values`."""
     final = {**SIZES, **values}
     trial_id = f"baseline-{dataset}-{protocol}-{baseline}" + ("" if seed is None else f"-{seed}")
-    return {"kind": "baseline", "baseline": baseline, "trial_id": trial_id, "experiment": experiment,
-            "preset": "test", "config": {"dataset": dataset, "protocol": protocol, "val_fraction": 0.1, "seed": seed,
-                                         "model": None},
-            "status": "ok", "reason": None, "final": final, "history": [final], "provenance": PROVENANCE,
-            "data": {"fingerprint": "0123456789abcdef"}}
+    config = {"dataset": dataset, "protocol": protocol, "val_fraction": 0.1, "seed": seed, "model": None}
+    return schema.baseline_record(trial_id, baseline, config, final, PROVENANCE, FINGERPRINT, experiment=experiment,
+                                   preset="test")
 
 
 def write_experiment(root: Path, experiment: str, records: list[dict[str, Any]], axes: dict[str, list[Any]],
@@ -114,7 +109,7 @@ def write_experiment(root: Path, experiment: str, records: list[dict[str, Any]],
             points = rng.normal(size=(60, 8)) * 0.3 + np.eye(8)[labels] * 2
             np.savez(records_dir / f"{record['trial_id']}.npz", embeddings=points.astype(np.float16), labels=labels)
             record = {**record, "embeddings": f"{record['trial_id']}.npz"}
-        (records_dir / f"{record['trial_id']}.json").write_text(json.dumps(record, indent=1))
+        schema.write_record(records_dir / f"{record['trial_id']}.json", record)
     return root / experiment
 
 

@@ -1,7 +1,7 @@
 """Data fingerprints: a content hash of a data set's arrays, so that a trial's identity includes its data.
 
 fingerprint(name, data_dir) = the first 16 hex characters of the sha256 over x_train, y_train, x_test, y_test
-as bench.data.load_dataset returns them (uint8 N×C×H×W images, int64 labels; shape and dtype hashed too),
+as bench.engine.data.load_dataset returns them (uint8 N×C×H×W images, int64 labels; shape and dtype hashed too),
 so the same images give the same fingerprint whether they come as <name>.npz or as torchvision's folder.
 
 Hashing needs the whole set in memory, so the result is cached in <data_dir>/fingerprints.json, keyed by the
@@ -11,13 +11,15 @@ is not writable the cache is skipped and the fingerprint computed each time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from bench.data import FOLDERS, load_dataset
+from bench.engine.data import load_dataset
+from bench.engine.datasets import DATASETS
+from bench.engine.files import write_text
 
 CACHE_NAME = "fingerprints.json"
 
@@ -27,7 +29,9 @@ def source_files(name: str, data_dir: Path) -> list[Path]:
     npz = data_dir / f"{name}.npz"
     if npz.is_file():
         return [npz]
-    folder = data_dir / FOLDERS[name].rstrip("/")
+    if DATASETS[name].folder is None:
+        return []
+    folder = data_dir / DATASETS[name].folder.rstrip("/")
     return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else []
 
 
@@ -37,7 +41,7 @@ def _stamp(files: list[Path], data_dir: Path) -> list[list[Any]]:
 
 
 def content_hash(name: str, data_dir: str | Path) -> str:
-    """16 hex characters of the sha256 of the loaded arrays (raises bench.data.DataError on bad data)."""
+    """16 hex characters of the sha256 of the loaded arrays (raises bench.engine.data.DataError on bad data)."""
     digest = hashlib.sha256()
     for array in load_dataset(name, data_dir, "cpu"):
         digest.update(f"{tuple(array.shape)} {array.dtype};".encode())
@@ -67,10 +71,6 @@ def fingerprint(name: str, data_dir: str | Path) -> str:
         stamp = _stamp(files, data_dir)
     if stamp:
         cache = {**_read_cache(cache_path), name: {"files": stamp, "sha256": value}}
-        temp = cache_path.with_name(f".{CACHE_NAME}.{os.getpid()}.tmp")
-        try:
-            temp.write_text(json.dumps(cache, indent=1) + "\n")
-            os.replace(temp, cache_path)
-        except OSError:  # a read-only data folder: no cache
-            temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only data folder: no cache
+            write_text(cache_path, json.dumps(cache, indent=1) + "\n")
     return value

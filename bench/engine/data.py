@@ -21,9 +21,12 @@ import torch
 import torchvision
 from torch import Tensor
 
+from bench.engine.datasets import DATASETS
+
 OFFLINE_ENV = "TRIPLETBENCH_OFFLINE"
-TORCHVISION = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}
-FOLDERS = {"mnist": "MNIST/raw/", "cifar10": "cifar-10-batches-py/"}
+# the torchvision readers of the table's data sets (bench/engine/datasets.py)
+TORCHVISION = {name: getattr(torchvision.datasets, entry.torchvision)
+               for name, entry in DATASETS.items() if entry.torchvision}
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -32,10 +35,11 @@ class DataError(ValueError):
 
 
 def _fail(name: str, data_dir: Path, problem: str) -> DataError:
+    folder = DATASETS[name].folder
     return DataError(
         f"{problem}; {name} is read from {data_dir}/ as {name}.npz (keys {', '.join(KEYS)}: uint8 images "
-        f"N×H×W or N×H×W×3, integer labels), or torchvision's {FOLDERS[name]} folder there, or downloaded "
-        f"into it by torchvision"
+        f"N×H×W or N×H×W×3, integer labels)"
+        + (f", or torchvision's {folder} folder there, or downloaded into it by torchvision" if folder else "")
     )
 
 
@@ -94,11 +98,13 @@ def _read_torchvision(name: str, data_dir: Path, download: bool) -> tuple[np.nda
 def load_dataset(name: str, data_dir: str | Path, device: str | torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """x_train [N, C, H, W] uint8, y_train [N] int64, x_test, y_test, all on `device`; raise DataError."""
     data_dir = Path(data_dir)
-    if name not in TORCHVISION:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(TORCHVISION)}")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     npz = data_dir / f"{name}.npz"
     if npz.is_file():
         arrays = _read_npz(npz)
+    elif name not in TORCHVISION:
+        arrays = f"no {name}.npz"
     else:
         arrays = _read_torchvision(name, data_dir, download=False)
         if isinstance(arrays, str) and not os.environ.get(OFFLINE_ENV):

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from bench.config import ConfigError
+from bench.engine.config import ConfigError
 
 
 def _shuffles(count: int, n: int, generator: torch.Generator) -> Tensor:

@@ -1,6 +1,6 @@
 """A grid's specification: its axes, fixed and per-dataset settings and blocks, and the points it expands to.
 
-Pure (no training, no Ray): bench.grid runs the points, and bench.stats asks for the same points to know which
+Pure (no training, no Ray): bench.grid runs the points, and bench.reporting.stats asks for the same points to know which
 cells the report expects. A spec is a preset's JSON or the same sections of a grid.json:
 - "axes": {axis: [values]} for every one of AXES and any of OPTIONAL_AXES;
 - "fixed": {config key: value} for every trial; "per_dataset": {dataset: {key: value}} overriding "fixed" for
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import DEFAULTS, LOCATION_KEYS
+from bench.engine.config import KEYS, LOCATION_KEYS
 
 AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
 OPTIONAL_AXES = ("protocol",)  # a preset may list these too
@@ -84,14 +84,15 @@ def with_threads(config: dict[str, Any], threads: int | None) -> dict[str, Any]:
 
 
 def _typed(key: str, value: Any) -> Any:
-    """`value` checked against the type of DEFAULTS[key] (ints accepted for floats, made float)."""
-    default = DEFAULTS.get(key)
-    if default is None or value is None:
+    """`value` checked against the type of config key `key` (bench.engine.config.KEYS; ints accepted for floats,
+    made float; None where the default is None)."""
+    spec = KEYS.get(key)
+    if spec is None or (value is None and spec.default is None):
         return value
-    kind = (int, float) if isinstance(default, float) else type(default)
-    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind):
-        raise GridError(f"{key} must be {type(default).__name__}, got {value!r}")
-    return float(value) if isinstance(default, float) else value
+    kind = (int, float) if spec.type is float else spec.type
+    if isinstance(value, bool) != (spec.type is bool) or not isinstance(value, kind):
+        raise GridError(f"{key} must be {spec.type.__name__}, got {value!r}")
+    return float(value) if spec.type is float else value
 
 
 def _settings(section: str, raw: Any, axes: Iterable[str]) -> dict[str, Any]:

@@ -3,28 +3,29 @@
 - `pixels`: each image's raw values (0..255), flattened and L2-normalised, as its embedding.
 - `untrained`: the trial's network before its first update (seeded and built as bench.trial builds it),
   embedding under the trial's precision, as the trial's evaluation does.
-Both go through bench.protocol.evaluate on the whole validation and test sets against the whole gallery
+Both go through bench.engine.protocol.evaluate on the whole validation and test sets against the whole gallery
 (sizes 0), so that they report the same metric and size names as a trial's checkpoint. A baseline config
 holds what its numbers depend on: the data keys for pixels, and also the network keys for untrained.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from bench.config import resolve
-from bench.data import channel_stats
-from bench.models import initial_model
-from bench.precision import resolve_precision
-from bench.protocol import Splits, evaluate, load_splits
-from bench.provenance import provenance
-from bench.trial import EVAL_BATCH, embed, pick_device
+from bench.engine.config import resolve
+from bench.engine.data import channel_stats
+from bench.engine.device import pick_device
+from bench.engine.models import initial_model
+from bench.engine.precision import resolve_precision
+from bench.engine.protocol import Splits, evaluate, load_splits
+from bench.engine.train import EVAL_BATCH, embed
+from bench.experiment.identity import baseline_id
+from bench.experiment.provenance import provenance
+from bench.experiment.records import baseline_record
 
 BASELINES = ("pixels", "untrained")
 DATA_KEYS = ("dataset", "protocol", "val_fraction", "train_subset")  # what both baselines depend on
@@ -57,14 +58,8 @@ def baseline_config(baseline: str, config: dict[str, Any]) -> dict[str, Any]:
             "eval_gallery": 0, "eval_queries": 0}
 
 
-def baseline_id(config: dict[str, Any], fingerprint: str) -> str:
-    """'baseline-' and 12 hex characters of the sha1 of a baseline config and its data's fingerprint."""
-    identity = {**config, "data_fingerprint": fingerprint}
-    return "baseline-" + hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def run_baseline(config: dict[str, Any], data_dir: str, device: str = "auto") -> dict[str, Any]:
-    """The final-checkpoint metrics and sizes (bench.protocol.evaluate) of one baseline config."""
+    """The final-checkpoint metrics and sizes (bench.engine.protocol.evaluate) of one baseline config."""
     keys = (*DATA_KEYS, *(NET_KEYS if config["baseline"] == "untrained" else ()))
     cfg = resolve({**{key: config[key] for key in keys}, "data_dir": data_dir, "device": device})
     where = pick_device(cfg["device"])
@@ -84,16 +79,17 @@ def baseline_configs(configs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def baseline_records(
     configs: Iterable[dict[str, Any]], data_dir: str, fingerprints: dict[str, str], device: str = "auto",
-    recorded: Callable[[str], bool] = lambda baseline_id: False,
+    recorded: Callable[[str], bool] = lambda baseline_id: False, *, experiment: str | None = None,
+    preset: str | None = None, command: str = "",
 ) -> Iterator[dict[str, Any]]:
     """Per baseline of the trial configs not `recorded` yet (by id, which holds the data set's fingerprint of
-    `fingerprints`): its record, run now (the grid adds experiment, preset and the command)."""
+    `fingerprints`): its record (bench/experiment/records.py), run now."""
     for config in baseline_configs(configs):
         fingerprint = fingerprints[config["dataset"]]
         bid = baseline_id(config, fingerprint)
         if recorded(bid):
             continue
         final = run_baseline(config, data_dir, device)
-        yield {"kind": "baseline", "baseline": config["baseline"], "trial_id": bid, "config": config,
-               "status": "ok", "reason": None, "final": final, "history": [final],
-               "data": {"fingerprint": fingerprint}, "provenance": provenance(pick_device(device))}
+        yield baseline_record(bid, config["baseline"], config, final,
+                              {**provenance(pick_device(device)), "command": command}, fingerprint,
+                              experiment=experiment, preset=preset)

@@ -24,7 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from bench import stats  # noqa: E402
+from bench.engine.files import write_atomic  # noqa: E402
+from bench.reporting import stats  # noqa: E402
 
 TAB10 = plt.get_cmap("tab10").colors
 BASELINE_STYLE = {"pixels": {"color": "0.45", "linestyle": "--", "label": "baseline: raw pixels"},
@@ -384,8 +385,8 @@ def save(figures: dict[str, Figure | str], folder: Path) -> list[Path]:
     for name, figure in figures.items():
         if isinstance(figure, str):
             continue
-        path = folder / f"{name}.png"
-        figure.savefig(path, dpi=DPI, metadata={"Software": None})
+        written.append(write_atomic(folder / f"{name}.png",
+                                    lambda file, figure=figure: figure.savefig(file, format="png", dpi=DPI,
+                                                                               metadata={"Software": None})))
         plt.close(figure)
-        written.append(path)
     return written

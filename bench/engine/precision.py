@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench.config import ConfigError
+from bench.engine.config import ConfigError
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

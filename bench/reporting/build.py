@@ -1,0 +1,51 @@
+"""The report as one pure function: records (bench/reporting/frame.py) to files.
+
+bench.reporting.stats.summarize -> bench.reporting.tables (summary.csv, systems.csv, summary.md, summary.tex,
+tex/*.tex fragments) and bench.reporting.plots (plots/<experiment>/*.png). The same inputs give the same bytes
+whatever the file order or PYTHONHASHSEED.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.reporting import plots, stats, systems, tables
+from bench.reporting.frame import Records, load_records, load_systems
+from losses import LOSSES
+
+
+def write_report(records: Records, reports_dir: Path | str, isolated: systems.Systems | None = None) -> list[Path]:
+    """Write summary.csv, systems.csv, summary.md, summary.tex, tex/*.tex and plots/<experiment>/*.png; the paths
+    written. `isolated` is the step benchmark (load_systems) behind the systems table; None states there is none."""
+    reports_dir = Path(reports_dir)
+    summary = stats.summarize(records.checkpoints, records.grids, tuple(LOSSES))
+    figures: dict[str, dict[str, Any]] = {}
+    points = None
+    if isolated is not None:
+        frame = pd.DataFrame(list(isolated.rows), columns=list(systems.ROW_COLUMNS))
+        frame = frame[frame["compile"].isin(["none", ""])]
+        frame = frame.assign(**{column: pd.to_numeric(frame[column], errors="coerce") for column in systems.NUMERIC})
+        caption = (f"{tables.systems_hardware(isolated)}, commit {isolated.info('git_commit')}, "
+                   f"{isolated.info('date')}; median of {isolated.info('steps')} steps")
+        points = (frame, caption)
+    for experiment in sorted(records.grids):
+        trials = records.checkpoints[records.checkpoints.experiment == experiment]
+        figures[experiment] = plots.make_plots(trials, summary[summary.experiment == experiment], tuple(LOSSES),
+                                               points)
+    document = tables.document(records.checkpoints, records.grids, summary, figures, isolated)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    written = [tables.write_csv(summary, reports_dir / "summary.csv"),
+               systems.write_csv(isolated, reports_dir / "systems.csv")]
+    for experiment, made in figures.items():
+        written += plots.save(made, reports_dir / "plots" / experiment)
+    written += tables.write_documents(document, reports_dir)
+    return written
+
+
+def build_report(results_dir: Path | str, reports_dir: Path | str,
+                 systems_path: Path | str | None = None) -> list[Path]:
+    """load_records(results_dir) and load_systems, then write_report into reports_dir; the paths written."""
+    return write_report(load_records(results_dir), reports_dir, load_systems(reports_dir, systems_path))

@@ -1,0 +1,66 @@
+"""Trial ids are reproduced byte for byte from the committed reference run's configs, and from its grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.experiment.baselines import baseline_config
+from bench.experiment.gridspec import stored_grid, with_threads
+from bench.experiment.identity import baseline_id, record_name, trial_id
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "results" / "cpu"
+
+
+def reference_records() -> list[tuple[Path, dict]]:
+    """(path, record) of every committed record of results/cpu (skips where a checkout lacks them)."""
+    paths = sorted((REFERENCE / "records").glob("*.json"))
+    if not paths:
+        pytest.skip("no committed results/cpu records in this checkout")
+    return [(path, json.loads(path.read_text())) for path in paths]
+
+
+def test_committed_trial_and_baseline_ids_are_reproduced_from_their_configs() -> None:
+    """Every committed record's file name and trial_id follow from its own config and data fingerprint."""
+    checked = {"trial": 0, "baseline": 0}
+    for path, record in reference_records():
+        fingerprint = record["data"]["fingerprint"]
+        if record.get("kind") == "baseline":
+            expected = baseline_id(record["config"], fingerprint)
+            checked["baseline"] += 1
+        else:
+            expected = trial_id(record["config"], fingerprint)
+            checked["trial"] += 1
+        assert record["trial_id"] == path.stem == expected, path
+    assert checked["trial"] == 198 and checked["baseline"] > 0
+
+
+def test_the_stored_grid_names_exactly_the_committed_trials() -> None:
+    """The grid.json's points, with its thread default and fingerprints, give the 198 recorded trial ids."""
+    spec = json.loads((REFERENCE / "grid.json").read_text())
+    grid = stored_grid(spec)
+    ids = {trial_id(with_threads(grid.config(point), spec["threads"]), spec["data"][point["dataset"]])
+           for point in grid.points()}
+    recorded = {path.stem for path, record in reference_records() if record.get("kind") != "baseline"}
+    assert ids == recorded and len(ids) == 198
+
+
+def test_baseline_ids_follow_the_baseline_config() -> None:
+    """A baseline's id depends on its data keys (and, untrained, its net keys), not on the trial's loss."""
+    one = baseline_config("pixels", {"dataset": "mnist", "loss": "batch-all", "seed": 0})
+    other = baseline_config("pixels", {"dataset": "mnist", "loss": "quadruplet", "seed": 3})
+    assert baseline_id(one, "f" * 16) == baseline_id(other, "f" * 16) != baseline_id(one, "e" * 16)
+    untrained = [baseline_config("untrained", {"dataset": "mnist", "seed": seed}) for seed in (0, 1)]
+    assert baseline_id(untrained[0], "f" * 16) != baseline_id(untrained[1], "f" * 16)
+
+
+def test_record_name_of_the_cli() -> None:
+    """bench.trial's file name: the cell, then 8 hex characters that change with any identity key."""
+    config = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 64, "seed": 1}
+    name = record_name(config)
+    assert name.startswith("mnist-batch-all-m0.2-b64-seed1-") and len(name.rsplit("-", 1)[1]) == 8
+    assert record_name({**config, "lr": 1e-3}) != name
+    assert record_name({**config, "data_dir": "/elsewhere", "device": "cpu"}) == name  # location keys
