@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from bench.engine.config import METRICS
-from bench.engine.protocol import EVAL_METRICS
+from bench.engine.config import METRICS, resolve
+from bench.engine.data import channel_stats
+from bench.engine.diagnostics import spread
+from bench.engine.models import initial_model
+from bench.engine.protocol import EVAL_METRICS, load_splits
 from bench.engine.synthetic import synthetic_split, write_synthetic
-from bench.experiment.baselines import BASELINES, baseline_config, baseline_configs, pixel_embeddings, run_baseline
+from bench.engine.train import embed, recalibrate_batchnorm
+from bench.experiment.baselines import (
+    BASELINES,
+    BATCHNORM_RULE,
+    baseline_config,
+    baseline_configs,
+    pixel_embeddings,
+    run_baseline,
+)
 from bench.experiment.fingerprint import fingerprint
 from bench.experiment.gridspec import Grid, GridError
 from bench.experiment.identity import baseline_id
@@ -37,9 +48,9 @@ def test_pixels_separate_well_separated_clusters_perfectly(tiny_data_dir: Path, 
     assert {key: final[key] for key in EVAL_METRICS} == dict.fromkeys(EVAL_METRICS, 1.0)
     if protocol == "seen":  # the whole sets: 540 train (gallery), 60 validation, 200 test
         assert (final["val_gallery_size"], final["val_queries_size"], final["test_queries_size"]) == (540, 60, 200)
-    else:  # held-out classes 5-9: their 300 training images, their 100 test images, each searched leave-one-out
-        assert (final["val_gallery_size"], final["val_queries_size"], final["test_gallery_size"]) == (300, 300, 100)
-    assert final["n_train_classes"] == (10 if protocol == "seen" else 5)
+    else:  # validation classes 4-5: their 120 training images; test classes 6-9: their 80 test images (leave-one-out)
+        assert (final["val_gallery_size"], final["val_queries_size"], final["test_gallery_size"]) == (120, 120, 80)
+    assert final["n_train_classes"] == (10 if protocol == "seen" else 4)
 
 
 def test_pixels_on_overlapping_clusters_fall_below_one(tmp_path: Path) -> None:
@@ -108,6 +119,36 @@ def test_the_grid_records_each_baseline_once(tiny_data_dir: Path, tmp_path: Path
 def test_a_protocol_the_data_cannot_take_stops_the_grid_in_one_line(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "three", n_classes=3)
     ctx, points = context(tmp_path, tmp_path / "three", protocol="unseen")
-    with pytest.raises(GridError, match="protocol unseen needs at least 4 classes"):
+    with pytest.raises(GridError, match="protocol unseen needs at least 6 classes"):
         record_baselines(ctx, points)
     assert not list((tmp_path / "e").glob("**/*.json"))
+
+
+def test_the_untrained_bn_net_is_evaluated_with_recalibrated_statistics(tiny_data_dir: Path) -> None:
+    """cifar-net's fresh running statistics (mean 0, variance 1) squeeze its eval-mode embeddings together; the
+    baseline re-estimates them on the training images first, changing no parameter, and says so in its config."""
+    config = baseline_config("untrained", {"dataset": "cifar10", "model": "cifar-net", "seed": 0})
+    assert config["batchnorm"] == BATCHNORM_RULE
+    assert "batchnorm" not in baseline_config("pixels", {"dataset": "cifar10"})
+    cfg = resolve({"dataset": "cifar10", "model": "cifar-net", "data_dir": str(tiny_data_dir), "device": "cpu"})
+    splits = load_splits(cfg, torch.device("cpu"))
+    mean, std = channel_stats(splits.x_train)
+    fresh = initial_model(cfg, tuple(splits.x_train.shape[1:]), torch.device("cpu"))
+    parameters = {name: value.clone() for name, value in fresh.named_parameters()}
+    squeezed = embed(fresh, splits.x_val, mean, std)
+    recalibrate_batchnorm(fresh, splits.x_train, mean, std)
+    calibrated = embed(fresh, splits.x_val, mean, std)
+    assert all(torch.equal(parameters[name], value) for name, value in fresh.named_parameters())
+    assert spread(calibrated) > 5 * spread(squeezed) and fresh.training
+    norm = next(m for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert norm.momentum == 0.1 and int(norm.num_batches_tracked) == 1  # 600 training images: one batch
+
+
+def test_recalibration_leaves_a_net_without_batchnorm_alone(tiny_data_dir: Path) -> None:
+    cfg = resolve({"dataset": "mnist", "data_dir": str(tiny_data_dir), "device": "cpu"})
+    splits = load_splits(cfg, torch.device("cpu"))
+    mean, std = channel_stats(splits.x_train)
+    net = initial_model(cfg, tuple(splits.x_train.shape[1:]), torch.device("cpu"))
+    before = embed(net, splits.x_val, mean, std)
+    recalibrate_batchnorm(net, splits.x_train, mean, std)
+    assert torch.equal(embed(net, splits.x_val, mean, std), before)

@@ -10,6 +10,7 @@ import torch
 
 from bench.engine.diagnostics import (
     CHANCE_POINTS,
+    MIN_SPREAD,
     active_anchors,
     checkpoint_diagnostics,
     effective_rank,
@@ -17,6 +18,7 @@ from bench.engine.diagnostics import (
     initial_statistics,
     is_collapsed,
     is_pinned,
+    spread,
 )
 from bench.engine.evaluate import retrieval_metrics
 from losses import LOSSES, mining_stats
@@ -112,13 +114,38 @@ def test_effective_rank() -> None:
     assert effective_rank(embeddings * 0.003 + 5) == pytest.approx(effective_rank(embeddings), rel=1e-4)
 
 
-def test_a_shrunk_but_healthy_embedding_is_not_collapsed() -> None:
+def diagnose(embeddings: torch.Tensor, labels: torch.Tensor, reference: float) -> dict:
+    """checkpoint_diagnostics of a batch-all checkpoint with healthy mining statistics."""
+    return checkpoint_diagnostics("batch-all", 0.2, 0.05, {"mu_pos": 0.3, "mu_neg": 1.2}, knn(embeddings, labels), 10,
+                                  embeddings, reference)
+
+
+def test_a_normalised_embedding_squeezed_to_a_point_is_collapsed() -> None:
+    """On the unit sphere, a ball of radius 0.003 (what a pinned batch-hard net leaves) is a point with noise: its
+    neighbours and effective rank still look healthy, its spread against the start does not."""
     embeddings, labels = clustered()
-    shrunk = embeddings * 0.003 + torch.nn.functional.normalize(torch.ones(16), dim=0)  # radius 0.003
-    assert knn(shrunk, labels) == knn(embeddings, labels) > 0.9
-    diagnosis = checkpoint_diagnostics("batch-all", 0.2, 0.05, {"mu_pos": 0.3, "mu_neg": 1.2}, knn(shrunk, labels),
-                                       10, shrunk)
-    assert not diagnosis["collapsed"] and diagnosis["effective_rank"] > 5
+    sphere = torch.nn.functional.normalize(embeddings, dim=1)
+    start = spread(sphere)  # the initial spread: the same classes, spread out
+    healthy = diagnose(sphere, labels, start)
+    assert not healthy["collapsed"] and healthy["spread"] == pytest.approx(start)
+    squeezed = embeddings * 0.003 / embeddings.norm(dim=1).max() + torch.nn.functional.normalize(torch.ones(16), dim=0)
+    assert knn(squeezed, labels) == knn(embeddings, labels) > 0.9 and effective_rank(squeezed) > 5
+    diagnosis = diagnose(squeezed, labels, start)
+    assert diagnosis["collapsed"] and diagnosis["spread"] < 0.01
+    noise = torch.nn.functional.normalize(torch.ones(16), dim=0) + 1e-3 * torch.randn(len(labels), 16)
+    assert diagnose(noise, labels, start)["collapsed"]  # isotropic noise around one point
+
+
+def test_the_size_rule_is_relative_to_the_start_at_any_scale() -> None:
+    """A healthy embedding is healthy at any scale (against its own initial spread); one that shrank toward 0 from
+    its start is collapsed; without a margin check (NaN) only the other rules apply."""
+    embeddings, labels = clustered()
+    for scale in (1e-6, 1e-3, 1.0, 1e3):
+        points = embeddings * scale
+        assert not diagnose(points, labels, spread(points))["collapsed"], scale
+    assert diagnose(embeddings * 1e-3, labels, spread(embeddings))["collapsed"]
+    assert not diagnose(embeddings * 0.5, labels, spread(embeddings))["collapsed"]  # half the size is no collapse
+    assert not diagnose(embeddings * 1e-3, labels, math.nan)["collapsed"]
 
 
 def test_a_two_point_embedding_is_collapsed() -> None:
@@ -126,14 +153,21 @@ def test_a_two_point_embedding_is_collapsed() -> None:
     two_points = torch.where((labels < 5)[:, None], embeddings[0], embeddings[-1])
     accuracy = knn(two_points, labels)
     assert 0.15 < accuracy < 0.3  # 5 classes share each point: above the chance rule, so the rank must catch it
-    diagnosis = checkpoint_diagnostics("batch-all", 0.2, 0.2, {"mu_pos": 0.3, "mu_neg": 0.9}, accuracy, 10, two_points)
+    diagnosis = checkpoint_diagnostics("batch-all", 0.2, 0.2, {"mu_pos": 0.3, "mu_neg": 0.9}, accuracy, 10, two_points,
+                                       spread(embeddings))
     assert diagnosis["collapsed"] and diagnosis["effective_rank"] == pytest.approx(1)
+    assert not diagnosis["spread"] < MIN_SPREAD * spread(embeddings)  # the rank caught it, not the size
 
 
 def test_collapse_rules() -> None:
-    assert is_collapsed(0.1 + CHANCE_POINTS, 10, 8.0) and not is_collapsed(0.1 + CHANCE_POINTS + 0.01, 10, 8.0)
-    assert is_collapsed(0.99, 10, 1.9) and not is_collapsed(0.99, 10, 2.0)
-    assert is_collapsed(0.5 + CHANCE_POINTS, 2, 8.0)
+    chance = 0.1 + CHANCE_POINTS
+    assert is_collapsed(chance, 10, 8.0, 1.0, 2.0) and not is_collapsed(chance + 0.01, 10, 8.0, 1.0, 2.0)
+    assert is_collapsed(0.99, 10, 1.9, 1.0, 2.0) and not is_collapsed(0.99, 10, 2.0, 1.0, 2.0)
+    assert is_collapsed(0.5 + CHANCE_POINTS, 2, 8.0, 1.0, 2.0)
+    edge = MIN_SPREAD * 2.0
+    assert is_collapsed(0.99, 10, 8.0, edge * 0.99, 2.0) and not is_collapsed(0.99, 10, 8.0, edge, 2.0)
+    assert not is_collapsed(0.99, 10, 8.0, 1e-9, math.nan)  # no reference size: only the other rules
+    assert spread(torch.ones(5, 3)) == 0 and spread(torch.tensor([[0.0], [2.0]])) == pytest.approx(math.sqrt(2))
 
 
 @pytest.mark.parametrize("loss", ["batch-all", "batch-hard", "semi-hard", "adaptive-mu", "quadruplet"])

@@ -181,3 +181,54 @@ def test_perfect_embeddings_score_one() -> None:
     assert retrieval_metrics(points[:30], labels[:30], points[30:], labels[30:]) == {
         "knn_accuracy": 1.0, "precision_at_1": 1.0, "map_at_r": 1.0,
     }
+
+
+def squeezed_set(seed: int) -> tuple[torch.Tensor, ...]:
+    """Embeddings as a pinned L2-normalised net leaves them: a ball of diameter 0.002 around a unit vector, in
+    float32, with near-ties (50 gallery items 0.1% of the ball's size from others)."""
+    gallery, gl, queries, ql = random_set(seed, 400, 120, 16, 5)
+    generator = torch.Generator().manual_seed(seed)
+    near = gallery[:50] + 0.003 * torch.randn(50, 16, generator=generator, dtype=torch.float64)
+    gallery, gl = torch.cat([gallery, near]), torch.cat([gl, gl[:50]])
+    scale = 0.002 / float(torch.cdist(gallery, gallery).max())
+    centre = torch.nn.functional.normalize(torch.ones(16, dtype=torch.float64), dim=0)
+    return (centre + scale * gallery).float(), gl, (centre + scale * queries).float(), ql
+
+
+def brute_metrics(gallery: torch.Tensor, gl: torch.Tensor, queries: torch.Tensor, ql: torch.Tensor) -> dict:
+    """P@1, 5-NN majority (ties to the nearest) and MAP@R from float64 cdist, one query at a time."""
+    d = torch.cdist(queries.double(), gallery.double())
+    order = d.argsort(dim=1)
+    first = float((gl[order[:, 0]] == ql).double().mean())
+    votes = []
+    for row, label in zip(order[:, :5], ql, strict=True):
+        labels = gl[row].tolist()
+        best = max(set(labels), key=lambda c: (labels.count(c), -labels.index(c)))
+        votes.append(best == int(label))
+    return {"knn_accuracy": float(np.mean(votes)), "precision_at_1": first,
+            "map_at_r": brute_map_at_r(gallery.double(), gl, queries.double(), ql)}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_metrics_do_not_depend_on_scale_or_position(seed: int) -> None:
+    """On a squeezed set, the metrics equal a float64 brute force and stay exactly the same for the set scaled
+    (by 2^±10 in float32, where scaling is exact; by 1e-3 in float64) and translated (in float64, where the shifted
+    coordinates keep the set's geometry to 1e-16; float32 itself would round it)."""
+    gallery, gl, queries, ql = squeezed_set(seed)
+    reference = brute_metrics(gallery, gl, queries, ql)
+    got = retrieval_metrics(gallery, gl, queries, ql)
+    assert got == pytest.approx(reference, abs=1e-12)
+    for move in (lambda x: x * 2.0**-10, lambda x: x * 2.0**10, lambda x: x.double() * 1e-3, lambda x: x.double() + 5,
+                 lambda x: x.double() * 1e-3 - 3):
+        assert retrieval_metrics(move(gallery), gl, move(queries), ql) == got
+        assert retrieval_metrics(move(gallery), gl) == retrieval_metrics(gallery, gl)
+
+
+def test_float32_search_on_raw_coordinates_fails_on_the_squeezed_set() -> None:
+    """The case the centring exists for: ranked by float32 ‖g‖² − 2 q·g on the raw coordinates, the squeezed set's
+    nearest neighbours come out wrong; the search gets them right."""
+    gallery, gl, queries, ql = squeezed_set(0)
+    naive = ((gallery * gallery).sum(dim=1) - 2 * queries @ gallery.T).argmin(dim=1)
+    exact = torch.cdist(queries.double(), gallery.double()).argmin(dim=1)
+    assert (naive != exact).float().mean() > 0.1
+    assert retrieval_metrics(gallery, gl, queries, ql)["precision_at_1"] == float((gl[exact] == ql).double().mean())

@@ -28,8 +28,8 @@ from bench.experiment.presets import load_preset, preset_names
 from bench.grid import MAX_NODE_FAILURES, pick_backend, quiet_ray, ray_param_space, run_grid
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORD_KEYS = {"trial_id", "experiment", "preset", "config", "status", "reason", "history", "final", "provenance",
-               "embeddings", "data", "initial"}
+RECORD_KEYS = {"trial_id", "kind", "experiment", "preset", "config", "status", "reason", "history", "final",
+               "provenance", "embeddings", "data", "initial"}
 FAKE_GRID = {
     "doc": "fake trials: margin 0.5 raises OOM, batch size 16 raises a NaN error, batch-hard diverges",
     "axes": {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.2, 0.5],

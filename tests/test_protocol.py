@@ -21,6 +21,7 @@ from bench.engine.protocol import (
     evaluate,
     intermediate_sizes,
     make_splits,
+    unseen_classes,
     validation_mask,
 )
 from bench.engine.synthetic import write_synthetic
@@ -75,23 +76,26 @@ def test_the_validation_split_is_the_same_in_another_process() -> None:
     assert 0 < mask[:500].sum() < mask.sum()  # spread over the set, not its start
 
 
-def test_unseen_splits_hold_out_the_second_half_of_the_classes() -> None:
+def test_unseen_splits_train_validate_and_test_on_three_class_disjoint_sets() -> None:
+    """Sorted classes, 40% / 20% / the rest (rounded half up, at least 2 each): selection never sees a test class."""
     x_train, y_train, x_test, y_test = data(n_classes=7)
     splits = make_splits(x_train, y_train, x_test, y_test, "unseen", 0.3)
     classes = sorted(set(y_train.tolist()))
-    assert set(splits.y_train.tolist()) == set(classes[:3])  # ⌊7/2⌋ training classes
-    assert set(splits.y_val.tolist()) == set(splits.y_test.tolist()) == set(classes[3:])
+    assert set(splits.y_train.tolist()) == set(classes[:3])  # round(2.8) training classes
+    assert set(splits.y_val.tolist()) == set(classes[3:5]) and set(splits.y_test.tolist()) == set(classes[5:])
     assert ids(splits.x_val) <= ids(x_train) and ids(splits.x_test) <= ids(x_test)
-    assert ids(splits.x_train) | ids(splits.x_val) == ids(x_train) and not ids(splits.x_train) & ids(splits.x_val)
-    assert len(splits.y_test) == int(torch.isin(y_test, torch.tensor(classes[3:])).sum())
+    assert not ids(splits.x_train) & ids(splits.x_val)
+    assert len(splits.y_test) == int(torch.isin(y_test, torch.tensor(classes[5:])).sum())
     assert splits.sizes()["n_train_classes"] == 3
+    assert [len(c) for c in unseen_classes(torch.arange(10))] == [4, 2, 4]
+    assert [c.tolist() for c in unseen_classes(torch.tensor([9, 3, 5, 1, 7, 0]))] == [[0, 1], [3, 5], [7, 9]]
     # val_fraction has no effect under unseen: all the held-out classes' training images validate
     assert torch.equal(make_splits(x_train, y_train, x_test, y_test, "unseen", 0.1).x_val, splits.x_val)
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"protocol": "unseen", "n_classes": 3}, "protocol unseen needs at least 4 classes (half to train on, half "
-     "held out), the data has 3"),
+    ({"protocol": "unseen", "n_classes": 5}, "protocol unseen needs at least 6 classes (class-disjoint training, "
+     "validation and test sets of at least 2 classes each), the data has 5"),
     ({"protocol": "seen", "n_train": 12}, "leaves class"),
     ({"protocol": "unseen", "n_test": 5}, "leave-one-out retrieval needs 2"),
     ({"protocol": "nearby"}, "unknown protocol 'nearby'; valid: seen, unseen"),
@@ -122,14 +126,14 @@ def test_intermediate_sizes_scale_with_the_budget_on_the_cpu() -> None:
 
 
 def clusters(protocol: str) -> Splits:
-    """Four well-separated classes of images (a bright square per class) in both protocols' splits."""
+    """Six well-separated classes of images (a bright square per class) in both protocols' splits."""
     g = torch.Generator().manual_seed(0)
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.arange(n) % 4
-        images = torch.randint(0, 20, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
-        for cls in range(4):
-            images[labels == cls, 0, 4 * (cls // 2):4 * (cls // 2) + 4, 4 * (cls % 2):4 * (cls % 2) + 4] += 200
+        labels = torch.arange(n) % 6
+        images = torch.randint(0, 20, (n, 1, 8, 12), generator=g, dtype=torch.uint8)
+        for cls in range(6):
+            images[labels == cls, 0, 4 * (cls // 3):4 * (cls // 3) + 4, 4 * (cls % 3):4 * (cls % 3) + 4] += 200
         return images, labels
 
     return make_splits(*draw(200), *draw(80), protocol, 0.1)
@@ -143,9 +147,9 @@ def test_evaluate_reports_every_metric_and_size_in_both_protocols() -> None:
                                                                 "test_gallery_size": 50, "test_queries_size": 10}
     assert seen["val_map_at_r"] == seen["map_at_r"] == seen["knn_accuracy"] == 1.0
     unseen, embedded = evaluate(flat, clusters("unseen"))
-    assert (unseen["val_gallery_size"], unseen["val_queries_size"], unseen["test_queries_size"]) == (100, 100, 40)
+    assert (unseen["val_gallery_size"], unseen["val_queries_size"], unseen["test_queries_size"]) == (66, 66, 26)
     assert unseen["val_map_at_r"] == unseen["map_at_r"] == unseen["val_precision_at_1"] == 1.0
-    assert embedded["test"].dtype == torch.float32 and embedded["test"].shape == (40, 64)
+    assert embedded["test"].dtype == torch.float32 and embedded["test"].shape == (26, 96)
 
 
 def test_cli_refuses_bad_protocol_inputs_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,7 +161,7 @@ def test_cli_refuses_bad_protocol_inputs_in_one_line(tmp_path: Path, capsys: pyt
         "unknown protocol 'nearby'; valid: seen, unseen": ["--protocol", "nearby"],
         "val_fraction must be in (0, 0.5], got 0.7": ["--val-fraction", "0.7"],
         "val_fraction must be in (0, 0.5], got 0.0": ["--val-fraction", "0"],
-        "protocol unseen needs at least 4 classes": ["--protocol", "unseen", "--data-dir", str(tmp_path / "three")],
+        "protocol unseen needs at least 6 classes": ["--protocol", "unseen", "--data-dir", str(tmp_path / "three")],
         "with no validation image": [],
     }
     for message, argv in cases.items():

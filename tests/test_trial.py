@@ -30,7 +30,7 @@ from losses import LOSSES
 
 TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_seconds")
 TRAINING = ("planned_steps", "train_seconds", "warmup_steps", "images_per_class", "lr", "precision", "threads")
-DIAGNOSTICS = ("pinned_at_margin", "collapsed", "effective_rank")
+DIAGNOSTICS = ("pinned_at_margin", "collapsed", "effective_rank", "spread")
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_LR = MODEL_DEFAULTS["mnist-net"]["lr"]  # the trial's lr where the config leaves it None
 
@@ -139,17 +139,58 @@ def test_cosine_schedule(tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_the_margin_check_changes_nothing(tiny_data_dir: Path) -> None:
-    """Parameters and BatchNorm buffers are the same before and after it; training mode is restored."""
+    """Parameters, BatchNorm buffers and the random stream are the same before and after it; the model stays in
+    training mode."""
     model = build_model("resnet18", (3, 32, 32), 16, True).to(memory_format=torch.channels_last)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     images = torch.randn(4, 8, 3, 32, 32)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    rng = torch.random.get_rng_state()
     stats = initial_check(model, [(x, labels) for x in images], "batch-hard", 0.2, "fp32", torch.device("cpu"))
+    assert torch.equal(torch.random.get_rng_state(), rng)
     after = model.state_dict()
     assert model.training and before.keys() == after.keys()
     assert all(torch.equal(before[key], after[key]) for key in before)
     assert any("running_var" in key for key in before) and 0 <= stats["initial_active_anchors"] <= 1
     assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_the_margin_check_sees_the_state_the_first_update_sees(
+    tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a BatchNorm net (cifar-net, augmented), the check's first batch has the distances of the first training
+    forward pass (batch statistics, not eval mode's fresh running statistics), and the model's parameters and
+    buffers end bit-identical with and without the check."""
+    checked: list[torch.Tensor] = []
+    trained: list[torch.Tensor] = []
+    models: list[torch.nn.Module] = []
+    original_statistics, original_step = bench.engine.train.initial_statistics, bench.engine.train.train_step
+    original_model = bench.engine.train.initial_model
+
+    def statistics(batches: list[tuple[torch.Tensor, torch.Tensor]], *args: Any) -> dict[str, Any]:
+        checked.extend(embeddings for embeddings, _ in batches)
+        return original_statistics(batches, *args)
+
+    def step(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings, loss = original_step(*args)
+        trained.append(embeddings.detach().clone())
+        return embeddings, loss
+
+    monkeypatch.setattr(bench.engine.train, "initial_statistics", statistics)
+    monkeypatch.setattr(bench.engine.train, "train_step", step)
+    monkeypatch.setattr(bench.engine.train, "initial_model", lambda *a: models.append(original_model(*a)) or models[-1])
+    config = tiny(tiny_data_dir, dataset="cifar10", model="cifar-net", batch_size=16, budget_samples=48,
+                  checkpoints=1, eval_gallery=30, eval_queries=20)
+    with_check = run_trial(config)
+    torch.testing.assert_close(torch.cdist(checked[0], checked[0]), torch.cdist(trained[0], trained[0]),
+                               rtol=1e-5, atol=1e-6)
+    assert float(torch.pdist(checked[0]).mean()) > 0.1  # eval mode's fresh BN statistics squeeze them to ~0
+    monkeypatch.setattr(bench.engine.train, "INITIAL_BATCHES", 0)
+    without = run_trial(config)
+    assert with_check["loss"] == without["loss"] and with_check["map_at_r"] == without["map_at_r"]
+    first, second = (model.state_dict() for model in models)
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert any("running_mean" in key for key in first)
 
 
 def strip(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,7 +285,7 @@ def test_collapse_to_a_point_is_detected(tiny_data_dir: Path, monkeypatch: pytes
     monkeypatch.setitem(LOSSES, "quadruplet", dataclasses.replace(LOSSES["quadruplet"], fn=to_one_point))
     final = run_trial(tiny(tiny_data_dir, loss="quadruplet", lr=1e-2, budget_samples=160, checkpoints=1))
     assert final["status"] == "collapsed" and final["collapsed"] and final["mu_neg"] < 0.02
-    assert final["effective_rank"] < 2 or final["knn_accuracy"] <= 0.15
+    assert final["spread"] < 0.2 * final["initial_spread"]  # the size rule sees it, whatever the rank
 
 
 class Shrinking(torch.nn.Module):
@@ -260,11 +301,12 @@ class Shrinking(torch.nn.Module):
         return self.net(x) * scale
 
 
-def test_an_unnormalised_net_shrinking_to_zero_is_pinned_then_collapsed(
+def test_an_unnormalised_net_shrinking_to_zero_is_pinned_and_collapsed(
     tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Shrunk far below the margin, every hinge stays active (pinned) although the neighbours still hold (not
-    collapsed); once the outputs coincide, the information is gone (collapsed). The old spread rule saw neither."""
+    """Shrunk far below the margin, every hinge stays active (pinned), and although the neighbours still hold, the
+    embedding is a point against its initial size (collapsed); once the outputs coincide, the rank is 0 too. The
+    old rules (chance, rank) saw no collapse until the outputs coincided."""
     original = bench.engine.train.initial_model
     monkeypatch.setattr(bench.engine.train, "initial_model",
                         lambda *args, **kwargs: Shrinking(original(*args, **kwargs)))
@@ -273,8 +315,9 @@ def test_an_unnormalised_net_shrinking_to_zero_is_pinned_then_collapsed(
     ))
     assert [r["step"] for r in reports] == [3, 5, 8, 10]
     assert all(r["pinned_at_margin"] for r in reports[1:])  # from 1e-6 of the first step's scale on
-    assert [r["status"] for r in reports] == ["ok", "ok", "ok", "collapsed"]
+    assert [r["status"] for r in reports] == ["collapsed"] * 4  # 1e-4 of the first step's scale at step 3
     assert reports[1]["loss"] == pytest.approx(0.2, rel=1e-3) and reports[1]["knn_accuracy"] > 0.5
+    assert reports[1]["effective_rank"] > 2 and reports[1]["spread"] < 1e-3 * reports[1]["initial_spread"]
     assert final["effective_rank"] == 0 and final["collapsed"]
 
 

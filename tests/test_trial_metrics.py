@@ -119,12 +119,12 @@ def test_training_sees_only_its_own_split(
     calls = capture(monkeypatch)
     final = run_trial(tiny(tiny_data_dir, protocol=protocol, budget_samples=32, checkpoints=1))
     (labels,) = trained_on
-    assert len(labels) == final["train_size"] == (540 if protocol == "seen" else 300)
-    if protocol == "unseen":  # classes 0-4 train; 5-9 are searched leave-one-out, each set on its own
+    assert len(labels) == final["train_size"] == (540 if protocol == "seen" else 240)
+    if protocol == "unseen":  # classes 0-3 train, 4-5 validate, 6-9 test; each set searched leave-one-out
         # validation, test, then validation's subset again for plateau_gap
-        assert set(labels.tolist()) == set(range(5)) and [len(c) for c in calls] == [2, 2, 2]
-        assert all(set(c[1].tolist()) == set(range(5, 10)) for c in calls)
-        assert (final["val_gallery_size"], final["test_gallery_size"], final["test_queries_size"]) == (300, 100, 100)
+        assert set(labels.tolist()) == set(range(4)) and [len(c) for c in calls] == [2, 2, 2]
+        assert [set(c[1].tolist()) for c in calls] == [{4, 5}, {6, 7, 8, 9}, {4, 5}]
+        assert (final["val_gallery_size"], final["test_gallery_size"], final["test_queries_size"]) == (120, 80, 80)
 
 
 def test_saved_embeddings_are_the_first_test_queries(tiny_data_dir: Path, tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_saved_embeddings_are_the_first_test_queries(tiny_data_dir: Path, tmp_pa
                            checkpoints=1, sampler="random", save_embeddings=str(path)))
     assert final["status"] == "ok" and final["step"] == 2
     with np.load(path) as saved, np.load(tiny_data_dir / "cifar10.npz") as data:
-        held_out = data["y_test"][data["y_test"] >= 5]
+        held_out = data["y_test"][data["y_test"] >= 6]  # the test classes
         assert saved["embeddings"].dtype == np.float16 and saved["embeddings"].shape == (len(held_out), 128)
         np.testing.assert_allclose(np.linalg.norm(saved["embeddings"].astype(np.float32), axis=1), 1, atol=1e-2)
         np.testing.assert_array_equal(saved["labels"], held_out)

@@ -10,8 +10,13 @@
 - pinned_at_margin: the training loss is within PINNED_TOLERANCE (relative) of its value when all distances
   are equal (losses.Loss.pinned_loss: the effective margin; 1.5 × it for quadruplet) and μ_neg is
   below the effective margin: every hinge stays active and the net only shrinks or holds the embeddings.
-- collapsed: the embeddings lost their information. k-NN accuracy at most CHANCE_POINTS above chance (1 / the
-  number of classes), or an effective rank below MIN_EFFECTIVE_RANK.
+- spread: the RMS pairwise distance of a set of embeddings, √(2 · mean ‖x − x̄‖²): its size. Its reference is the
+  margin check's `initial_spread`: the untrained net's spread on the first planned batches, in the state training
+  sees, so that the rule is the same for L2-normalised and unnormalised embeddings and for any output scale.
+- collapsed: the embeddings lost their information or their size. k-NN accuracy at most CHANCE_POINTS above chance
+  (1 / the number of classes), or an effective rank below MIN_EFFECTIVE_RANK (two points, a line), or a spread
+  below MIN_SPREAD of the initial spread (a point, with or without isotropic noise around it: the effective rank is
+  scale-free and misses it, and a retrieval on such a ball ranks by noise).
 - effective rank (Roy & Vetterli 2007): exp of the Shannon entropy of the normalised singular values of the
   centred embeddings. Scale-free, so a shrunk but intact embedding keeps it; 0 for a single point, 1 for
   two points or any embedding on a line, k for k equal orthogonal directions.
@@ -36,8 +41,12 @@ CHANCE_POINTS = 0.05
 # C ≥ 3 classes that a metric embedding separates span at least a plane (3 equidistant points have effective
 # rank 2); below 2 the variance lies essentially along one line: two points, or a point with a 1-d smear
 MIN_EFFECTIVE_RANK = 2.0
+# a fifth of the initial size: on the reference run's stored test embeddings (L2-normalised; an untrained mnist-net
+# spreads 0.18, a cifar-net 0.70-0.72), the pinned batch-hard trials end at 0.0017-0.0021 and quadruplet at m = 0
+# at 0.007-0.057 (under a tenth of the start), every other trial at 0.48 or more (above two thirds of it)
+MIN_SPREAD = 0.2
 INITIAL_KEYS = ("initial_fraction_easy", "initial_fraction_semihard", "initial_fraction_hard",
-                "initial_active_anchors", "effective_margin")
+                "initial_active_anchors", "effective_margin", "initial_spread")
 
 
 @torch.no_grad()
@@ -53,12 +62,14 @@ def active_anchors(embeddings: Tensor, labels: Tensor, margin: float) -> tuple[i
 def initial_statistics(batches: Iterable[tuple[Tensor, Tensor]], loss: str, margin: float) -> dict[str, Any]:
     """INITIAL_KEYS from (embeddings [B, D], labels [B]) of the first batches, each at its effective margin.
 
-    A fraction over no valid triplets (anchors) is NaN; initial_active_anchors is None unless `loss` is batch-hard.
+    A fraction over no valid triplets (anchors) is NaN; initial_active_anchors is None unless the loss mines the
+    hardest pairs; initial_spread is the mean spread of the batches.
     """
     counts = {"easy": 0, "semihard": 0, "hard": 0}
-    margins, active, anchors = [], 0, 0
+    margins, spreads, active, anchors = [], [], 0, 0
     for embeddings, labels in batches:
         embeddings = embeddings.float()
+        spreads.append(spread(embeddings))
         nominal = mining_stats(embeddings, labels, margin)
         m_eff = LOSSES[loss].effective_margin(margin, nominal["mu_pos"], nominal["mu_neg"])
         stats = nominal if m_eff == margin else mining_stats(embeddings, labels, m_eff)
@@ -74,7 +85,14 @@ def initial_statistics(batches: Iterable[tuple[Tensor, Tensor]], loss: str, marg
         **{f"initial_fraction_{kind}": count / valid if valid else math.nan for kind, count in counts.items()},
         "initial_active_anchors": (active / anchors if anchors else math.nan) if LOSSES[loss].hardest else None,
         "effective_margin": math.fsum(margins) / len(margins) if margins else math.nan,
+        "initial_spread": math.fsum(spreads) / len(spreads) if spreads else math.nan,
     }
+
+
+def spread(embeddings: Tensor) -> float:
+    """The RMS pairwise distance √(2 · mean ‖x − x̄‖²) of embeddings [N, D], in float64; 0 for one point."""
+    centred = embeddings.double() - embeddings.double().mean(dim=0)
+    return math.sqrt(2 * float((centred * centred).sum(dim=1).mean()))
 
 
 def effective_rank(embeddings: Tensor) -> float:
@@ -94,27 +112,30 @@ def is_pinned(loss: str, loss_mean: float, m_eff: float, mu_neg: float) -> bool:
     return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and mu_neg < m_eff
 
 
-def is_collapsed(knn_accuracy: float, n_classes: int, rank: float) -> bool:
-    """Whether k-NN accuracy ≤ chance (1 / n_classes) + CHANCE_POINTS, or the effective rank < MIN_EFFECTIVE_RANK."""
-    return knn_accuracy <= 1 / n_classes + CHANCE_POINTS or rank < MIN_EFFECTIVE_RANK
+def is_collapsed(knn_accuracy: float, n_classes: int, rank: float, size: float, reference: float) -> bool:
+    """Whether k-NN accuracy ≤ chance (1 / n_classes) + CHANCE_POINTS, the effective rank < MIN_EFFECTIVE_RANK, or
+    the spread `size` < MIN_SPREAD × `reference` (NaN reference: that test is skipped)."""
+    shrunk = bool(size < MIN_SPREAD * reference) if math.isfinite(reference) else False
+    return knn_accuracy <= 1 / n_classes + CHANCE_POINTS or rank < MIN_EFFECTIVE_RANK or shrunk
 
 
 def checkpoint_diagnostics(
     loss: str, margin: float, loss_mean: float, mining: dict[str, float], knn_accuracy: float, n_classes: int,
-    embeddings: Tensor,
+    embeddings: Tensor, initial_spread: float,
 ) -> dict[str, Any]:
-    """pinned_at_margin, collapsed and effective_rank of a checkpoint.
+    """pinned_at_margin, collapsed, effective_rank and spread of a checkpoint.
 
     `mining` holds the last training batch's mu_pos and mu_neg (which give its effective margin), `loss_mean`
     the mean training loss since the previous checkpoint; knn_accuracy, n_classes and embeddings [N, D] are
-    those of the evaluated split.
+    those of the evaluated split; initial_spread is the margin check's (module docstring).
     """
     m_eff = LOSSES[loss].effective_margin(margin, mining["mu_pos"], mining["mu_neg"])
-    rank = effective_rank(embeddings)
+    rank, size = effective_rank(embeddings), spread(embeddings)
     return {
         "pinned_at_margin": is_pinned(loss, loss_mean, m_eff, mining["mu_neg"]),
-        "collapsed": is_collapsed(knn_accuracy, n_classes, rank),
+        "collapsed": is_collapsed(knn_accuracy, n_classes, rank, size, initial_spread),
         "effective_rank": rank,
+        "spread": size,
     }
 
 

@@ -9,12 +9,15 @@ Protocols (config `protocol`):
 - `seen` (default, the source tutorial's k-NN classification): training = the training split less the
   validation split (then `train_subset`, if set); gallery = that reduced training split; queries = the
   validation images (val_* metrics) or the test images (test metrics).
-- `unseen` (class-disjoint, as in Musgrave et al. 2020): the sorted classes are halved; training = the
-  training-split images of the first ⌊n/2⌋ classes (then `train_subset`); the other classes are held out
-  and evaluated by leave-one-out retrieval within a set, each query's own image excluded: validation =
-  the training-split images of the held-out classes, test = their test images. `val_fraction` has no
-  effect here: the held-out classes already give a validation set that training never sees, and all of
-  it is used. Fewer than 4 classes, or a held-out class with fewer than 2 images in either set, is refused.
+- `unseen` (class-disjoint): the sorted classes are cut into three sets that share no class, UNSEEN_SHARES of
+  them (rounded half up, at least 2 each) for training and validation and the rest for test: 4 / 2 / 4 of 10
+  classes. Training = the training-split images of the training classes (then `train_subset`); validation =
+  the training-split images of the validation classes; test = the test-split images of the test classes; the
+  last two are evaluated by leave-one-out retrieval within the set, each query's own image excluded. So every
+  choice made on validation is made on classes that are neither trained on nor reported (Musgrave et al. 2020
+  validate on class-disjoint folds of the training classes; a fixed third set is the simplest form of that).
+  `val_fraction` has no effect here. Data that cannot give three sets of at least 2 classes (fewer than 6
+  classes), or a validation or test class with fewer than 2 images, is refused.
 
 Evaluation sizes: the final checkpoint searches the whole validation and test sets against the whole
 gallery. Earlier checkpoints use fixed subsets (drawn with SUBSET_SEED, the same in every trial), of
@@ -45,6 +48,7 @@ SPLIT_METRICS = ("knn_accuracy", "precision_at_1", "map_at_r")
 EVAL_METRICS = (*(f"val_{name}" for name in SPLIT_METRICS), *SPLIT_METRICS)
 EVAL_SIZE_KEYS = ("val_gallery_size", "val_queries_size", "test_gallery_size", "test_queries_size")
 SPLIT_SIZE_KEYS = ("train_size", "val_size", "test_size", "n_train_classes")
+UNSEEN_SHARES = (0.4, 0.2)  # of the sorted classes: training, validation; the rest is the test set
 
 Embed = Callable[[Tensor], Tensor]  # uint8 images [N, C, H, W] → float32 embeddings [N, D]
 
@@ -104,25 +108,34 @@ def make_splits(
         x_val, y_val, x_test_set, y_test_set = x_train[val], y_train[val], x_test, y_test
         x_train, y_train = x_train[~val], y_train[~val]
     elif protocol == "unseen":
-        classes = torch.unique(y_train)
-        if len(classes) < 4:
-            raise ConfigError(f"protocol unseen needs at least 4 classes (half to train on, half held out), "
-                              f"the data has {len(classes)}")
-        held_out = classes[len(classes) // 2:]
-        val, test = torch.isin(y_train, held_out), torch.isin(y_test, held_out)
-        for labels, name in ((y_train[val], "training"), (y_test[test], "test")):
+        train_classes, val_classes, test_classes = (c.to(y_train.device) for c in unseen_classes(torch.unique(y_train)))
+        val, test = torch.isin(y_train, val_classes), torch.isin(y_test, test_classes)
+        for labels, held_out, name in ((y_train[val], val_classes, "validation"), (y_test[test], test_classes, "test")):
             counts = torch.stack([(labels == cls).sum() for cls in held_out])
             if int(counts.min()) < 2:
-                raise ConfigError(f"protocol unseen: held-out class {int(held_out[counts.argmin()])} has "
-                                  f"{int(counts.min())} {name}-split image(s); leave-one-out retrieval needs 2")
+                raise ConfigError(f"protocol unseen: {name} class {int(held_out[counts.argmin()])} has "
+                                  f"{int(counts.min())} image(s); leave-one-out retrieval needs 2")
+        train = torch.isin(y_train, train_classes.to(y_train.device))
         x_val, y_val, x_test_set, y_test_set = x_train[val], y_train[val], x_test[test], y_test[test]
-        x_train, y_train = x_train[~val], y_train[~val]
+        x_train, y_train = x_train[train], y_train[train]
     else:
         raise ConfigError(f"unknown protocol {protocol!r}; valid: seen, unseen")
     if 0 < train_subset < len(y_train):
         keep = fixed_subset(len(y_train), train_subset).to(y_train.device)
         x_train, y_train = x_train[keep], y_train[keep]
     return Splits(protocol, x_train, y_train, x_val, y_val, x_test_set, y_test_set)
+
+
+def unseen_classes(classes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The training, validation and test classes of the `unseen` protocol: consecutive runs of the sorted classes,
+    UNSEEN_SHARES of them rounded half up (at least 2 each), the rest for test (ConfigError below 2 test classes)."""
+    classes = classes.cpu().sort().values
+    n = len(classes)
+    n_train, n_val = (max(2, int(share * n + 0.5)) for share in UNSEEN_SHARES)
+    if n - n_train - n_val < 2:
+        raise ConfigError(f"protocol unseen needs at least 6 classes (class-disjoint training, validation and test "
+                          f"sets of at least 2 classes each), the data has {n}")
+    return classes[:n_train], classes[n_train:n_train + n_val], classes[n_train + n_val:]
 
 
 def load_splits(cfg: dict[str, Any], device: torch.device) -> Splits:

@@ -12,8 +12,9 @@ config `lr_schedule` over the planned steps (constant, or cosine to 0 at the sam
 runs under config `precision` (bench/engine/precision.py: bf16 autocast or fp32); the loss is computed in fp32.
 
 Before the first update, the margin check (bench/engine/diagnostics.py) embeds the first INITIAL_BATCHES planned
-batches, augmented exactly as training will augment them, in eval mode without gradients: nothing of the
-model, its BatchNorm statistics, the optimiser or the random streams of training changes.
+batches, augmented exactly as training will augment them, in train mode as the first update sees them (a copy of
+the model, without gradients): nothing of the model, its BatchNorm statistics, the optimiser or the random streams
+of training changes.
 
 The data is split by bench.engine.protocol (config `protocol`, `val_fraction`): training never sees the
 validation or test images. Per checkpoint (see bench.engine.config.METRICS): the validation metrics (val_*) and
@@ -35,12 +36,12 @@ Systems columns:
 - `planned_steps`, `images_per_class` (mean over the plan's batches of B / distinct classes), `lr` (after
   lr_scaling), `precision` (what ran: fp32 or bf16), `threads` (torch's intra-op threads during the trial).
 Diagnostics (bench/engine/diagnostics.py): the initial_* statistics and `effective_margin` of the margin check (the
-same at every checkpoint), and, on the validation embeddings, `pinned_at_margin`, `collapsed` and
-`effective_rank`. Status:
+same at every checkpoint), and, on the validation embeddings, `pinned_at_margin`, `collapsed`, `effective_rank`
+and `spread`. Status:
 - `diverged`: a training loss is not finite. Losses stay on the device and are inspected every
   CHECK_EVERY steps; the trial stops there, and `reason` names the first non-finite step.
-- `collapsed`: the checkpoint's `collapsed` diagnostic (validation k-NN accuracy near chance, or effective
-  rank < 2).
+- `collapsed`: the checkpoint's `collapsed` diagnostic (validation k-NN accuracy near chance, effective
+  rank < 2, or a spread below a fifth of the margin check's initial spread).
 - `ok` otherwise. The trial's status is its last checkpoint's.
 On CPU the trial runs with torch.use_deterministic_algorithms, so at a fixed thread count (config `threads`,
 set for the trial and restored afterwards) and precision a seed fixes every metric but the timings; on CUDA
@@ -49,6 +50,7 @@ it uses cudnn.benchmark and fused optimisers. Tensors are channels_last (faster 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -62,7 +64,12 @@ from bench.engine.config import resolve
 from bench.engine.data import channel_stats, normalize
 from bench.engine.datasets import DATASETS
 from bench.engine.device import pick_device, sync
-from bench.engine.diagnostics import INITIAL_BATCHES, checkpoint_diagnostics, images_per_class, initial_statistics
+from bench.engine.diagnostics import (
+    INITIAL_BATCHES,
+    checkpoint_diagnostics,
+    images_per_class,
+    initial_statistics,
+)
 from bench.engine.files import save_npz
 from bench.engine.memory import TrainingPeak
 from bench.engine.models import build_optimizer, initial_model, model_settings
@@ -100,6 +107,31 @@ def embed(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor, pre
             parts.append(model(x.contiguous(memory_format=torch.channels_last)).float())
     model.train()
     return torch.cat(parts)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, images: Tensor, mean: Tensor, std: Tensor,
+                          precision: str = "fp32") -> None:
+    """Re-estimate every BatchNorm's running statistics from uint8 images [N, C, H, W], without a gradient step: reset,
+    then the cumulative average (momentum None) over batches of EVAL_BATCH in train mode (a last batch of one image
+    is left out). What evaluating an untrained net needs: its fresh statistics (mean 0, variance 1) squeeze every
+    embedding together in eval mode. Parameters do not change; a net without BatchNorm is left as it is."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    training = model.training
+    model.train()
+    with autocast(precision, images.device):
+        for start in range(0, len(images) - 1, EVAL_BATCH):
+            x = normalize(images[start:start + EVAL_BATCH], mean, std)
+            model(x.contiguous(memory_format=torch.channels_last))
+    model.train(training)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
 
 
 def scheduled_lr(lr: float, step: int, steps: int, schedule: str) -> float:
@@ -146,12 +178,14 @@ def initial_check(
     model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]], loss: str, margin: float, precision: str,
     device: torch.device,
 ) -> dict[str, Any]:
-    """bench.engine.diagnostics.initial_statistics of (images, labels) batches embedded in eval mode, nothing
-    updated."""
-    model.eval()
-    with autocast(precision, device):
-        embedded = [(model(x).float(), labels) for x, labels in batches]
-    model.train()
+    """bench.engine.diagnostics.initial_statistics of (images, labels) batches embedded as the first update sees
+    them: in train mode (BatchNorm on the batch's own statistics, dropout as in training), one batch at a time, by a
+    copy of the model under forked random streams, so that nothing of the model, its buffers, the optimiser or the
+    random streams of training changes."""
+    probe = copy.deepcopy(model).train()
+    cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), autocast(precision, device):
+        embedded = [(probe(x).float(), labels) for x, labels in batches]
     return initial_statistics(embedded, loss, margin)
 
 
@@ -250,7 +284,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
         if len(bad):
             metrics.update(dict.fromkeys((*MINING_KEYS, *EVAL_METRICS), math.nan))
             metrics.update({**dict.fromkeys(EVAL_SIZE_KEYS, 0), **splits.sizes()})  # nothing evaluated
-            metrics.update(pinned_at_margin=False, collapsed=False, effective_rank=math.nan)
+            metrics.update(pinned_at_margin=False, collapsed=False, effective_rank=math.nan, spread=math.nan)
             metrics.update(status="diverged", reason=f"non-finite loss at step {int(bad[0]) + 1}")
         else:
             stats = mining_stats(embeddings.detach(), y_train[batch], margin)
@@ -266,6 +300,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
             metrics.update(checkpoint_diagnostics(
                 cfg["loss"], margin, metrics["loss"], stats, metrics["val_knn_accuracy"],
                 len(splits.y_val.unique()), embedded["val"],
+                fixed["initial_spread"],
             ))
             metrics["status"] = "collapsed" if metrics["collapsed"] else "ok"
         metrics["elapsed_seconds"] = time.perf_counter() - started

@@ -1,8 +1,12 @@
 """Reference rows evaluated exactly like a trial's final checkpoint: raw pixels and the untrained network.
 
 - `pixels`: each image's raw values (0..255), flattened and L2-normalised, as its embedding.
-- `untrained`: the trial's network before its first update (seeded and built as bench.trial builds it),
-  embedding under the trial's precision, as the trial's evaluation does.
+- `untrained`: the trial's network before its first update (seeded and built as the trial builds it), its
+  BatchNorm running statistics re-estimated on the training images (bench.engine.train.recalibrate_batchnorm: no
+  gradient step; a fresh net's mean-0 variance-1 statistics would squeeze every embedding together in eval mode),
+  embedding under the trial's precision, as the trial's evaluation does. Its config says so
+  (`batchnorm: "recalibrated on the training images"`), so that untrained baselines recorded before this rule get
+  other ids and are never taken for these.
 Both go through bench.engine.protocol.evaluate on the whole validation and test sets against the whole gallery
 (sizes 0), so that they report the same metric and size names as a trial's checkpoint. A baseline config
 holds what its numbers depend on: the data keys for pixels, and also the network keys for untrained.
@@ -22,7 +26,7 @@ from bench.engine.device import pick_device
 from bench.engine.models import initial_model
 from bench.engine.precision import resolve_precision
 from bench.engine.protocol import Splits, evaluate, load_splits
-from bench.engine.train import EVAL_BATCH, embed
+from bench.engine.train import EVAL_BATCH, embed, recalibrate_batchnorm
 from bench.experiment.identity import baseline_id
 from bench.experiment.provenance import provenance
 from bench.experiment.records import baseline_record
@@ -30,6 +34,7 @@ from bench.experiment.records import baseline_record
 BASELINES = ("pixels", "untrained")
 DATA_KEYS = ("dataset", "protocol", "val_fraction", "train_subset")  # what both baselines depend on
 NET_KEYS = ("seed", "model", "embedding_dim", "normalize", "precision")  # what only the untrained net depends on
+BATCHNORM_RULE = "recalibrated on the training images"  # the untrained net's BatchNorm statistics
 
 
 def pixel_embeddings(images: Tensor) -> Tensor:
@@ -44,18 +49,19 @@ def untrained_embedder(cfg: dict[str, Any], splits: Splits, device: torch.device
     mean, std = channel_stats(splits.x_train)
     model = initial_model(cfg, tuple(splits.x_train.shape[1:]), device)
     precision = resolve_precision(cfg["precision"], device)
+    recalibrate_batchnorm(model, splits.x_train, mean, std, precision)
     return lambda images: embed(model, images, mean, std, precision)
 
 
 def baseline_config(baseline: str, config: dict[str, Any]) -> dict[str, Any]:
     """The identity of one baseline of a trial config: {"baseline", DATA_KEYS, NET_KEYS (None for pixels),
-    "eval_gallery": 0, "eval_queries": 0} (0: the whole sets)."""
+    ["batchnorm": BATCHNORM_RULE (untrained),] "eval_gallery": 0, "eval_queries": 0} (0: the whole sets)."""
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
     cfg = resolve({key: value for key, value in config.items() if key != "baseline"})
     return {"baseline": baseline, **{key: cfg[key] for key in DATA_KEYS},
             **{key: cfg[key] if baseline == "untrained" else None for key in NET_KEYS},
-            "eval_gallery": 0, "eval_queries": 0}
+            **({"batchnorm": BATCHNORM_RULE} if baseline == "untrained" else {}), "eval_gallery": 0, "eval_queries": 0}
 
 
 def run_baseline(config: dict[str, Any], data_dir: str, device: str = "auto") -> dict[str, Any]:

@@ -12,10 +12,17 @@ checkpoint of every trial and baseline record) and of each experiment's grid.jso
   IN_MEAN). Incomplete and failed cells are never selected, so they never rank above complete ones.
 - *Selection* is on validation only: per experiment × dataset × protocol × loss, the eligible cell with the
   highest mean val_map_at_r (ties: higher val_knn_accuracy, then smaller margin, then smaller batch).
-- *p_vs_best_<metric>*: per experiment × dataset × protocol, the loss whose selected cell has the highest
-  mean test <metric> is the best; every other selected cell gets the two-sided paired t-test over the seeds
-  both have (the same seed means the same initialisation and the same batches). NaN for the best itself
-  and when fewer than 2 seeds pair; identical per-seed values give p = 1.
+- *The best loss* per experiment × dataset × protocol is chosen on validation too: the selected cell with the
+  highest mean val_map_at_r (`best`; cells whose mean equals it exactly are tied and all `best`; the first of
+  them in loss order is the reference). Every other selected cell is compared with the reference on each test
+  metric of TESTED over the seeds both have (the same seed means the same initialisation and the same batches):
+  `diff_<metric>` (mean of cell − reference), its 95% paired t-interval `diff_lo_<metric>`, `diff_hi_<metric>`,
+  the two-sided paired t-test `p_vs_best_<metric>` and `p_holm_<metric>`, Holm-adjusted over the comparisons of
+  that table and metric. NaN for the reference and when fewer than 2 seeds pair; identical per-seed values give
+  p = 1.
+- *mdd_<metric>*: the table's minimal detectable difference, the true mean difference that a two-sided paired
+  t-test at ALPHA over its n pairs detects with POWER (80%), for the pooled SD of its paired differences: a
+  difference "not detected" is one below what the table can see, never evidence of equivalence.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+from scipy.integrate import quad
+from scipy.optimize import brentq
 
 from bench.engine.config import DEFAULTS, STATUSES
 from bench.engine.diagnostics import INITIAL_KEYS
@@ -52,6 +61,7 @@ SETTINGS = ("planned_steps", "images_per_class", "lr", "lr_scaling", "lr_referen
 INITIAL = INITIAL_KEYS  # the margin check's columns (bench/engine/diagnostics.py)
 EASY_LIMIT = 0.5
 ALPHA = 0.05
+POWER = 0.8
 STATUS_COLUMNS = {status: f"n_{status.lower()}" for status in STATUSES}
 
 
@@ -213,26 +223,98 @@ def _per_seed(final: pd.DataFrame, row: pd.Series, metric: str) -> dict[Any, flo
     return {seed: float(value) for seed, value in zip(trials.seed, trials[metric], strict=True)}
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input's order: the i-th smallest of m finite p-values times
+    (m − i + 1), made non-decreasing along that order and capped at 1; NaN entries stay NaN and do not count in m."""
+    finite = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, index) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+class Difference(NamedTuple):
+    """Mean paired difference (first − second), its 95% t-interval, the differences' SD, the paired t-test's p and
+    the pairs used."""
+
+    mean: float
+    lo: float
+    hi: float
+    sd: float
+    p: float
+    n: int
+
+
+def paired_difference(first: dict[Any, float], second: dict[Any, float]) -> Difference:
+    """first − second over the keys (seeds) both have finite values for (NaN interval and p below 2 pairs)."""
+    keys = sorted(k for k in first.keys() & second.keys() if np.isfinite(first[k]) and np.isfinite(second[k]))
+    diffs = [first[k] - second[k] for k in keys]
+    if len(keys) < 2:
+        return Difference(statistics.fmean(diffs) if diffs else math.nan, math.nan, math.nan, math.nan, math.nan,
+                          len(keys))
+    interval = t_interval(diffs)
+    p, _ = paired_p(first, second)
+    return Difference(interval.mean, interval.mean - interval.ci95, interval.mean + interval.ci95, interval.std, p,
+                      len(keys))
+
+
+def min_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The true mean difference δ at which a two-sided paired t-test of n pairs with difference SD `sd` rejects at
+    `alpha` with probability `power` (noncentral t with n − 1 degrees of freedom and noncentrality δ√n / sd);
+    NaN for n < 2 or an SD that is not finite and positive."""
+    if n < 2 or not (math.isfinite(sd) and sd > 0):
+        return math.nan
+    df = n - 1
+    critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
+
+    def shortfall(effect: float) -> float:  # effect = δ / sd
+        return t_test_power(effect * math.sqrt(n), df, critical) - power
+
+    return sd * brentq(shortfall, 1e-9, 1e3)
+
+
+def t_test_power(nc: float, df: int, critical: float) -> float:
+    """P(|T| > critical) for T noncentral t (df, nc): ∫ [Φ(nc − c·s) + Φ(−nc − c·s)] dP(V), s = √(V / df),
+    V ~ χ²(df). scipy's nct.sf returns NaN for large nc at few degrees of freedom; this integral does not."""
+    def integrand(v: float) -> float:
+        s = critical * math.sqrt(v / df)
+        return float((scipy_stats.norm.cdf(nc - s) + scipy_stats.norm.cdf(-nc - s)) * scipy_stats.chi2.pdf(v, df))
+
+    return float(quad(integrand, 0, math.inf, limit=200)[0])
+
+
 def paired_tests(summary: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
-    """Add best_<metric> (bool) and p_vs_best_<metric> to the selected rows (see the module docstring)."""
+    """Add best, the comparisons with the reference and mdd_<metric> to the selected rows (module docstring)."""
     summary = summary.copy()
+    summary["best"] = False
     for metric in TESTED:
-        summary[f"best_{metric}"] = False
-        summary[f"p_vs_best_{metric}"] = math.nan
-        summary[f"n_pairs_{metric}"] = 0
-        selected = summary[summary.selected]
-        for _, group in selected.groupby(["experiment", "dataset", "protocol"], sort=True):
-            finite = group[group[f"{metric}_mean"].notna()]
-            if finite.empty:
-                continue
-            best = finite.loc[finite[f"{metric}_mean"].idxmax()]
-            summary.loc[best.name, f"best_{metric}"] = True
-            reference = _per_seed(final, best, metric)
-            for index, row in group.iterrows():
-                p, pairs = paired_p(_per_seed(final, row, metric), reference)
-                summary.loc[index, f"n_pairs_{metric}"] = pairs
-                if index != best.name:
-                    summary.loc[index, f"p_vs_best_{metric}"] = p
+        for column, value in ((f"diff_{metric}", math.nan), (f"diff_lo_{metric}", math.nan),
+                              (f"diff_hi_{metric}", math.nan), (f"p_vs_best_{metric}", math.nan),
+                              (f"p_holm_{metric}", math.nan), (f"mdd_{metric}", math.nan), (f"n_pairs_{metric}", 0)):
+            summary[column] = value
+    selected = summary[summary.selected & has_validation(summary)]
+    for _, group in selected.groupby(["experiment", "dataset", "protocol"], sort=True):
+        top = group.val_map_at_r_mean.max()
+        tied = group[group.val_map_at_r_mean == top]
+        summary.loc[tied.index, "best"] = True
+        reference = tied.iloc[0]
+        for metric in TESTED:
+            ours = _per_seed(final, reference, metric)
+            results = {index: paired_difference(_per_seed(final, row, metric), ours)
+                       for index, row in group.iterrows() if index != reference.name}
+            for index, result in results.items():
+                summary.loc[index, [f"diff_{metric}", f"diff_lo_{metric}", f"diff_hi_{metric}",
+                                    f"p_vs_best_{metric}"]] = [result.mean, result.lo, result.hi, result.p]
+                summary.loc[index, f"n_pairs_{metric}"] = result.n
+            summary.loc[reference.name, f"n_pairs_{metric}"] = len(ours)
+            for index, adjusted in zip(results, holm([r.p for r in results.values()]), strict=True):
+                summary.loc[index, f"p_holm_{metric}"] = adjusted
+            sds = [r.sd for r in results.values() if math.isfinite(r.sd)]
+            pairs = min((r.n for r in results.values()), default=0)
+            pooled = math.sqrt(statistics.fmean([sd * sd for sd in sds])) if sds else math.nan
+            summary.loc[group.index, f"mdd_{metric}"] = min_detectable_difference(pooled, pairs)
     return summary
 
 

@@ -28,7 +28,8 @@ LR_SCHEDULES = {"constant": "constant lr", "cosine": "cosine decay to 0 at the b
 CSV_COLUMNS = [
     *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "selected",
     *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")],
-    *[f"p_vs_best_{metric}" for metric in stats.TESTED],
+    "best", *[f"{what}_{metric}" for metric in stats.TESTED
+              for what in ("diff", "diff_lo", "diff_hi", "p_vs_best", "p_holm", "n_pairs", "mdd")],
     *stats.SETTINGS, *[f"{name}_mean" for name in stats.INITIAL], "n_initial", *stats.STATUS_COLUMNS.values(),
 ]
 
@@ -164,15 +165,19 @@ SELECTION_RULE = (
     "Selection is on validation only: per dataset, protocol and loss, the eligible cell (every seed of the grid "
     "recorded and finished: ok or collapsed) with the highest mean validation MAP@R (ties: validation k-NN "
     "accuracy, then smaller margin, then smaller batch). Test numbers are then reported for the selected cells. "
-    "mean ± half-width of the 95% Student-t interval over seeds (n seeds). p: two-sided paired t-test over seeds "
-    "against the loss with the best test mean (the same seed is the same initialisation and the same batches); "
-    f"≈ best marks a loss not significantly worse than the best (p ≥ {stats.ALPHA}).")
+    "mean ± half-width of the 95% Student-t interval over seeds (n seeds). The best loss is chosen on validation "
+    "too (the selected cell with the highest mean validation MAP@R; exact ties are all best). Every other loss: "
+    "the paired difference from it over seeds (the same seed is the same initialisation and the same batches) "
+    "with its 95% t-interval, the two-sided paired t-test's p and Holm's adjusted p over the table's comparisons; "
+    f"a difference counts as detected when the Holm p is below {stats.ALPHA}, and 'not detected' means below what "
+    "the table can see (its minimal detectable difference at 80% power is stated), not equivalence.")
 
 
 HEADLINE_RULE = (
     "Each loss's cell selected on validation MAP@R among eligible cells (every seed recorded and finished); "
-    "test metrics of the selected cells, mean ± 95% t half-width (n seeds); vs best: paired t-test over seeds "
-    f"against the best test mean (≈ best: not significantly worse, p ≥ {stats.ALPHA}). margin (edge): the "
+    "test metrics of the selected cells, mean ± 95% t half-width (n seeds); vs best: the paired difference over "
+    "seeds from the loss that is best on validation, its 95% t-interval, p and Holm's p (detected: Holm p < "
+    f"{stats.ALPHA}). margin (edge): the "
     "selected margin is the smallest or largest of its loss's margin axis. plateau gap: the final checkpoint's "
     "validation MAP@R minus the previous checkpoint's, on the same evaluation subsets (under 0.01: at the plateau).")
 
@@ -189,14 +194,26 @@ def p_clause(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def signed(value: float, digits: int = 4) -> str:
+    """A difference with its sign: '+0.0012', '−0.0340'."""
+    return f"{'−' if value < 0 else '+'}{abs(value):.{digits}f}"
+
+
 def _versus(row: Any, metric: str) -> str:
-    if getattr(row, f"best_{metric}"):
-        return "best"
+    """'best on val.' for the reference, else the paired difference from it with its 95% interval, the raw and the
+    Holm-adjusted p, and the verdict by the Holm p: 'worse', 'better' or 'not detected'."""
     p = getattr(row, f"p_vs_best_{metric}")
+    if row.best and _missing(p):
+        return "best on val."
     if _missing(p):
         pairs = getattr(row, f"n_pairs_{metric}")
         return f"not testable ({pairs} paired seed{'' if pairs == 1 else 's'})"
-    return f"≈ best, {p_clause(p)}" if p >= stats.ALPHA else f"worse, {p_clause(p)}"
+    holm = getattr(row, f"p_holm_{metric}")
+    diff, lo, hi = (getattr(row, f"{what}_{metric}") for what in ("diff", "diff_lo", "diff_hi"))
+    verdict = "not detected" if holm >= stats.ALPHA else ("worse" if diff < 0 else "better")
+    tie = "tied on val., " if row.best else ""
+    return (f"{tie}{verdict}: {signed(diff)} [{signed(lo)}, {signed(hi)}], {p_clause(p)}, "
+            f"Holm {p_clause(holm)}")
 
 
 def margin_text(row: Any, trials: pd.DataFrame) -> str:
@@ -242,26 +259,33 @@ def noise_sentence(selected: pd.DataFrame, cells: pd.DataFrame) -> str:
                 "loss is compared; the full grid shows every cell's test metrics, none of them selected.")
     if len(selected) < 2:
         return "Fewer than two losses have a selected cell: nothing to compare."
-    sentences = []
+    reference = selected[selected.best & selected["p_vs_best_map_at_r"].isna()]
+    if reference.empty:
+        return "No selected cell has validation metrics to choose the best loss by: nothing is compared."
+    name = reference.loss.iloc[0]
+    sentences = [f"The reference is {name}, the best selected cell on validation MAP@R; every other loss is compared "
+                 "with it by a paired t-test over the seeds (Holm-adjusted over the table's comparisons)."]
     for metric in stats.TESTED:
-        best = selected[selected[f"best_{metric}"]]
-        if best.empty:
+        others = selected[selected.index != reference.index[0]]
+        holm = others[f"p_holm_{metric}"]
+        label = METRIC_NAMES[metric]
+        mdd, pairs = reference[f"mdd_{metric}"].iloc[0], int(others[f"n_pairs_{metric}"].min())
+        power = (f"; at n = {pairs} paired seeds the table detects a difference of {number(mdd, 4)} with "
+                 f"{stats.POWER:.0%} power, so a smaller one is not detected rather than absent" if not _missing(mdd)
+                 else "")
+        if holm.isna().all():
+            sentences.append(f"On test {label}, no difference is testable (fewer than 2 paired seeds): the order is "
+                             "not a ranking.")
             continue
-        others = selected[~selected[f"best_{metric}"]]
-        p = others[f"p_vs_best_{metric}"]
-        name = METRIC_NAMES[metric]
-        if p.isna().all():
-            sentences.append(f"On test {name}, no difference is testable (fewer than 2 paired seeds): "
-                             "the order is not a ranking.")
-        elif (p >= stats.ALPHA).all():
-            sentences.append(f"On test {name}, every difference from the best ({best.loss.iloc[0]}) falls within "
-                             f"the seed-to-seed noise (paired t-test, p ≥ {stats.ALPHA}): the table does not "
-                             "rank these losses.")
+        found = others[holm < stats.ALPHA]
+        if found.empty:
+            sentences.append(f"On test {label}, no difference from {name} is detected (Holm p ≥ {stats.ALPHA}): "
+                             f"the table does not rank these losses{power}.")
         else:
-            worse = others[p < stats.ALPHA].loss
-            sentences.append(f"On test {name}, {', '.join(worse)} {'is' if len(worse) == 1 else 'are'} "
-                             f"significantly worse than {best.loss.iloc[0]} (paired t-test, p < {stats.ALPHA}); "
-                             "the other losses are not.")
+            parts = [f"{row.loss} ({'worse' if getattr(row, f'diff_{metric}') < 0 else 'better'})"
+                     for row in found.itertuples()]
+            sentences.append(f"On test {label}, {', '.join(parts)} differ{'s' if len(parts) == 1 else ''} from "
+                             f"{name} (Holm p < {stats.ALPHA}); the other differences are not detected{power}.")
     return " ".join(sentences)
 
 
