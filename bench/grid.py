@@ -574,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as err:
         print(f"python -m bench.grid: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk or a folder that cannot be written: nothing recorded so far is lost
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"python -m bench.grid: error: {where}{err.strerror or err}; every record written so far is kept and "
+              "complete; free the space (or fix the folder) and re-run the same command to go on", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -38,6 +38,8 @@ class Loss:
     - hardest: it mines one hardest positive and one hardest negative per anchor (so the fraction of anchors
       whose hinge is active says how much it learns from).
     - order: the tuples it sums over, 3 (triplets) or 4 (quadruplets): its dense reference builds B**order terms.
+    - min_classes: the distinct classes a batch needs for one valid tuple (a negative needs a second class; a
+      quadruplet's negative pair a third): with fewer, the loss is 0 at every step and nothing is learnt.
     """
 
     fn: Callable[..., Tensor]
@@ -45,6 +47,7 @@ class Loss:
     pinned_factor: float = 1.0
     hardest: bool = False
     order: int = 3
+    min_classes: int = 2
 
     def __call__(self, embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
         """The loss of embeddings [B, D] with labels [B] at `margin`: a scalar attached to the graph."""
@@ -66,7 +69,7 @@ LOSSES: dict[str, Loss] = {
     "batch-all": Loss(batch_all),
     "batch-hard": Loss(batch_hard, hardest=True),
     "adaptive-mu": Loss(adaptive_mu, adaptive_margin=True),
-    "quadruplet": Loss(quadruplet, adaptive_margin=True, pinned_factor=1.5, order=4),
+    "quadruplet": Loss(quadruplet, adaptive_margin=True, pinned_factor=1.5, order=4, min_classes=3),
     "semi-hard": Loss(semi_hard),
 }
 

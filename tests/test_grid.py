@@ -215,6 +215,8 @@ def test_protocol_is_an_optional_axis_that_a_dataset_may_widen(protocol_setup: t
         '"axes" must give a list of values': {**PROTOCOL_GRID, "axes": {**PROTOCOL_GRID["axes"], "lr": [0.1]}},
         "unknown protocol 'open'; valid: seen, unseen": {
             **PROTOCOL_GRID, "per_dataset": {"cifar10": {"axes": {"protocol": ["open"]}}}},
+        "batch_size 4 with samples_per_class 4 gives 1 class per batch": {
+            **PROTOCOL_GRID, "axes": {**PROTOCOL_GRID["axes"], "batch_size": [8, 4]}},
     }
     for message, raw in bad.items():
         with pytest.raises(GridError, match=re.escape(message)):

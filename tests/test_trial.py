@@ -411,6 +411,10 @@ BAD_INPUTS = {
     "batch_size must be >= 2, got 1": {"--batch-size": "1"},
     "batch_size 30 is not a multiple of samples_per_class 4": {"--batch-size": "30"},
     "batch_size 36 is not a multiple of samples_per_class 8": {"--batch-size": "36", "--samples-per-class": "8"},
+    "batch_size 4 with samples_per_class 4 gives 1 class per batch; batch-hard needs at least 2 for a valid triplet "
+    "(batch_size >= 8)": {"--batch-size": "4"},
+    "gives 2 classes per batch; quadruplet needs at least 3 for a valid quadruplet": {"--batch-size": "8",
+                                                                                      "--loss": "quadruplet"},
     "margin must be >= 0, got -0.5": {"--margin": "-0.5"},
     "budget_samples must be > 0, got 0": {"--budget-samples": "0"},
     "budget_samples must be > 0, got -5": {"--budget-samples": "-5"},

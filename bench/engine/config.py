@@ -141,6 +141,13 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
             f"batch_size {cfg['batch_size']} is not a multiple of samples_per_class "
             f"{cfg['samples_per_class']} (required by the pk sampler)"
         )
+    classes, needed = int(cfg["batch_size"]) // int(cfg["samples_per_class"]), LOSSES[cfg["loss"]].min_classes
+    if cfg["sampler"] == "pk" and classes < needed:
+        raise ConfigError(
+            f"batch_size {cfg['batch_size']} with samples_per_class {cfg['samples_per_class']} gives {classes} class"
+            f"{'' if classes == 1 else 'es'} per batch; {cfg['loss']} needs at least {needed} for a valid "
+            f"{'quadruplet' if needed > 2 else 'triplet'} (batch_size >= {needed * int(cfg['samples_per_class'])})"
+        )
     if not float(cfg["budget_samples"]) > 0:
         raise ConfigError(f"budget_samples must be > 0, got {cfg['budget_samples']}")
     if cfg["budget_seconds"] is not None and not float(cfg["budget_seconds"]) > 0:

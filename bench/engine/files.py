@@ -42,16 +42,21 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def write_atomic(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call write(file) on a binary temporary file beside `path`, then make it `path` atomically and durably."""
+    """Call write(file) on a binary temporary file beside `path`, then make it `path` atomically and durably.
+
+    An OSError (a full disk, a folder that cannot be written) is raised naming `path`, with the temporary file gone.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         temp.unlink(missing_ok=True)
     _fsync_folder(path.parent)
