@@ -321,7 +321,7 @@ def test_failures_are_recorded_and_local_backend_writes_the_same_files(
             assert record["status"] == "ok" and record["embeddings"] == f"{tid}.npz"
             assert record["final"]["knn_accuracy"] == pytest.approx(0.6 + cfg["seed"] / 100)
         lifted = {"fraction_easy": 0.25, "fraction_semihard": 0.5, "fraction_hard": 0.25, "active_anchors": None,
-                  "effective_margin": 0.2}
+                  "effective_margin": 0.2, "spread": None}  # the fake trial reports no initial_spread
         assert record["initial"] == (lifted if record["history"] else None)
 
 
