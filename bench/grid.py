@@ -5,9 +5,8 @@ in-process.
 
 A preset is `bench/presets/<name>.json` (or the path of such a file): {"doc": text} and a grid's sections,
 "axes", "fixed", "per_dataset" and optionally "blocks", as bench.experiment.gridspec describes them; the grid is the
-union of
-its blocks' points (Grid.points). Every expanded config is checked with bench.engine.config.resolve, and the data sets
-are loaded once, before any trial starts.
+union of its blocks' points (Grid.points). Every expanded config is checked with bench.engine.config.resolve, and the
+data sets are loaded once, before any trial starts.
 
 Trials whose preset leaves config `threads` None get the CPUs the backend gives one trial: Ray's
 --cpus-per-trial rounded (at least 1), or all of os.cpu_count() on the local backend.
