@@ -89,16 +89,20 @@ def initial_statistics(batches: Iterable[tuple[Tensor, Tensor]], loss: str, marg
     }
 
 
+def _centred(embeddings: Tensor) -> Tensor:
+    """Embeddings [N, D] in float64 minus their mean."""
+    return embeddings.double() - embeddings.double().mean(dim=0)
+
+
 def spread(embeddings: Tensor) -> float:
     """The RMS pairwise distance √(2 · mean ‖x − x̄‖²) of embeddings [N, D], in float64; 0 for one point."""
-    centred = embeddings.double() - embeddings.double().mean(dim=0)
+    centred = _centred(embeddings)
     return math.sqrt(2 * float((centred * centred).sum(dim=1).mean()))
 
 
 def effective_rank(embeddings: Tensor) -> float:
     """exp(entropy of σ / Σσ), σ the singular values of embeddings [N, D] minus their mean; 0 for one point."""
-    centred = embeddings.double() - embeddings.double().mean(dim=0)
-    singular = torch.linalg.svdvals(centred)
+    singular = torch.linalg.svdvals(_centred(embeddings))
     total = singular.sum()
     if not total > 0:
         return 0.0

@@ -21,7 +21,6 @@ from bench.engine.config import STATUSES
 from bench.engine.diagnostics import INITIAL_KEYS
 from bench.engine.files import write_json
 
-KINDS = ("trial", "baseline")
 REQUIRED = ("trial_id", "experiment", "config", "status", "history")  # what the report cannot do without
 # record["initial"] key -> the checkpoint key (and report column) it is lifted from
 INITIAL_COLUMNS = {key.removeprefix("initial_"): key for key in INITIAL_KEYS}
