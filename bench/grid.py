@@ -172,7 +172,8 @@ def run_one(
 
 
 def ray_trial(point: dict[str, Any], ctx: Context, trial_fn: TrialFn) -> None:
-    """Ray Tune's function trainable: run_one, forwarding each checkpoint's metrics with tune.report.
+    """Ray Tune's function trainable: run_one, forwarding each checkpoint's metrics with tune.report (plus
+    "record": the record's id; Tune keeps its own trial_id), so that Tune writes result.json and progress.csv.
 
     `point` is Ray's config of the trial: {"point": {axis: value}} (see ray_param_space).
     """
@@ -180,10 +181,10 @@ def ray_trial(point: dict[str, Any], ctx: Context, trial_fn: TrialFn) -> None:
 
     point = ctx.grid.point(point)
     tid = ctx.trial_id(point)
-    report = lambda metrics: tune.report({**metrics, "trial_id": tid})  # noqa: E731
+    report = lambda metrics: tune.report({**metrics, "record": tid})  # noqa: E731
     record, ran = run_one(point, ctx, trial_fn, report, ray_placement(len(ctx.grid.points())))
     if not (ran and record["history"]):  # failed before its first checkpoint, or finished in an earlier run
-        result = {**record["final"], "trial_id": tid, "status": record["status"], "reason": record["reason"]}
+        result = {**record["final"], "record": tid, "status": record["status"], "reason": record["reason"]}
         tune.report({key: value for key, value in result.items() if value is not None})
 
 
@@ -244,11 +245,11 @@ def _poll_records(ctx: Context, points: list[dict[str, Any]], progress: Progress
 
 
 def quiet_ray() -> None:
-    """Silence Ray's output that the project's own lines replace: the token-auth notice, Tune's tables, the
-    TensorBoard hint (no default logger callbacks: the records are the results), "Resume experiment with:
-    Tuner.restore(...)" and "Failed to fetch metrics" after an interruption, and Tune's tracebacks of lost
-    trials (run_ray prints one line for each)."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    """Silence Ray's output that the project's own lines replace: the token-auth notice, Tune's tables, "Resume
+    experiment with: Tuner.restore(...)" and "Failed to fetch metrics" after an interruption, and Tune's tracebacks
+    of lost trials (run_ray prints one line for each). Tune's own logger callbacks stay on: every trial folder
+    under RESULTS/E/ray/ gets result.json and progress.csv (and TensorBoard events where tensorboardX is installed)
+    from the checkpoints ray_trial reports; the records never read them."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter at verbose=0 prints nothing; the new
     # one prints its configuration table, "View detailed results here" and every errored trial regardless
     for name in ("ray.tune", "ray.train", "ray._private.authentication"):

@@ -280,6 +280,12 @@ def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path,
     assert sum(line.startswith("[") for line in out.splitlines()) == len(found) == 8
     assert "grid smoke: 8 trials: " in out and "unfinished" not in out
     assert sorted(path.name for path in folder.iterdir()) == ["grid.json", "ray", "records"]
+    tune_folders = [path for path in (folder / "ray").iterdir() if (path / "params.json").is_file()]
+    assert len(tune_folders) == 8  # Tune's own outputs, for Ray users: a line per checkpoint, ours in "record"
+    for path in tune_folders:
+        lines = [json.loads(line) for line in (path / "result.json").read_text().splitlines()]
+        assert [line["checkpoint"] for line in lines] == [1, 2] and lines[-1]["record"] in found
+        assert len((path / "progress.csv").read_text().splitlines()) == 3  # a header and two checkpoints
     for noise in ("Token authentication", "tensorboard", "Tuner.restore", "Failed to fetch metrics"):
         assert noise not in proc.stdout + proc.stderr, noise
 

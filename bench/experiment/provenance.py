@@ -60,7 +60,8 @@ def _version(package: str) -> str | None:
 
 
 def provenance(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Date (UTC), git commit, hardware (with `threads`, see hardware), device and library versions, flat JSON."""
+    """Date (UTC), git commit, hardware (with `threads`, see hardware), device, library versions, the host's load
+    average and CPU count (see load_average), flat JSON."""
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
@@ -71,7 +72,18 @@ def provenance(device: str | torch.device = "cpu", threads: int | None = None) -
         "torchvision": _version("torchvision"),
         "ray": _version("ray"),
         "numpy": _version("numpy"),
+        "load_average": load_average(),
+        "cpus": os.cpu_count(),
     }
+
+
+def load_average() -> float | None:
+    """The host's 1-minute load average when the result was written (None where the OS has none): above `cpus`,
+    other work shared the machine with the timed run."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def local_placement(device: str | torch.device = "cpu") -> dict[str, Any]:
