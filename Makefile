@@ -9,7 +9,8 @@ PRESET ?=
 EXPERIMENT ?=
 DATA_DIR ?= datasets
 RESULTS ?= results
-REPORTS ?= reports
+# make ablation: empty means RESULTS/<experiment>/report/ (the run's own report); make report and make bench: reports/
+REPORTS ?=
 BACKEND ?= auto
 # free space a new .venv needs, in GiB (measured: 6.3 GiB with torch 2.14.1 and its CUDA wheels)
 INSTALL_GIB ?= 7
@@ -33,16 +34,16 @@ test: $(STAMP) lint
 	$(PY) -m pytest
 
 ablation: $(STAMP)
-	$(PY) -m bench.grid --preset "$(PRESET)" --experiment "$(EXPERIMENT)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)"
-	$(MAKE) --no-print-directory report RESULTS="$(RESULTS)" REPORTS="$(REPORTS)"
+	$(PY) -m bench.grid --preset "$(PRESET)" --experiment "$(EXPERIMENT)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)" --reports "$(REPORTS)"
 
+# the committed report: the reference experiments only (a citable preset's run under its own name, e.g. results/cpu)
 report: $(STAMP)
-	$(PY) -m bench.report --results "$(RESULTS)" --reports "$(REPORTS)"
+	$(PY) -m bench.report --results "$(RESULTS)" --reports "$(or $(REPORTS),reports)" --reference
 
 # the loss benchmark, then the full training step of the preset's cells in isolation (bench/step_benchmark.py)
 bench: $(STAMP)
-	$(PY) -m bench.loss_benchmark --out "$(REPORTS)"
-	$(PY) -m bench.step_benchmark --preset "$(PRESET)" --data-dir "$(DATA_DIR)" --out "$(REPORTS)"
+	$(PY) -m bench.loss_benchmark --out "$(or $(REPORTS),reports)"
+	$(PY) -m bench.step_benchmark --preset "$(PRESET)" --data-dir "$(DATA_DIR)" --out "$(or $(REPORTS),reports)"
 
 # everything a CUDA GPU should measure, into one folder (bench/gpu_check.py); exits 2 without a GPU. No install
 # step, so that it runs offline: the venv's Python when there is one, else $(PYTHON) (e.g. a stock PyTorch image).

@@ -132,7 +132,7 @@ def run_checks(out: Path, data_dir: str, device: torch.device, smoke: bool) -> l
         ("loss benchmark", shlex.join(loss_cmd), lambda: run_command(loss_cmd)),
     ]
     with tempfile.TemporaryDirectory(prefix="tripletbench-gpu-check-") as work:
-        grid_cmd = [python, "-m", "bench.grid", "--backend", "local", "--results", work]
+        grid_cmd = [python, "-m", "bench.grid", "--backend", "local", "--no-report", "--results", work]
         grid_cmd += ["--smoke"] if smoke else ["--preset", GRID_PRESET, "--experiment", GRID_PRESET,
                                                "--data-dir", str(Path(data_dir).resolve())]
         if smoke:

@@ -12,7 +12,7 @@ Trials whose preset leaves config `threads` None get the CPUs the backend gives 
 --cpus-per-trial rounded (at least 1), or all of os.cpu_count() on the local backend.
 
 Experiment E (default: the preset's name) lives in RESULTS/E/:
-- grid.json: {"preset", "experiment", "axes", "fixed", "per_dataset", ["blocks",] "threads", "data"}
+- grid.json: {"preset", "experiment", "doc", "citable", "axes", "fixed", "per_dataset", ["blocks",] "threads", "data"}
   ("per_dataset" as in the preset, a dataset's "axes" included; "blocks" when the preset has them), "threads" the
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
   (bench/experiment/fingerprint.py). Running the same grid on other data under an existing experiment name is refused
@@ -25,6 +25,8 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
   json.dumps({**trial_identity(config), "data_fingerprint": fingerprint}, sort_keys=True)
   (bench/experiment/identity.py). A trial with a
   record is never rerun or rewritten. Non-finite metrics are written as null.
+- report/: the report of this experiment alone, written when the grid ends (--reports elsewhere, --no-report
+  none); the committed reports/ is made by `make report` from the reference experiments only.
 - ray/: Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
   what is left, errored trials included; without it (deleted), a fresh Tune run skips every recorded trial.
   A changed grid drops it, since it holds the old grid's points. No record is ever deleted.
@@ -70,6 +72,7 @@ from bench.experiment.presets import default_preset, load_preset, preset_names
 from bench.experiment.provenance import local_placement, provenance, ray_placement
 
 POLL_SECONDS = 2.0
+REPORT_DIR = "report"  # an experiment's own report: RESULTS/<experiment>/report/ (ignored by git, as Ray's files)
 # Ray retries a trial whose worker or node died this many times in the same run; a trial's own exceptions
 # never reach Ray (run_one records them), so only lost workers and nodes are retried.
 MAX_NODE_FAILURES = 2
@@ -479,11 +482,12 @@ def pick_backend(name: str) -> str:
 def run_grid(
     preset: str, data_dir: str | Path, results: str | Path, *, experiment: str = "", backend: str = "auto",
     trial_fn: TrialFn = run_trial, cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None,
-    command: str = "", device: str = "auto",
+    command: str = "", device: str = "auto", reports: str | Path | None = None,
 ) -> int:
     """Run or resume a preset's grid into results/<experiment>/; return 0 when every trial has a record.
 
     `device` is every trial's config `device` (a location key: tests force "cpu" under logical Ray GPUs).
+    `reports`: where to write this experiment's report afterwards ("" for results/<experiment>/report; None: none).
     """
     if not cpus_per_trial > 0 or (gpus_per_trial or 0) < 0:
         raise GridError(f"need --cpus-per-trial > 0 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
@@ -512,7 +516,7 @@ def run_grid(
             print(f"changing the grid of experiment {experiment} ({'; '.join(changed)}); every recorded trial is a "
                   "point of the new grid and stays, Ray's state of the old grid is dropped", flush=True)
             shutil.rmtree(ray_storage_dir(experiment_dir), ignore_errors=True)
-        if stored is None or changed:
+        if stored is None or changed or (stored.get("doc"), stored.get("citable")) != (grid.doc, grid.citable):
             write_json(experiment_dir / "grid.json", grid.spec(experiment, threads, prints))
         (experiment_dir / "records").mkdir(exist_ok=True)
         ctx = Context(grid, experiment, str(experiment_dir), data_dir, command, prints, threads, device)
@@ -527,9 +531,24 @@ def run_grid(
             run_local(ctx, points, trial_fn, progress)
         else:
             run_ray(ctx, points, trial_fn, progress, cpus_per_trial, gpus_per_trial)
-        return summarize(ctx, points)
+        code = summarize(ctx, points)
     finally:
         release(lock)
+    if reports is not None:
+        write_own_report(experiment_dir, Path(reports) if reports else experiment_dir / REPORT_DIR)
+    return code
+
+
+def write_own_report(experiment_dir: Path, reports_dir: Path) -> None:
+    """The report of this experiment alone into reports_dir (never the committed reports/ unless asked)."""
+    from bench.reporting.build import build_report  # here, so that Ray's workers never import matplotlib
+    from bench.reporting.frame import ReportError
+
+    try:
+        written = build_report(experiment_dir, reports_dir)
+    except ReportError as err:
+        raise GridError(f"report: {err}") from None
+    print(f"report of {experiment_dir.name}: {len(written)} files in {reports_dir} (summary.md first)", flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -548,6 +567,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", default="", help="experiment folder name under --results (default: preset name)")
     p.add_argument("--smoke", action="store_true",
                    help="run the smoke preset on generated data in a temporary folder (ignores --data-dir)")
+    p.add_argument("--reports", default="", help=f"where to write this experiment's report when the grid ends "
+                   f"(default RESULTS/EXPERIMENT/{REPORT_DIR}/)")
+    p.add_argument("--no-report", action="store_true", help="write no report")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPU share Ray reserves per trial, e.g. 0.25 (default: 1 when the cluster has GPUs, else 0)")
@@ -559,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "bench.grid", *(sys.argv[1:] if argv is None else argv)])
     options = {"experiment": args.experiment, "backend": args.backend, "cpus_per_trial": args.cpus_per_trial,
-               "gpus_per_trial": args.gpus_per_trial, "command": command}
+               "gpus_per_trial": args.gpus_per_trial, "command": command,
+               "reports": None if args.no_report else args.reports}
     try:
         if args.smoke:
             if args.preset not in ("", "smoke"):

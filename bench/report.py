@@ -1,4 +1,5 @@
-"""`python -m bench.report --results DIR --reports DIR` (or `--smoke`): tables and plots from a results folder.
+"""`python -m bench.report --results DIR --reports DIR [--reference]` (or `--smoke`): tables and plots from a
+results folder (every experiment in it; with --reference only the reference runs, as `make report` does).
 
 Reads the records (bench/reporting/frame.py) and the isolated step benchmark when there is one (`--systems
 PATH`, by default <reports>/step_benchmark.csv with its step_benchmark.json: the systems table) and writes the
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", type=Path, default=None,
                         help="the isolated step benchmark's CSV for the systems table (default: "
                         f"REPORTS/{systems.DEFAULT_NAME} if it exists, as make bench writes it)")
+    parser.add_argument("--reference", action="store_true",
+                        help="only the reference experiments (a citable preset's run under its own name, as "
+                        "results/cpu): what make report writes into the committed reports/")
     parser.add_argument("--smoke", action="store_true",
                         help="report generated records (bench.reporting.fake_records) instead of --results; seconds")
     args = parser.parse_args(argv)
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                 records = load_records(write_smoke_results(Path(folder)))
                 written = write_report(records, args.reports, isolated)  # inside: the t-SNE reads the embeddings
         else:
-            records = load_records(args.results)
+            records = load_records(args.results, reference=args.reference)
             written = write_report(records, args.reports, isolated)
     except (ReportError, OSError) as err:
         print(f"python -m bench.report: error: {err}", file=sys.stderr)

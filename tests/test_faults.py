@@ -74,7 +74,8 @@ def test_a_full_disk_ends_the_grid_in_one_line_and_loses_nothing(
 
     monkeypatch.setattr(bench.engine.files, "write_atomic", full_after_one_record)
     monkeypatch.setattr("bench.grid.run_trial", fake_trial)
-    argv = ["--preset", preset, "--data-dir", str(data), "--results", str(results), "--backend", "local"]
+    argv = ["--preset", preset, "--data-dir", str(data), "--results", str(results), "--backend", "local",
+            "--no-report"]
     monkeypatch.setattr("bench.grid.record_baselines", lambda ctx, points: None)
     assert grid_main(argv) == 2
     err = capsys.readouterr().err

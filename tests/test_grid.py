@@ -249,16 +249,23 @@ def test_a_widened_protocol_axis_runs_and_resumes_through_ray(
 
 @pytest.mark.slow
 def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """The smoke grid through Ray into a git checkout's results/: its records, Tune's outputs, its own report
+    (not for citing), and git status clean afterwards, as after any quick run."""
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    results = repo / "results"
     proc = subprocess.run([sys.executable, "-m", "bench.grid", "--smoke", "--backend", "ray", "--results",
-                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           str(results)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    folder = tmp_path / "smoke"
+    folder = results / "smoke"
     grid = load_preset("smoke")
     spec = json.loads((folder / "grid.json").read_text())
     prints = {name: fingerprint(name, tiny_data_dir) for name in ("mnist", "cifar10")}  # the same generated data
-    assert spec == {"preset": "smoke", "experiment": "smoke", "axes": grid.axes, "fixed": grid.fixed,
-                    "per_dataset": grid.per_dataset, "threads": 1, "data": prints}
+    assert spec == {"preset": "smoke", "experiment": "smoke", "doc": grid.doc, "citable": False, "axes": grid.axes,
+                    "fixed": grid.fixed, "per_dataset": grid.per_dataset, "threads": 1, "data": prints}
     found = {tid: record for tid, record in records(folder).items() if not tid.startswith("baseline-")}
     assert set(found) == {trial_id({**grid.config(p), "threads": 1}, prints[p["dataset"]]) for p in grid.points()}
     baselines = [record["baseline"] for tid, record in records(folder).items() if tid.startswith("baseline-")]
@@ -272,14 +279,21 @@ def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path,
         assert record["config"]["threads"] == 1 and record["config"]["data_dir"].startswith(tempfile.gettempdir())
         assert (folder / "records" / record["embeddings"]).is_file() and record["embeddings"] == f"{tid}.npz"
         provenance = record["provenance"]
-        assert provenance["command"] == f"python -m bench.grid --smoke --backend ray --results {tmp_path}"
+        assert provenance["command"] == f"python -m bench.grid --smoke --backend ray --results {results}"
         assert provenance["ray"] == ray.__version__ and provenance["resources"] == {"cpu": 1.0, "gpu": 0.0}
         assert provenance["concurrent_trials"] == os.cpu_count()
         assert re.fullmatch(r"[0-9a-f]{56}", provenance["node"]["node_id"])
         assert provenance["node"]["hostname"] == socket.gethostname()
     assert sum(line.startswith("[") for line in out.splitlines()) == len(found) == 8
     assert "grid smoke: 8 trials: " in out and "unfinished" not in out
-    assert sorted(path.name for path in folder.iterdir()) == ["grid.json", "ray", "records"]
+    assert sorted(path.name for path in folder.iterdir()) == ["grid.json", "ray", "records", "report"]
+    assert "report of smoke: " in out and str(folder / "report") in out
+    markdown = (folder / "report" / "summary.md").read_text()
+    assert "NOT FOR CITING (preset smoke is not a reference design). The preset's note: " + grid.doc in markdown
+    assert markdown.count("## Experiment ") == 1 and (folder / "report" / "plots" / "smoke").is_dir()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "?? .gitignore\n"  # a quick run leaves nothing for git to see
     tune_folders = [path for path in (folder / "ray").iterdir() if (path / "params.json").is_file()]
     assert len(tune_folders) == 8  # Tune's own outputs, for Ray users: a line per checkpoint, ours in "record"
     for path in tune_folders:
@@ -603,3 +617,22 @@ def test_a_changed_model_default_is_another_trial(monkeypatch: pytest.MonkeyPatc
     moved = {**bench.engine.models.MODEL_DEFAULTS["mnist-net"], "lr": 1.0}
     monkeypatch.setitem(bench.engine.models.MODEL_DEFAULTS, "mnist-net", moved)
     assert trial_id(config, "f" * 16) != before
+
+
+def test_the_tracked_experiments_are_the_citable_presets() -> None:
+    """.gitignore tracks results/<preset>/ (grid.json and records/) exactly for the citable presets, and never
+    an experiment's own report or Ray's folders."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
+
+    for name in preset_names():
+        citable = load_preset(name).citable
+        assert ignored(f"results/{name}/records/0123456789ab.json") != citable, name
+        assert ignored(f"results/{name}/grid.json") != citable, name
+        assert ignored(f"results/{name}/report/summary.md") and ignored(f"results/{name}/ray/state.json"), name
+    assert ignored("results/cpu-mine/records/0123456789ab.json")  # a user's own run of a citable preset
+    assert {name for name in preset_names() if load_preset(name).citable} == {"cpu", "cpu-unseen", "paper"}
+

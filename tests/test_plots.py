@@ -23,7 +23,7 @@ ORDER = tuple(LOSSES)
 def made(tmp_path_factory: pytest.TempPathFactory):
     loaded = load_records(write_smoke_results(tmp_path_factory.mktemp("results")) / "full")
     summary = stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
-    figures = plots.make_plots(loaded.checkpoints, summary, ORDER)
+    figures = plots.make_plots(loaded.checkpoints, summary, ORDER, "n = 3 seeds; citable")
     yield figures, loaded, summary
     plt.close("all")
 

@@ -137,8 +137,11 @@ def test_incomplete_experiment_is_marked_and_lists_its_unfinished_cells(reports:
 def test_plots_of_an_incomplete_experiment_say_so(results: Path) -> None:
     loaded = load_records(results / "partial")
     summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
-    figures = plots.make_plots(loaded.checkpoints, summary, tuple(LOSSES))
-    assert figures["map_vs_batch_size"]._suptitle.get_text().startswith("partial (INCOMPLETE): ")
+    trials = loaded.checkpoints[loaded.checkpoints.kind == "trial"]
+    citation = stats.citation(loaded.grids["partial"], summary, trials)
+    assert citation.endswith("INCOMPLETE, not yet citable") or "NOT FOR CITING" in citation
+    figures = plots.make_plots(loaded.checkpoints, summary, tuple(LOSSES), citation)
+    assert figures["map_vs_batch_size"]._suptitle.get_text().replace("\n", " ").startswith(f"partial ({citation}): ")
     plt.close("all")
 
 
@@ -462,3 +465,43 @@ def test_hardware_line_reads_one_thread_in_the_singular() -> None:
 def test_p_clause_never_reads_p_equals_less_than() -> None:
     assert tables.p_clause(0.0004) == "p < 0.001"
     assert tables.p_clause(0.015) == "p = 0.015"
+
+
+def test_every_experiment_says_its_seeds_and_whether_it_is_citable(reports: Path) -> None:
+    markdown = (reports / "summary.md").read_text()
+    full = markdown[markdown.index("## Experiment full"):markdown.index("## Experiment partial")]
+    partial = markdown[markdown.index("## Experiment partial"):]
+    assert "- **citable:** n = 3 seeds; citable\n" in full
+    assert "### Headline: mnist, protocol seen (n = 3 seeds; citable)" in full
+    assert ("- **citable:** n = 2 seeds; NOT FOR CITING (preset partial is not a reference design). The preset's "
+            "note: generated records (partial)") in partial
+    fragment = (reports / "tex" / "full-grid.tex").read_text()
+    assert "% Experiment full: n = 3 seeds; citable. Test metrics" in fragment
+    assert "Experiment partial: n = 2 seeds; NOT FOR CITING" in (reports / "tex" / "partial-grid.tex").read_text()
+
+
+def test_the_reference_report_reads_only_reference_experiments(results: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    assert main(["--results", str(results), "--reports", str(tmp_path / "ref"), "--reference"]) == 0
+    markdown = (tmp_path / "ref" / "summary.md").read_text()
+    assert "## Experiment full" in markdown and "partial" not in markdown
+    assert {p.name for p in (tmp_path / "ref" / "plots").iterdir()} == {"full"}
+    capsys.readouterr()
+    assert main(["--results", str(results / "partial"), "--reports", str(tmp_path / "none"), "--reference"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no reference experiment" in err and str(results / "partial") in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_summary_csv_rows_say_where_each_cell_ran(tmp_path: Path) -> None:
+    first, second = (trial_record("e", "batch-all", 0.2, 16, seed) for seed in (0, 1))
+    second["provenance"] = {**second["provenance"], "date": "2026-01-03T10:00:00Z", "git_commit": "def456"}
+    for record in (first, second):
+        record["config"]["model"] = "mnist-net"
+    write_experiment(tmp_path, "e", [first, second], {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2],
+                                                     "batch_size": [16], "seed": [0, 1]})
+    assert main(["--results", str(tmp_path / "e"), "--reports", str(tmp_path / "out")]) == 0
+    row = _row(_rows(tmp_path / "out"), "e", "batch-all", "0.2", "16")
+    assert (row["model"], row["precision"], row["device"], row["hardware"]) == (
+        "mnist-net", "fp32", "cpu", "Test CPU (2 threads)")
+    assert (row["commit"], row["date"]) == ("abc123;def456", "2026-01-01 to 2026-01-03")

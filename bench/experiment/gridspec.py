@@ -5,6 +5,8 @@ cells the report expects. A spec is a preset's JSON or the same sections of a gr
 - "axes": {axis: [values]} for every one of AXES and any of OPTIONAL_AXES;
 - "fixed": {config key: value} for every trial; "per_dataset": {dataset: {key: value}} overriding "fixed" for
   one dataset, its optional "axes" replacing the values of some axes (not "dataset") for that dataset;
+- "citable" (optional, default false): true for a reference design whose complete run may be cited (full budgets,
+  n >= 3 seeds, selection on validation); its run at RESULTS/<preset>/ is the committed reference;
 - "blocks" (optional): a list of {axis: [values]}; the grid is then the union of the blocks, each the product of
   its own values and, for the axes it leaves out, the dataset's values (its "per_dataset" axes, else "axes").
   Without "blocks" the grid is one block that sets nothing: the product of the axes, per dataset.
@@ -24,7 +26,7 @@ AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists
 OPTIONAL_AXES = ("protocol",)  # a preset may list these too
 AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", "seed")  # the order of a point's axes
 GRID_SECTIONS = ("axes", "fixed", "per_dataset", "blocks")  # what a preset and a grid.json share
-PRESET_SECTIONS = ("doc", *GRID_SECTIONS)
+PRESET_SECTIONS = ("doc", "citable", *GRID_SECTIONS)
 
 
 class GridError(ValueError):
@@ -42,6 +44,8 @@ class Grid:
     per_dataset: dict[str, dict[str, Any]]
     dataset_axes: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     blocks: tuple[dict[str, list[Any]], ...] = ({},)
+    citable: bool = False
+    doc: str = ""  # the preset's "doc", its lines joined
 
     def points(self) -> list[dict[str, Any]]:
         """Every point of every block once, as {axis: value} in the order of `axes`, sorted dataset by dataset,
@@ -68,14 +72,15 @@ class Grid:
         return {**self.fixed, **self.per_dataset.get(point["dataset"], {}), **point}
 
     def spec(self, experiment: str, threads: int | None, fingerprints: dict[str, str]) -> dict[str, Any]:
-        """The content of grid.json: the preset, the default thread count and each dataset's fingerprint
-        ("blocks" only when the preset has them)."""
+        """The content of grid.json: the preset, its doc, whether it is citable, the default thread count and each
+        dataset's fingerprint ("blocks" only when the preset has them)."""
         per_dataset = {name: {**self.per_dataset.get(name, {}),
                               **({"axes": self.dataset_axes[name]} if self.dataset_axes.get(name) else {})}
                        for name in [*self.per_dataset, *(d for d in self.dataset_axes if d not in self.per_dataset)]}
         blocks = {"blocks": list(self.blocks)} if self.blocks != ({},) else {}
-        return {"preset": self.preset, "experiment": experiment, "axes": self.axes, "fixed": self.fixed,
-                "per_dataset": per_dataset, **blocks, "threads": threads, "data": fingerprints}
+        return {"preset": self.preset, "experiment": experiment, "doc": self.doc, "citable": self.citable,
+                "axes": self.axes, "fixed": self.fixed, "per_dataset": per_dataset, **blocks, "threads": threads,
+                "data": fingerprints}
 
 
 def with_threads(config: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -156,10 +161,16 @@ def parse_grid(raw: Any, name: str = "") -> Grid:
                                  for axis in axes if axis in own}
     per_dataset = {dataset: _settings(f"per_dataset.{dataset}", {k: v for k, v in keys.items() if k != "axes"}, axes)
                    for dataset, keys in per_dataset.items()}
+    citable = raw.get("citable", False)
+    if not isinstance(citable, bool):
+        raise GridError(f'"citable" must be true or false, got {citable!r}')
+    doc = raw.get("doc", "")
+    if not (isinstance(doc, str) or isinstance(doc, list) and all(isinstance(line, str) for line in doc)):
+        raise GridError('"doc" must be a text or a list of lines')
     return Grid(name, axes, fixed, per_dataset, {d: own for d, own in dataset_axes.items() if own},
-                _blocks(raw.get("blocks"), axes))
+                _blocks(raw.get("blocks"), axes), citable, doc if isinstance(doc, str) else " ".join(doc))
 
 
 def stored_grid(spec: dict[str, Any]) -> Grid:
-    """The Grid of a grid.json (its GRID_SECTIONS, checked like a preset's)."""
-    return parse_grid({key: spec[key] for key in GRID_SECTIONS if key in spec}, spec.get("preset", ""))
+    """The Grid of a grid.json (its GRID_SECTIONS, "doc" and "citable", checked like a preset's)."""
+    return parse_grid({key: spec[key] for key in PRESET_SECTIONS if key in spec}, spec.get("preset", ""))

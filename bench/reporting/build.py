@@ -33,8 +33,9 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
         points = (frame, caption)
     for experiment in sorted(records.grids):
         trials = records.checkpoints[records.checkpoints.experiment == experiment]
-        figures[experiment] = plots.make_plots(trials, summary[summary.experiment == experiment], tuple(LOSSES),
-                                               points)
+        cells = summary[summary.experiment == experiment]
+        citation = stats.citation(records.grids[experiment], cells, trials[trials.kind == "trial"])
+        figures[experiment] = plots.make_plots(trials, cells, tuple(LOSSES), citation, points)
     document = tables.document(records.checkpoints, records.grids, summary, figures, isolated)
     reports_dir.mkdir(parents=True, exist_ok=True)
     written = [tables.write_csv(summary, reports_dir / "summary.csv"),

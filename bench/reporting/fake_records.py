@@ -80,7 +80,7 @@ def trial_record(experiment: str, loss: str, margin: float, batch_size: int, see
               "protocol": protocol, "budget_samples": 20 * checkpoints * batch_size}
     trial_id = trial_id or f"{dataset}-{protocol}-{loss}-{margin}-{batch_size}-{seed}"
     return schema.trial_record(trial_id, config, status, None if status == "ok" else f"{status} on purpose", history,
-                                PROVENANCE, experiment=experiment, preset="test", fingerprint=FINGERPRINT)
+                                PROVENANCE, experiment=experiment, preset=experiment, fingerprint=FINGERPRINT)
 
 
 def baseline_record(experiment: str, baseline: str, seed: int | None, values: dict[str, float],
@@ -90,17 +90,18 @@ def baseline_record(experiment: str, baseline: str, seed: int | None, values: di
     trial_id = f"baseline-{dataset}-{protocol}-{baseline}" + ("" if seed is None else f"-{seed}")
     config = {"dataset": dataset, "protocol": protocol, "val_fraction": 0.1, "seed": seed, "model": None}
     return schema.baseline_record(trial_id, baseline, config, final, PROVENANCE, FINGERPRINT, experiment=experiment,
-                                   preset="test")
+                                   preset=experiment)
 
 
 def write_experiment(root: Path, experiment: str, records: list[dict[str, Any]], axes: dict[str, list[Any]],
-                     fixed: dict[str, Any] | None = None, embeddings: bool = False) -> Path:
-    """root/experiment with grid.json (axes, fixed) and one JSON per record; with embeddings, a 4-cluster
-    npz of test embeddings beside every trial record."""
+                     fixed: dict[str, Any] | None = None, embeddings: bool = False, citable: bool = False) -> Path:
+    """root/experiment with grid.json (preset named as the experiment, axes, fixed, citable) and one JSON per
+    record; with embeddings, a 4-cluster npz of test embeddings beside every trial record."""
     records_dir = root / experiment / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
     (root / experiment / "grid.json").write_text(json.dumps(
-        {"preset": "test", "experiment": experiment, "axes": axes, "fixed": fixed or {}, "per_dataset": {}},
+        {"preset": experiment, "experiment": experiment, "doc": f"generated records ({experiment})",
+         "citable": citable, "axes": axes, "fixed": fixed or {}, "per_dataset": {}},
         indent=1))
     for record in records:
         if embeddings and record.get("kind") != "baseline":
@@ -115,7 +116,8 @@ def write_experiment(root: Path, experiment: str, records: list[dict[str, Any]],
 
 def write_smoke_results(root: Path) -> Path:
     """Two experiments under root: `full` (3 seeds, 3 losses × 2 margins × 2 batch sizes, baselines, an OOM
-    cell, a diverged seed, a pinned then escaped trial) and `partial` (INCOMPLETE: 3 of 8 trials)."""
+    cell, a diverged seed, a pinned then escaped trial; a citable reference) and `partial` (INCOMPLETE: 3 of 8
+    trials; not citable)."""
     losses, margins, batches, seeds = ["batch-all", "batch-hard", "quadruplet"], [0.1, 0.2], [16, 32], [0, 1, 2]
     records: list[dict[str, Any]] = [
         baseline_record("full", "pixels", None, {"map_at_r": 0.30, "knn_accuracy": 0.90, "precision_at_1": 0.89,
@@ -137,7 +139,7 @@ def write_smoke_results(root: Path) -> Path:
                     records.append(trial_record("full", loss, margin, batch_size, seed, status=status, pinned=pinned))
     write_experiment(root, "full", records, {"dataset": ["mnist"], "loss": losses, "margin": margins,
                                              "batch_size": batches, "seed": seeds}, {"protocol": "seen"},
-                     embeddings=True)
+                     embeddings=True, citable=True)
     partial = [trial_record("partial", "batch-hard", 0.2, 16, seed) for seed in (0, 1)]
     partial.append(trial_record("partial", "batch-all", 0.2, 16, 0))
     write_experiment(root, "partial", partial, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],

@@ -127,8 +127,14 @@ def _check_cells(frame: pd.DataFrame, grids: dict[str, dict[str, Any]], paths: d
                 raise ReportError(f"experiment {experiment}: two records for one {kind} ({where}): {files}")
 
 
-def load_records(results_dir: Path | str) -> Records:
-    """Every record under results_dir as one row per checkpoint, sorted by experiment, trial and checkpoint.
+def is_reference(folder: Path, grid: Any) -> bool:
+    """Whether an experiment folder is a reference run: a citable preset's grid run under the preset's own name."""
+    return isinstance(grid, dict) and grid.get("citable") is True and folder.name == grid.get("preset")
+
+
+def load_records(results_dir: Path | str, reference: bool = False) -> Records:
+    """Every record under results_dir as one row per checkpoint, sorted by experiment, trial and checkpoint;
+    with `reference`, only the reference experiments' (is_reference: what the committed reports/ is made from).
 
     Config keys a trial record lacks take bench.engine.config's DEFAULTS; a checkpoint's `loss` is the column
     `train_loss` and its `status` is `checkpoint_status`; fields a record predates are NaN. Raises
@@ -138,7 +144,12 @@ def load_records(results_dir: Path | str) -> Records:
     rows: list[dict[str, Any]] = []
     grids: dict[str, dict[str, Any]] = {}
     paths: dict[str, str] = {}
-    for folder in experiment_dirs(Path(results_dir)):
+    folders = experiment_dirs(Path(results_dir))
+    if reference:
+        folders = [f for f in folders if (f / "grid.json").is_file() and is_reference(f, _read_json(f / "grid.json"))]
+        if not folders:
+            raise ReportError(f"{results_dir}: no reference experiment (a citable preset's run in <results>/<preset>/)")
+    for folder in folders:
         grid = _read_json(folder / "grid.json") if (folder / "grid.json").is_file() else None
         axes = grid.get("axes") if isinstance(grid, dict) else None
         if not isinstance(axes, dict) or not all(isinstance(values, list) for values in axes.values()):

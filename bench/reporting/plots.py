@@ -348,13 +348,14 @@ def tsne(summary: pd.DataFrame, final: pd.DataFrame, order: tuple[str, ...], exp
     return figure
 
 
-def make_plots(checkpoints: pd.DataFrame, summary: pd.DataFrame, order: tuple[str, ...],
+def make_plots(checkpoints: pd.DataFrame, summary: pd.DataFrame, order: tuple[str, ...], citation: str,
                isolated: tuple[pd.DataFrame, str] | None = None) -> dict[str, Figure | str]:
     """Every figure of one experiment (checkpoints and summary rows of that experiment only), by file stem.
 
-    `isolated` is the step benchmark's points (numeric columns) and a caption naming its hardware; with it the
-    throughput and memory plots show it for the experiment's datasets, else the grid's own observations."""
-    experiment = str(summary.experiment.iloc[0]) + (" (INCOMPLETE)" if (summary.n_missing > 0).any() else "")
+    `citation` (stats.citation: seeds, citable or not) follows the experiment's name in every title. `isolated` is
+    the step benchmark's points (numeric columns) and a caption naming its hardware; with it the throughput and
+    memory plots show it for the experiment's datasets, else the grid's own observations."""
+    experiment = f"{summary.experiment.iloc[0]} ({citation})"
     final = stats.final_rows(checkpoints)
     trials = final[final.kind == "trial"]
     notes: list[str] = []

@@ -54,10 +54,14 @@ AGGREGATED = (*TEST_METRICS, *VAL_METRICS, *SYSTEM_METRICS, "plateau_gap")
 TESTED = ("map_at_r", "knn_accuracy")  # the metrics of the paired tests
 SELECTION = ("val_map_at_r", "val_knn_accuracy")
 # per-cell settings reported as their value (or "a;b" when the seeds of a cell differ)
-SETTINGS = ("planned_steps", "images_per_class", "lr", "lr_scaling", "lr_reference_batch", "lr_schedule",
+SETTINGS = ("model", "planned_steps", "images_per_class", "lr", "lr_scaling", "lr_reference_batch", "lr_schedule",
             "precision", "threads",
             "budget_samples", "budget_seconds", "val_gallery_size", "val_queries_size", "test_gallery_size",
             "test_queries_size", "train_size", "val_size", "test_size")
+# where each cell ran: summary.csv column -> the records' provenance column ("a;b" when its trials differ; the date
+# as the first and last day)
+ORIGIN = {"commit": "provenance_git_commit", "device": "provenance_device", "hardware": "provenance_hardware",
+          "date": "provenance_date"}
 INITIAL = INITIAL_KEYS  # the margin check's columns (bench/engine/diagnostics.py)
 EASY_LIMIT = 0.5
 ALPHA = 0.05
@@ -175,6 +179,13 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
             row |= {f"{metric}_mean": interval.mean, f"{metric}_std": interval.std, f"{metric}_ci95": interval.ci95}
         for setting in SETTINGS:
             row[setting] = _setting(trials[setting]) if setting in trials else math.nan
+        for column, source in ORIGIN.items():
+            values = trials[source] if source in trials else pd.Series(dtype=object)
+            if column == "date":
+                days = sorted(str(v)[:10] for v in values.dropna())
+                row[column] = " to ".join(dict.fromkeys([days[0], days[-1]])) if days else math.nan
+            else:
+                row[column] = _setting(values)
         if _isnan(row["planned_steps"]) and len(valid):  # records before planned_steps: the finished trials' step
             row["planned_steps"] = _setting(valid["step"])
         for name in INITIAL:
@@ -359,3 +370,15 @@ def has_diagnostics(checkpoints: pd.DataFrame) -> bool:
     """Whether any trial checkpoint carries the pinned/collapsed diagnostics."""
     return any(column in checkpoints and checkpoints[column].notna().any()
                for column in ("pinned_at_margin", "collapsed"))
+
+
+def citation(grid: dict[str, Any], cells: pd.DataFrame, trials: pd.DataFrame) -> str:
+    """What one experiment's report may be cited as, in words: its seeds and whether it is citable (a citable
+    preset, every trial of the grid recorded), e.g. "n = 3 seeds; citable"; `cells` are its summarize rows."""
+    seeds = trials.seed.nunique()
+    words = f"n = {seeds} seed{'s' if seeds != 1 else ''}"
+    if grid.get("citable") is not True:
+        return f"{words}; NOT FOR CITING (preset {grid.get('preset')} is not a reference design)"
+    if missing_cells(cells).shape[0]:
+        return f"{words}; INCOMPLETE, not yet citable"
+    return f"{words}; citable"

@@ -30,7 +30,8 @@ CSV_COLUMNS = [
     *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")],
     "best", *[f"{what}_{metric}" for metric in stats.TESTED
               for what in ("diff", "diff_lo", "diff_hi", "p_vs_best", "p_holm", "n_pairs", "mdd")],
-    *stats.SETTINGS, *[f"{name}_mean" for name in stats.INITIAL], "n_initial", *stats.STATUS_COLUMNS.values(),
+    *stats.SETTINGS, *stats.ORIGIN, *[f"{name}_mean" for name in stats.INITIAL], "n_initial",
+    *stats.STATUS_COLUMNS.values(),
 ]
 
 
@@ -493,7 +494,11 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
     expected = stats.expected_trials(grid)
     incomplete = bool(stats.missing_cells(cells).shape[0])
     mark = f" (INCOMPLETE: {len(trials)} of {expected} trials recorded)" if incomplete else ""
-    blocks: list[Block] = [("h2", f"Experiment {experiment}{mark}"), ("items", _provenance(final, grid))]
+    citation = stats.citation(grid, cells, trials)
+    why = f". The preset's note: {grid['doc']}" if grid.get("doc") and "NOT FOR" in citation else ""
+    blocks: list[Block] = [("h2", f"Experiment {experiment}{mark}"),
+                           ("items", [("citable", citation + why), *_provenance(final, grid)])]
+    scope_note = f"Experiment {experiment}: {citation}. "
     if incomplete:
         blocks += [("h3", "Unfinished cells"),
                    ("p", "Cells of the grid with seeds that have no record yet; they are not eligible for selection."),
@@ -502,7 +507,8 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
         scope = final[(final.dataset == dataset) & (final.protocol == protocol)]
         table, sentence = headline(f"{experiment}-headline-{dataset}-{protocol}", group)
         table = table._replace(note=f"{HEADLINE_RULE} {facts(scope)}")
-        blocks += [("h3", f"Headline{' (INCOMPLETE)' if incomplete else ''}: {dataset}, protocol {protocol}"),
+        blocks += [("h3", f"Headline{' (INCOMPLETE)' if incomplete else ''}: {dataset}, protocol {protocol} "
+                          f"({citation})"),
                    ("p", table.note), ("table", table), ("p", sentence)]
     grid = grid_table(f"{experiment}-grid", cells)._replace(note=(
         "Test metrics of every cell, labelled: only the cells marked selected were chosen, on validation; the test "
@@ -537,7 +543,8 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
              if isinstance(figure, str)]
     if notes:
         blocks.append(("items", notes))
-    return blocks
+    return [(kind, content._replace(note=scope_note + content.note) if kind == "table" else content)
+            for kind, content in blocks]
 
 
 def document(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], summary: pd.DataFrame,
