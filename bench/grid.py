@@ -25,6 +25,9 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
   json.dumps({**trial_identity(config), "data_fingerprint": fingerprint}, sort_keys=True)
   (bench/experiment/identity.py). A trial with a
   record is never rerun or rewritten. Non-finite metrics are written as null.
+- with "fresh_seeds": once every point has a record, each loss's validation-selected cell (per dataset and protocol,
+  bench.reporting.stats.select on the records) runs on those seeds into the same records/ (Ray's state in
+  ray-fresh/); the report shows them as experiment E-fresh, the test numbers to cite.
 - report/: the report of this experiment alone, written when the grid ends (--reports elsewhere, --no-report
   none); the committed reports/ is made by `make report` from the reference experiments only.
 - ray/: Ray Tune's own experiment state: re-running the same command restores it (Tuner.restore) and runs
@@ -38,6 +41,7 @@ on storage that every node sees at the same path: since Ray 2.7, results are not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -259,9 +263,9 @@ def quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def ray_storage_dir(experiment_dir: str | Path) -> Path:
-    """Ray Tune's experiment state of an experiment: RESULTS/E/ray/."""
-    return Path(experiment_dir) / "ray"
+def ray_storage_dir(experiment_dir: str | Path, name: str = "ray") -> Path:
+    """Ray Tune's experiment state of an experiment: RESULTS/E/ray/ (ray-fresh/ for its fresh seeds)."""
+    return Path(experiment_dir) / name
 
 
 def ray_param_space(grid: Grid) -> dict[str, Any]:
@@ -275,9 +279,9 @@ def ray_param_space(grid: Grid) -> dict[str, Any]:
 
 def run_ray(
     ctx: Context, points: list[dict[str, Any]], trial_fn: TrialFn, progress: Progress,
-    cpus_per_trial: float, gpus_per_trial: float | None,
+    cpus_per_trial: float, gpus_per_trial: float | None, state: Path,
 ) -> None:
-    """Run (or resume) the grid as a Ray Tune experiment in RESULTS/E/ray/; starts Ray if needed."""
+    """Run (or resume) ctx.grid as a Ray Tune experiment whose state is in `state`; starts Ray if needed."""
     quiet_ray()
     import ray
     from ray import tune
@@ -298,7 +302,6 @@ def run_ray(
         trainable = tune.with_resources(
             tune.with_parameters(ray_trial, ctx=ctx, trial_fn=trial_fn), {"cpu": cpus_per_trial, "gpu": gpus}
         )
-        state = ray_storage_dir(ctx.experiment_dir)
         if tune.Tuner.can_restore(state):
             print(f"Ray: resuming the experiment from {state}", flush=True)
             tuner = tune.Tuner.restore(str(state), trainable, resume_errored=True)
@@ -378,8 +381,9 @@ def new_experiment_hint() -> str:
 
 
 def _flat(spec: dict[str, Any]) -> dict[str, Any]:
-    """grid.json's axes, fixed keys, per-dataset keys, blocks and thread default as {"section.key[.key]": value}."""
-    out = {"threads": spec.get("threads"), "blocks": spec.get("blocks")}
+    """grid.json's axes, fixed keys, per-dataset keys, blocks, fresh seeds and thread default as
+    {"section.key[.key]": value}."""
+    out = {"threads": spec.get("threads"), "blocks": spec.get("blocks"), "fresh_seeds": spec.get("fresh_seeds")}
     for section in ("axes", "fixed", "per_dataset"):
         for key, value in spec.get(section, {}).items():
             if section == "per_dataset":
@@ -515,7 +519,8 @@ def run_grid(
         if changed:  # Ray's state holds the old grid's points; a fresh Tune run skips the recorded trials
             print(f"changing the grid of experiment {experiment} ({'; '.join(changed)}); every recorded trial is a "
                   "point of the new grid and stays, Ray's state of the old grid is dropped", flush=True)
-            shutil.rmtree(ray_storage_dir(experiment_dir), ignore_errors=True)
+            for name in ("ray", "ray-fresh"):
+                shutil.rmtree(ray_storage_dir(experiment_dir, name), ignore_errors=True)
         if stored is None or changed or (stored.get("doc"), stored.get("citable")) != (grid.doc, grid.citable):
             write_json(experiment_dir / "grid.json", grid.spec(experiment, threads, prints))
         (experiment_dir / "records").mkdir(exist_ok=True)
@@ -527,16 +532,48 @@ def run_grid(
               f"{experiment_dir}", flush=True)
         if trial_fn is run_trial:  # baselines are evaluated as bench.trial evaluates; a substituted trial has none
             record_baselines(ctx, points)
-        if backend == "local":
-            run_local(ctx, points, trial_fn, progress)
-        else:
-            run_ray(ctx, points, trial_fn, progress, cpus_per_trial, gpus_per_trial)
+        run_points(ctx, points, trial_fn, progress, backend, cpus_per_trial, gpus_per_trial,
+                   ray_storage_dir(experiment_dir))
         code = summarize(ctx, points)
+        if grid.fresh_seeds and code == 0:
+            code = run_fresh(ctx, trial_fn, backend, cpus_per_trial, gpus_per_trial)
+        elif grid.fresh_seeds:
+            print(f"fresh seeds {list(grid.fresh_seeds)}: they run once every point of the grid has a record (the "
+                  "selection needs all of them)", flush=True)
     finally:
         release(lock)
     if reports is not None:
         write_own_report(experiment_dir, Path(reports) if reports else experiment_dir / REPORT_DIR)
     return code
+
+
+def run_points(ctx: Context, points: list[dict[str, Any]], trial_fn: TrialFn, progress: Progress, backend: str,
+               cpus_per_trial: float, gpus_per_trial: float | None, state: Path) -> None:
+    """Run ctx.grid's points on the backend (Ray's experiment state in `state`)."""
+    if backend == "local":
+        run_local(ctx, points, trial_fn, progress)
+    else:
+        run_ray(ctx, points, trial_fn, progress, cpus_per_trial, gpus_per_trial, state)
+
+
+def run_fresh(ctx: Context, trial_fn: TrialFn, backend: str, cpus_per_trial: float,
+              gpus_per_trial: float | None) -> int:
+    """Run each loss's validation-selected cell on the grid's fresh seeds (Ray's state in RESULTS/E/ray-fresh/);
+    0 when every such trial has a record."""
+    from bench.reporting.frame import ReportError, load_records, selected_cells
+
+    try:
+        cells = selected_cells(load_records(ctx.experiment_dir, fresh=False), ctx.experiment)
+    except ReportError as err:
+        raise GridError(f"fresh seeds: {err}") from None
+    fresh = dataclasses.replace(ctx, grid=ctx.grid.fresh(cells))
+    points = fresh.grid.points()
+    progress = Progress(fresh, points)
+    print(f"fresh seeds {list(ctx.grid.fresh_seeds)}: {len(cells)} selected cells, {len(points)} trials, "
+          f"{len(progress.done)} already recorded", flush=True)
+    run_points(fresh, points, trial_fn, progress, backend, cpus_per_trial, gpus_per_trial,
+               ray_storage_dir(ctx.experiment_dir, "ray-fresh"))
+    return summarize(fresh, points)
 
 
 def write_own_report(experiment_dir: Path, reports_dir: Path) -> None:

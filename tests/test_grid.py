@@ -475,6 +475,8 @@ def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path) -> None
         "budget_samples must be int, got '64'": ["--preset", _bad(tmp_path, "type", good.replace("64", '"64"'))],
         'axis "seed" must be a non-empty list': ["--preset", _bad(tmp_path, "axis", good.replace("[0, 1]", "[]"))],
         "no mnist.npz": ["--preset", _bad(tmp_path, "ok", good), "--data-dir", str(tmp_path / "missing")],
+        '"fresh_seeds" [1, 2] overlap the selection seeds [0, 1] (seed 1)': ["--preset", _bad(
+            tmp_path, "fresh", good[:-1] + ', "fresh_seeds": [1, 2]}')],
         "no preset given: using 'cpu'": ["--preset", "", "--data-dir", str(tmp_path / "missing")],
     }
     env = {**os.environ, "TRIPLETBENCH_OFFLINE": "1"}
@@ -636,3 +638,35 @@ def test_the_tracked_experiments_are_the_citable_presets() -> None:
     assert ignored("results/cpu-mine/records/0123456789ab.json")  # a user's own run of a citable preset
     assert {name for name in preset_names() if load_preset(name).citable} == {"cpu", "cpu-unseen", "paper"}
 
+
+
+def test_fresh_seeds_rerun_the_selected_cells_once_the_grid_is_complete(fake_setup: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """The selected cell of each loss runs again on the fresh seeds (the fake grid: only batch-all m 0.2 B 8 is
+    eligible); a resume runs nothing; the report shows those trials as experiment fake-fresh, apart from
+    the selection."""
+    from bench.reporting.frame import load_records
+
+    preset, data_dir = fake_setup
+    preset.write_text(json.dumps({**FAKE_GRID, "fresh_seeds": [5, 6]}))
+    results = tmp_path / "results"
+    assert run_grid(str(preset), data_dir, results, backend="local", trial_fn=fake_trial) == 0
+    ran = calls(data_dir)
+    assert len(ran) == 18 and ran[16:] == [{"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 8,
+                                            "seed": seed} for seed in (5, 6)]
+    assert json.loads((results / "fake" / "grid.json").read_text())["fresh_seeds"] == [5, 6]
+    assert run_grid(str(preset), data_dir, results, backend="local", trial_fn=fake_trial) == 0
+    assert len(calls(data_dir)) == 18  # nothing rerun
+    loaded = load_records(results)
+    assert sorted(loaded.grids) == ["fake", "fake-fresh"]
+    final = loaded.checkpoints.groupby("trial_id").tail(1)
+    assert sorted(final[final.experiment == "fake-fresh"].seed) == [5, 6]
+    assert sorted(set(final[final.experiment == "fake"].seed)) == [0, 1]
+    assert len(load_records(results, fresh=False).grids) == 1
+    report = tmp_path / "report"
+    assert run_grid(str(preset), data_dir, results, backend="local", trial_fn=fake_trial, reports=str(report)) == 0
+    markdown = (report / "summary.md").read_text()
+    assert ("- **fresh seeds:** selection used seeds 0, 1; the test numbers to cite are experiment fake-fresh's "
+            "(seeds 5, 6)") in markdown
+    assert ("## Experiment fake-fresh" in markdown and "- **fresh seeds:** fake's validation-selected cells re-run on "
+            "seeds 5, 6, which took no part in selection: these are the test numbers to cite") in markdown

@@ -47,8 +47,9 @@ def test_each_stored_grid_names_every_trial_recorded_in_its_folder() -> None:
     for path in specs:
         spec = json.loads(path.read_text())
         grid = stored_grid(spec)
+        cells = [{axis: value for axis, value in point.items() if axis != "seed"} for point in grid.points()]
         ids = {trial_id(with_threads(grid.config(point), spec["threads"]), spec["data"][point["dataset"]])
-               for point in grid.points()}
+               for point in grid.points() + grid.fresh(cells).points()}  # a cell on a fresh seed, once selected
         recorded = {record_path.stem for record_path in (path.parent / "records").glob("*.json")
                     if json.loads(record_path.read_text()).get("kind") != "baseline"}
         assert recorded <= ids, path

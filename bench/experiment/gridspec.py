@@ -7,6 +7,10 @@ cells the report expects. A spec is a preset's JSON or the same sections of a gr
   one dataset, its optional "axes" replacing the values of some axes (not "dataset") for that dataset;
 - "citable" (optional, default false): true for a reference design whose complete run may be cited (full budgets,
   n >= 3 seeds, selection on validation); its run at RESULTS/<preset>/ is the committed reference;
+- "fresh_seeds" (optional): seeds that take no part in selection: once every point has a record, each loss's
+  validation-selected cell (per dataset and protocol) is run again on these seeds (Grid.fresh), and the report's
+  test numbers to cite come from those runs (MLRC's "retrain the best configuration"). They must not overlap the
+  seeds of the grid;
 - "blocks" (optional): a list of {axis: [values]}; the grid is then the union of the blocks, each the product of
   its own values and, for the axes it leaves out, the dataset's values (its "per_dataset" axes, else "axes").
   Without "blocks" the grid is one block that sets nothing: the product of the axes, per dataset.
@@ -14,6 +18,7 @@ cells the report expects. A spec is a preset's JSON or the same sections of a gr
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Iterable
@@ -25,7 +30,7 @@ from bench.engine.config import KEYS, LOCATION_KEYS
 AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
 OPTIONAL_AXES = ("protocol",)  # a preset may list these too
 AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", "seed")  # the order of a point's axes
-GRID_SECTIONS = ("axes", "fixed", "per_dataset", "blocks")  # what a preset and a grid.json share
+GRID_SECTIONS = ("axes", "fixed", "per_dataset", "blocks", "fresh_seeds")  # what a preset and a grid.json share
 PRESET_SECTIONS = ("doc", "citable", *GRID_SECTIONS)
 
 
@@ -46,6 +51,7 @@ class Grid:
     blocks: tuple[dict[str, list[Any]], ...] = ({},)
     citable: bool = False
     doc: str = ""  # the preset's "doc", its lines joined
+    fresh_seeds: tuple[int, ...] = ()
 
     def points(self) -> list[dict[str, Any]]:
         """Every point of every block once, as {axis: value} in the order of `axes`, sorted dataset by dataset,
@@ -63,6 +69,18 @@ class Grid:
                 rank[axis] += [text for text in map(json.dumps, values) if text not in rank[axis]]
         return sorted(found.values(), key=lambda p: [rank[axis].index(json.dumps(p[axis])) for axis in names])
 
+    def seeds(self) -> list[int]:
+        """Every seed of the grid's points (the selection seeds)."""
+        return sorted({point["seed"] for point in self.points()})
+
+    def fresh(self, cells: list[dict[str, Any]]) -> Grid:
+        """The grid of `cells` ({axis: value} without seed: the selected cells) on the fresh seeds, with this grid's
+        settings; no fresh seeds of its own. Empty `cells` give a grid without points."""
+        blocks = tuple({**{axis: [cell[axis]] for axis in self.axes if axis != "seed"}, "seed": list(self.fresh_seeds)}
+                       for cell in cells)
+        return Grid(self.preset, {**self.axes, "seed": list(self.fresh_seeds)}, self.fixed, self.per_dataset,
+                    self.dataset_axes, blocks, self.citable, self.doc)
+
     def point(self, config: dict[str, Any]) -> dict[str, Any]:
         """The grid point of a config (a trial config, or Ray's: {"point": point} or {axis: value})."""
         return dict(config["point"]) if "point" in config else {axis: config[axis] for axis in self.axes}
@@ -78,9 +96,10 @@ class Grid:
                               **({"axes": self.dataset_axes[name]} if self.dataset_axes.get(name) else {})}
                        for name in [*self.per_dataset, *(d for d in self.dataset_axes if d not in self.per_dataset)]}
         blocks = {"blocks": list(self.blocks)} if self.blocks != ({},) else {}
+        fresh = {"fresh_seeds": list(self.fresh_seeds)} if self.fresh_seeds else {}
         return {"preset": self.preset, "experiment": experiment, "doc": self.doc, "citable": self.citable,
-                "axes": self.axes, "fixed": self.fixed, "per_dataset": per_dataset, **blocks, "threads": threads,
-                "data": fingerprints}
+                "axes": self.axes, "fixed": self.fixed, "per_dataset": per_dataset, **blocks, **fresh,
+                "threads": threads, "data": fingerprints}
 
 
 def with_threads(config: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -167,8 +186,16 @@ def parse_grid(raw: Any, name: str = "") -> Grid:
     doc = raw.get("doc", "")
     if not (isinstance(doc, str) or isinstance(doc, list) and all(isinstance(line, str) for line in doc)):
         raise GridError('"doc" must be a text or a list of lines')
-    return Grid(name, axes, fixed, per_dataset, {d: own for d, own in dataset_axes.items() if own},
+    grid = Grid(name, axes, fixed, per_dataset, {d: own for d, own in dataset_axes.items() if own},
                 _blocks(raw.get("blocks"), axes), citable, doc if isinstance(doc, str) else " ".join(doc))
+    if "fresh_seeds" not in raw:
+        return grid
+    fresh = _axis_values('"fresh_seeds"', "seed", raw["fresh_seeds"])
+    overlap = sorted(set(fresh) & set(grid.seeds()))
+    if overlap:
+        raise GridError(f'"fresh_seeds" {fresh} overlap the selection seeds {grid.seeds()} (seed {overlap[0]}): the '
+                        "reported test numbers must come from seeds that took no part in selection")
+    return dataclasses.replace(grid, fresh_seeds=tuple(fresh))
 
 
 def stored_grid(spec: dict[str, Any]) -> Grid:

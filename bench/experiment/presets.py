@@ -37,7 +37,8 @@ def load_preset(name: str) -> Grid:
         grid = parse_grid(raw, path.stem)
     except GridError as err:
         raise GridError(f"preset {path}: {err}") from None
-    for point in grid.points():
+    points = grid.points()
+    for point in points + [{**points[0], "seed": seed} for seed in grid.fresh_seeds]:
         try:
             model_settings(resolve(grid.config(point)))
         except (ValueError, TypeError) as err:

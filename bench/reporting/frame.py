@@ -132,9 +132,50 @@ def is_reference(folder: Path, grid: Any) -> bool:
     return isinstance(grid, dict) and grid.get("citable") is True and folder.name == grid.get("preset")
 
 
-def load_records(results_dir: Path | str, reference: bool = False) -> Records:
+FRESH = "-fresh"  # experiment E's trials on its grid's fresh seeds are reported as experiment E-fresh
+
+
+def selected_cells(records: Records, experiment: str) -> list[dict[str, Any]]:
+    """Each loss's validation-selected cell of `experiment` (per dataset and protocol) as {axis: value} over its
+    grid's axes but seed, in the summary's order; from its selection seeds' records only."""
+    grid = records.grids[experiment]
+    summary = stats.summarize(records.checkpoints[records.checkpoints.experiment == experiment], {experiment: grid},
+                              tuple(LOSSES))
+    axes = [axis for axis in grid["axes"] if axis != "seed"]
+    return [{axis: int(row[axis]) if axis == "batch_size" else row[axis] for axis in axes}
+            for _, row in summary[summary.selected].iterrows()]
+
+
+def _split_fresh(frame: pd.DataFrame, grids: dict[str, dict[str, Any]], keep: bool) -> pd.DataFrame:
+    """The trials on a grid's fresh seeds moved to experiment E-fresh (whose grid, added to `grids`, is E's
+    selected cells on those seeds, E's baselines beside them), or dropped when not `keep`."""
+    for experiment, grid in sorted(grids.items()):
+        seeds = grid.get("fresh_seeds") or []
+        moved = (frame.experiment == experiment) & (frame.kind == "trial") & frame.seed.isin(seeds)
+        if not seeds or not keep:
+            frame = frame[~moved]
+            continue
+        name = experiment + FRESH
+        if name in grids:
+            raise ReportError(f"experiment {name} exists, and is also the name of {experiment}'s fresh seeds")
+        fresh, frame = frame[moved], frame[~moved]
+        cells = selected_cells(Records(frame, grids), experiment)
+        if not cells:
+            if len(fresh):
+                raise ReportError(f"experiment {experiment}: records on fresh seeds {seeds} but no selected cell")
+            continue
+        spec = stored_grid(grid).fresh(cells).spec(name, grid.get("threads"), grid.get("data", {}))
+        grids[name] = json.loads(json.dumps({**spec, "fresh_of": experiment}))
+        baselines = frame[(frame.experiment == experiment) & (frame.kind == "baseline")]
+        frame = pd.concat([frame, fresh.assign(experiment=name), baselines.assign(experiment=name)],
+                          ignore_index=True)
+    return frame
+
+
+def load_records(results_dir: Path | str, reference: bool = False, fresh: bool = True) -> Records:
     """Every record under results_dir as one row per checkpoint, sorted by experiment, trial and checkpoint;
     with `reference`, only the reference experiments' (is_reference: what the committed reports/ is made from).
+    Trials on a grid's fresh seeds form experiment E-fresh (_split_fresh), or are left out without `fresh`.
 
     Config keys a trial record lacks take bench.engine.config's DEFAULTS; a checkpoint's `loss` is the column
     `train_loss` and its `status` is `checkpoint_status`; fields a record predates are NaN. Raises
@@ -178,6 +219,8 @@ def load_records(results_dir: Path | str, reference: bool = False) -> Records:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     frame = frame.sort_values(["experiment", "trial_id", "checkpoint"], ignore_index=True)
     _check_cells(frame, grids, paths)
+    frame = _split_fresh(frame, grids, fresh)
+    frame = frame.sort_values(["experiment", "trial_id", "checkpoint"], ignore_index=True)
     return Records(frame, grids)
 
 

@@ -486,6 +486,20 @@ def _provenance(final: pd.DataFrame, grid: dict[str, Any]) -> list[tuple[str, st
     ]
 
 
+def _fresh(experiment: str, grid: dict[str, Any]) -> list[tuple[str, str]]:
+    """The line that says which of an experiment and its fresh seeds gives the test numbers to cite."""
+    if grid.get("fresh_of"):
+        return [("fresh seeds", f"{grid['fresh_of']}'s validation-selected cells re-run on seeds "
+                                f"{', '.join(map(str, grid['axes']['seed']))}, which took no part in selection: "
+                                "these are the test numbers to cite")]
+    if grid.get("fresh_seeds"):
+        seeds = ", ".join(map(str, sorted(stats.expected_cells(grid, "").seed.unique())))
+        fresh = ", ".join(map(str, grid["fresh_seeds"]))
+        return [("fresh seeds", f"selection used seeds {seeds}; the test numbers to cite are experiment "
+                                f"{experiment}-fresh's (seeds {fresh}), once the grid is complete")]
+    return []
+
+
 def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any], cells: pd.DataFrame,
                 plots: dict[str, Any]) -> list[Block]:
     """The blocks of one experiment: provenance, unfinished cells, headlines, grid, checks, failures, plots."""
@@ -497,7 +511,8 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
     citation = stats.citation(grid, cells, trials)
     why = f". The preset's note: {grid['doc']}" if grid.get("doc") and "NOT FOR" in citation else ""
     blocks: list[Block] = [("h2", f"Experiment {experiment}{mark}"),
-                           ("items", [("citable", citation + why), *_provenance(final, grid)])]
+                           ("items", [("citable", citation + why), *_fresh(experiment, grid),
+                                      *_provenance(final, grid)])]
     scope_note = f"Experiment {experiment}: {citation}. "
     if incomplete:
         blocks += [("h3", "Unfinished cells"),
