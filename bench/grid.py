@@ -506,8 +506,8 @@ def run_grid(
         threads = None  # the preset sets it everywhere: the backend does not matter
     stored = stored_spec(experiment_dir)
     changed = check_grid(experiment_dir, stored, grid, threads)
+    prints = fingerprints(grid.axes["dataset"], str(data_dir))  # a missing data set is named as typed
     data_dir = str(Path(data_dir).resolve())
-    prints = fingerprints(grid.axes["dataset"], data_dir)
     check_data(experiment_dir, stored, prints, data_dir)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     command = command or shlex.join(sys.argv)

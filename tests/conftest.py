@@ -1,10 +1,16 @@
-"""Shared fixtures: tiny generated datasets, so no test needs real MNIST or CIFAR-10."""
+"""Shared fixtures: tiny generated datasets, so no test needs real MNIST or CIFAR-10; the fingerprint cache in a
+temporary folder (for this process and every subprocess it starts), never the user's."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from bench.engine.synthetic import write_synthetic
+from bench.experiment.fingerprint import CACHE_ENV
+
+os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="tripletbench-cache-")
 
 
 @pytest.fixture(scope="session")

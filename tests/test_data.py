@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 import bench.engine.data
-from bench.engine.data import OFFLINE_ENV, DataError, augment, channel_stats, load_dataset, normalize
+from bench.engine.data import DOWNLOAD_ENV, DataError, augment, channel_stats, load_dataset, normalize
 from bench.engine.synthetic import synthetic_split
 
 
@@ -37,7 +37,7 @@ def assert_loaded(loaded: tuple[torch.Tensor, ...], expected: dict[str, np.ndarr
 
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(OFFLINE_ENV, "1")
+    monkeypatch.delenv(DOWNLOAD_ENV, raising=False)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
@@ -108,7 +108,7 @@ class FakeTorchvision:
 
 
 def test_download_is_tried_last_and_its_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(OFFLINE_ENV, raising=False)
+    monkeypatch.setenv(DOWNLOAD_ENV, "1")
     monkeypatch.setitem(bench.engine.data.TORCHVISION, "mnist", FakeTorchvision)
     FakeTorchvision.calls = []
     with pytest.raises(DataError) as err:
@@ -119,12 +119,18 @@ def test_download_is_tried_last_and_its_failure_is_one_line(tmp_path: Path, monk
     assert "mnist.npz" in message and "MNIST/raw/" in message
 
 
-def test_offline_skips_the_download(tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_by_default_a_mistyped_folder_is_named_as_typed(tmp_path: Path, offline: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(bench.engine.data.TORCHVISION, "mnist", FakeTorchvision)
+    monkeypatch.chdir(tmp_path)
     FakeTorchvision.calls = []
-    with pytest.raises(DataError, match="folder not found"):
-        load_dataset("mnist", tmp_path / "nothing here", "cpu")
-    assert FakeTorchvision.calls == [False]
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", "../shared/dta", "cpu")
+    assert FakeTorchvision.calls == [False]  # never a download
+    message = str(err.value)
+    assert message.startswith("no mnist.npz and no torchvision MNIST/raw/ folder in ../shared/dta (resolved: "), message
+    assert "re-run with TRIPLETBENCH_DOWNLOAD=1 (e.g. TRIPLETBENCH_DOWNLOAD=1 make ablation DATA_DIR=../shared/dta)" \
+        in message and "\n" not in message
 
 
 def bad(**changes: object) -> dict[str, object]:

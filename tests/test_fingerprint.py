@@ -16,11 +16,14 @@ def test_the_fingerprint_is_the_content_and_the_cache_follows_size_and_mtime(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     npz = write_synthetic(tmp_path / "a", "mnist", n_train=50, n_test=20)
+    monkeypatch.setenv(fp.CACHE_ENV, str(tmp_path / "cache"))
     first = fp.fingerprint("mnist", npz.parent)
     assert len(first) == 16 and int(first, 16) >= 0
-    cache = json.loads((npz.parent / fp.CACHE_NAME).read_text())
+    cache = json.loads((tmp_path / "cache" / fp.CACHE_NAME).read_text())
     stat = npz.stat()
-    assert cache == {"mnist": {"files": [["mnist.npz", stat.st_size, stat.st_mtime_ns]], "sha256": first}}
+    assert cache == {f"mnist {npz.parent.resolve()}": {"files": [["mnist.npz", stat.st_size, stat.st_mtime_ns]],
+                                                       "sha256": first}}
+    assert sorted(path.name for path in npz.parent.iterdir()) == ["mnist.npz"]  # nothing in the data folder
 
     copy = write_synthetic(tmp_path / "b", "mnist", n_train=50, n_test=20)
     assert fp.fingerprint("mnist", copy.parent) == first  # another path and mtime, the same content
@@ -38,16 +41,17 @@ def test_the_fingerprint_is_the_content_and_the_cache_follows_size_and_mtime(
     np.savez(npz, **arrays)
     changed = fp.fingerprint("mnist", npz.parent)
     assert changed != first and len(calls) == 2
-    assert json.loads((npz.parent / fp.CACHE_NAME).read_text())["mnist"]["sha256"] == changed
+    assert json.loads(fp.cache_file().read_text())[f"mnist {npz.parent.resolve()}"]["sha256"] == changed
 
 
-def test_an_unwritable_cache_is_skipped_and_bad_data_raises(tmp_path: Path) -> None:
+def test_an_unwritable_cache_is_skipped_and_bad_data_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     npz = write_synthetic(tmp_path, "mnist", n_train=50, n_test=20)
     expected = fp.content_hash("mnist", tmp_path)
-    (tmp_path / fp.CACHE_NAME).mkdir()  # cannot be written, even by root
+    monkeypatch.setenv(fp.CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "cache" / fp.CACHE_NAME).mkdir(parents=True)  # cannot be written, even by root
     assert fp.fingerprint("mnist", tmp_path) == expected
-    assert not any((tmp_path / fp.CACHE_NAME).iterdir())
-    assert sorted(path.name for path in tmp_path.iterdir()) == [fp.CACHE_NAME, "mnist.npz"]
+    assert not any((tmp_path / "cache" / fp.CACHE_NAME).iterdir())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "mnist.npz"]
     npz.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable .npz"):
         fp.fingerprint("mnist", tmp_path)

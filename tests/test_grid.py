@@ -479,7 +479,7 @@ def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path) -> None
             tmp_path, "fresh", good[:-1] + ', "fresh_seeds": [1, 2]}')],
         "no preset given: using 'cpu'": ["--preset", "", "--data-dir", str(tmp_path / "missing")],
     }
-    env = {**os.environ, "TRIPLETBENCH_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "TRIPLETBENCH_DOWNLOAD"}
     procs = {
         expected: subprocess.Popen(
             [sys.executable, "-m", "bench.grid", "--results", str(tmp_path / "results"), "--data-dir", str(data_dir),

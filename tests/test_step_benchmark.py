@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +106,7 @@ def test_a_failing_point_is_a_row_not_the_end(tiny_data_dir: Path, monkeypatch: 
 def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "bench.step_benchmark", *args, "--out", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TRIPLETBENCH_OFFLINE": "1"})
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not out.exists()

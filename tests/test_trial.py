@@ -455,7 +455,6 @@ def test_cli_bad_input_is_exit_2_and_one_line(
     bad_input_argv: dict[str, list[str]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("TRIPLETBENCH_OFFLINE", "1")
     for message, argv in bad_input_argv.items():
         try:
             code = bench.trial.main(argv)
@@ -470,7 +469,7 @@ def test_cli_bad_input_is_exit_2_and_one_line(
 def test_cli_bad_input_in_a_process(bad_input_argv: dict[str, list[str]]) -> None:
     """The same at the process level, for one bad config, one bad data folder and one bad argument."""
     processes = {
-        message: cli(*argv, env={"TRIPLETBENCH_OFFLINE": "1"})
+        message: cli(*argv)
         for message, argv in bad_input_argv.items() if any(case in message for case in SUBPROCESS_CASES)
     }
     assert len(processes) == 3

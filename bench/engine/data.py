@@ -4,7 +4,8 @@ A dataset `name` is looked up in the data folder in this order:
 1. `<dir>/<name>.npz` with keys x_train, y_train, x_test, y_test: uint8 images N×H×W (grey) or
    N×H×W×3 (RGB) and integer labels ≥ 0 of length N. This is also how to bring your own labelled set.
 2. torchvision's own folders under `<dir>` (`MNIST/raw/…`, `cifar-10-batches-py/…`).
-3. A torchvision download into `<dir>`, unless the environment variable TRIPLETBENCH_OFFLINE is set.
+3. A torchvision download into `<dir>`, only when the environment variable TRIPLETBENCH_DOWNLOAD is 1 (offline by
+   default: a mistyped folder is named as typed, never fetched).
 Anything else raises DataError with one line naming the folder and these forms.
 """
 
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from bench.engine.datasets import DATASETS
 
-OFFLINE_ENV = "TRIPLETBENCH_OFFLINE"
+DOWNLOAD_ENV = "TRIPLETBENCH_DOWNLOAD"
 # the torchvision readers of the table's data sets (bench/engine/datasets.py)
 TORCHVISION = {name: getattr(torchvision.datasets, entry.torchvision)
                for name, entry in DATASETS.items() if entry.torchvision}
@@ -107,8 +108,12 @@ def load_dataset(name: str, data_dir: str | Path, device: str | torch.device) ->
         arrays = f"no {name}.npz"
     else:
         arrays = _read_torchvision(name, data_dir, download=False)
-        if isinstance(arrays, str) and not os.environ.get(OFFLINE_ENV):
+        if isinstance(arrays, str) and os.environ.get(DOWNLOAD_ENV) == "1":
             arrays = _read_torchvision(name, data_dir, download=True)
+        elif isinstance(arrays, str):
+            arrays = (f"no {name}.npz and no torchvision {DATASETS[name].folder} folder in {data_dir} (resolved: "
+                      f"{data_dir.resolve()}); to fetch it, re-run with {DOWNLOAD_ENV}=1 (e.g. {DOWNLOAD_ENV}=1 make "
+                      f"ablation DATA_DIR={data_dir}) or copy {name}.npz there")
     if isinstance(arrays, str):
         raise _fail(name, data_dir, arrays)
     x_train, y_train, x_test, y_test = arrays

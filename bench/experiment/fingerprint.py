@@ -4,9 +4,10 @@ fingerprint(name, data_dir) = the first 16 hex characters of the sha256 over x_t
 as bench.engine.data.load_dataset returns them (uint8 N×C×H×W images, int64 labels; shape and dtype hashed too),
 so the same images give the same fingerprint whether they come as <name>.npz or as torchvision's folder.
 
-Hashing needs the whole set in memory, so the result is cached in <data_dir>/fingerprints.json, keyed by the
-size and mtime (ns) of every file the set was read from; a changed file recomputes it. Where the data folder
-is not writable the cache is skipped and the fingerprint computed each time.
+Hashing needs the whole set in memory, so the result is cached in the user's cache folder (cache_file(): never in
+the data folder, which may be read-only or shared), keyed by the set and the data folder's resolved path, and valid
+for the size and mtime (ns) of every file the set was read from; a changed file recomputes it. Where the cache
+cannot be written it is skipped and the fingerprint computed each time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,15 @@ from bench.engine.datasets import DATASETS
 from bench.engine.files import write_text
 
 CACHE_NAME = "fingerprints.json"
+CACHE_ENV = "TRIPLETBENCH_CACHE"  # the cache folder; default $XDG_CACHE_HOME/tripletbench or ~/.cache/tripletbench
+
+
+def cache_file() -> Path:
+    """Where fingerprints are cached: CACHE_NAME in $TRIPLETBENCH_CACHE, else in $XDG_CACHE_HOME/tripletbench, else
+    in ~/.cache/tripletbench."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = os.environ.get(CACHE_ENV) or home / "tripletbench"
+    return Path(folder) / CACHE_NAME
 
 
 def source_files(name: str, data_dir: Path) -> list[Path]:
@@ -62,15 +73,15 @@ def fingerprint(name: str, data_dir: str | Path) -> str:
     data_dir = Path(data_dir)
     files = source_files(name, data_dir)
     stamp = _stamp(files, data_dir) if files else None
-    cache_path = data_dir / CACHE_NAME
-    entry = _read_cache(cache_path).get(name)
+    cache_path, key = cache_file(), f"{name} {data_dir.resolve()}"
+    entry = _read_cache(cache_path).get(key)
     if stamp and isinstance(entry, dict) and entry.get("files") == stamp and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
     value = content_hash(name, data_dir)
     if stamp is None and (files := source_files(name, data_dir)):  # a download has just created them
         stamp = _stamp(files, data_dir)
     if stamp:
-        cache = {**_read_cache(cache_path), name: {"files": stamp, "sha256": value}}
-        with contextlib.suppress(OSError):  # a read-only data folder: no cache
+        cache = {**_read_cache(cache_path), key: {"files": stamp, "sha256": value}}
+        with contextlib.suppress(OSError):  # a cache that cannot be written: none
             write_text(cache_path, json.dumps(cache, indent=1) + "\n")
     return value
