@@ -419,8 +419,8 @@ BAD_INPUTS = {
     "budget_samples must be > 0, got 0": {"--budget-samples": "0"},
     "budget_samples must be > 0, got -5": {"--budget-samples": "-5"},
     "budget_seconds must be > 0, got 0.0": {"--budget-seconds": "0"},
-    "no mnist.npz, torchvision folder not found (Dataset not found. You can use download=True to download it); "
-    "mnist is read from {empty}/ as mnist.npz": {"--data-dir": "{empty}"},
+    "no mnist.npz and no torchvision MNIST/raw/ folder in {empty} (resolved: {empty}); to fetch it, re-run with "
+    "TRIPLETBENCH_DOWNLOAD=1": {"--data-dir": "{empty}"},
     "mnist.npz is not a readable .npz file": {"--data-dir": "{corrupt}"},
     "unknown optimizer 'rmsprop'; valid: adam, adamw, sgd": {"--optimizer": "rmsprop"},
     "argument --margin: invalid float value: 'abc'": {"--margin": "abc"},
