@@ -12,8 +12,9 @@ Trials whose preset leaves config `threads` None get the CPUs the backend gives 
 --cpus-per-trial rounded (at least 1), or all of os.cpu_count() on the local backend.
 
 Experiment E (default: the preset's name) lives in RESULTS/E/:
-- grid.json: {"preset", "experiment", "doc", "citable", "axes", "fixed", "per_dataset", ["blocks",] "threads", "data"}
-  ("per_dataset" as in the preset, a dataset's "axes" included; "blocks" when the preset has them), "threads" the
+- grid.json: {"preset", "experiment", "doc", "citable", "axes", "fixed", "per_dataset", ["blocks",] ["fresh_seeds",]
+  "threads", "data"} ("per_dataset" as in the preset, a dataset's "axes" included; "blocks" and "fresh_seeds" when
+  the preset has them), "threads" the
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
   (bench/experiment/fingerprint.py). Running the same grid on other data under an existing experiment name is refused
   in one line, and so is a changed grid that would drop a recorded trial, so that two grids or two data sets

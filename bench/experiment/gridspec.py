@@ -76,10 +76,10 @@ class Grid:
     def fresh(self, cells: list[dict[str, Any]]) -> Grid:
         """The grid of `cells` ({axis: value} without seed: the selected cells) on the fresh seeds, with this grid's
         settings; no fresh seeds of its own. Empty `cells` give a grid without points."""
-        blocks = tuple({**{axis: [cell[axis]] for axis in self.axes if axis != "seed"}, "seed": list(self.fresh_seeds)}
+        seeds = list(self.fresh_seeds)
+        blocks = tuple({**{axis: [cell[axis]] for axis in self.axes if axis != "seed"}, "seed": seeds}
                        for cell in cells)
-        return Grid(self.preset, {**self.axes, "seed": list(self.fresh_seeds)}, self.fixed, self.per_dataset,
-                    self.dataset_axes, blocks, self.citable, self.doc)
+        return dataclasses.replace(self, axes={**self.axes, "seed": seeds}, blocks=blocks, fresh_seeds=())
 
     def point(self, config: dict[str, Any]) -> dict[str, Any]:
         """The grid point of a config (a trial config, or Ray's: {"point": point} or {axis: value})."""
