@@ -15,7 +15,7 @@ BACKEND ?= auto
 # free space a new .venv needs, in GiB (measured: 6.3 GiB with torch 2.14.1 and its CUDA wheels)
 INSTALL_GIB ?= 7
 
-.PHONY: install test ablation report bench gpu-check lint docs clean-venv
+.PHONY: install test ablation report tex-check bench gpu-check lint docs clean-venv
 
 # (Re)install when .venv is missing or pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
@@ -39,6 +39,10 @@ ablation: $(STAMP)
 # the committed report: the reference experiments only (a citable preset's run under its own name, e.g. results/cpu)
 report: $(STAMP)
 	$(PY) -m bench.report --results "$(RESULTS)" --reports "$(or $(REPORTS),reports)" --reference
+
+# every LaTeX fragment compiled alone in the article it is sized for; fails on an overfull box (needs pdflatex)
+tex-check: $(STAMP)
+	$(PY) -m bench.report --check-tex --reports "$(or $(REPORTS),reports)"
 
 # the loss benchmark, then the full training step of the preset's cells in isolation (bench/step_benchmark.py)
 bench: $(STAMP)

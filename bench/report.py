@@ -4,7 +4,7 @@ results folder (every experiment in it; with --reference only the reference runs
 Reads the records (bench/reporting/frame.py) and the isolated step benchmark when there is one (`--systems
 PATH`, by default <reports>/step_benchmark.csv with its step_benchmark.json: the systems table) and writes the
 report (bench/reporting/build.py). `--smoke` reports generated records (bench/reporting/fake_records.py) into
---reports, end to end.
+--reports, end to end. `--check-tex` (make tex-check) only compiles the LaTeX fragments already in REPORTS/tex.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bench.cli import Parser
-from bench.reporting import systems
+from bench.reporting import latex, systems
 from bench.reporting.build import write_report
 from bench.reporting.frame import ReportError, load_records, load_systems
 
@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                         "results/cpu): what make report writes into the committed reports/")
     parser.add_argument("--smoke", action="store_true",
                         help="report generated records (bench.reporting.fake_records) instead of --results; seconds")
+    parser.add_argument("--check-tex", action="store_true",
+                        help="only compile every fragment REPORTS/tex/*.tex with pdflatex in the article it is sized "
+                        f"for; exit 1 naming each that fails or overflows by more than {latex.SLACK_PT:g} pt")
     args = parser.parse_args(argv)
+    if args.check_tex:
+        return check_tex(Path(args.reports) / "tex")
     try:
         isolated = load_systems(args.reports, args.systems)
         if args.smoke:
@@ -50,6 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {len(written)} files from {records.checkpoints.trial_id.nunique()} records under {args.reports}",
           file=sys.stderr)
     return 0
+
+
+def check_tex(folder: Path) -> int:
+    """make tex-check: 0 when every fragment in folder compiles without an overfull box, 1 with one line per one
+    that does not, 2 with one line when pdflatex or a package is missing."""
+    try:
+        problems = latex.check(folder)
+    except latex.TexError as err:
+        print(f"python -m bench.report: error: {err}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"python -m bench.report: {problem}", file=sys.stderr)
+    total = len(list(folder.glob("*.tex")))
+    print(f"tex-check: {len(problems)} of {total} fragments in {folder} fail", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -153,26 +152,6 @@ def test_comparison_of_experiments(reports: Path) -> None:
     assert "| mnist | seen | pixels | 0.3000 (n=1) | not in this experiment |" in comparison
     assert "| mnist | seen | batch-all |" in comparison and "| no eligible cell |" in comparison
     assert (reports / "tex" / "comparison.tex").is_file()
-
-
-def test_latex_fragments_are_ascii_booktabs_and_compile(reports: Path, tmp_path: Path) -> None:
-    fragment = (reports / "tex" / "full-headline-mnist-seen.tex").read_text()
-    assert fragment.isascii() and r"\toprule" in fragment and r"\begin{tabular}" in fragment
-    assert r"\documentclass" not in fragment and r"$\pm$" in fragment
-    document = (reports / "summary.tex").read_text()
-    assert document.isascii() and document.startswith(r"\documentclass")
-    if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex is absent (Debian: apt-get install texlive-latex-base)")
-    if subprocess.run(["kpsewhich", "booktabs.sty"], capture_output=True).returncode:
-        pytest.skip("booktabs.sty is absent (Debian: apt-get install texlive-latex-recommended)")
-    shutil.copy(reports / "tex" / "full-headline-mnist-seen.tex", tmp_path / "headline.tex")
-    (tmp_path / "main.tex").write_text("\\documentclass{article}\n\\usepackage[landscape]{geometry}\n"
-                                       "\\usepackage{booktabs}\n\\begin{document}\n{\\tiny\\input{headline}}\n"
-                                       "\\end{document}\n")
-    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "main.tex"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout[-2000:]
-    assert (tmp_path / "main.pdf").stat().st_size > 1000
 
 
 def _old_format(record: dict) -> dict:

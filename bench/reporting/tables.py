@@ -1,26 +1,25 @@
 """The report's text: summary.csv, summary.md, the LaTeX document summary.tex and \\input-able booktabs fragments.
 
 `document` turns the checkpoint frame, grids and bench.reporting.stats.summarize's cells into blocks (headings,
-paragraphs, items, named tables, images); `markdown`, `latex_document` and `latex_fragment` render them.
+paragraphs, items, named tables, images: bench.reporting.blocks); `markdown` and bench.reporting.latex render them.
 Numbers are formatted here only; every statistic comes from bench.reporting.stats.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import textwrap
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 
 from bench.engine.files import write_text
-from bench.reporting import stats
+from bench.reporting import latex, stats
+from bench.reporting.blocks import ABSENT, Block, Estimate, Table
 from bench.reporting.markdown import table as markdown_table
 from bench.reporting.systems import NOT_RECORDED, Systems
 
-ABSENT = "–"
 METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
 LR_RULES = {"none": "lr as configured, at every batch size",
             "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
@@ -33,18 +32,6 @@ CSV_COLUMNS = [
     *stats.SETTINGS, *stats.ORIGIN, *[f"{name}_mean" for name in stats.INITIAL], "n_initial",
     *stats.STATUS_COLUMNS.values(),
 ]
-
-
-class Table(NamedTuple):
-    """A named table: `name` is its fragment's file stem (tex/<name>.tex)."""
-
-    name: str
-    header: list[str]
-    rows: list[list[str]]
-    note: str = ""  # what the numbers depend on; a comment in the fragment
-
-
-Block = tuple[str, Any]
 
 
 # ---- formatting ---------------------------------------------------------------------------------
@@ -66,13 +53,12 @@ def plain(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def interval(row: Any, metric: str, digits: int = 4) -> str:
-    """'mean ± ci95 (n)' of a cell's metric; 'mean (n=1)' for one seed; ABSENT without a value."""
+def interval(row: Any, metric: str, digits: int = 4) -> Estimate | str:
+    """A cell's metric as an Estimate (mean, 95% t half-width, n valid seeds); ABSENT without a value."""
     mean, ci = getattr(row, f"{metric}_mean"), getattr(row, f"{metric}_ci95")
     if _missing(mean):
         return ABSENT
-    n = row.n_valid
-    return f"{mean:.{digits}f} (n=1)" if _missing(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f} (n={n})"
+    return Estimate(float(mean), None if _missing(ci) else float(ci), int(row.n_valid), digits)
 
 
 def statuses(row: Any) -> str:
@@ -253,6 +239,39 @@ def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
     return Table(name, header, rows), noise_sentence(selected, trials)
 
 
+PAPER_RULE = (
+    "Test metrics of each loss's cell selected on validation MAP@R, mean ± 95% t half-width over seeds. ref.: the "
+    "loss best on validation; every other loss is compared with it in a paired t-test over seeds (Holm-adjusted "
+    f"over the table's comparisons); † marks a detected difference in MAP@R or k-NN accuracy (Holm p < "
+    f"{stats.ALPHA}), and an unmarked one is within the noise at this n. Bold: the highest mean of a column among "
+    "the losses. (edge): the selected margin is at an edge of its loss's margin axis.")
+
+
+def paper_headline(name: str, cells: pd.DataFrame) -> Table:
+    """The headline's compact form for a paper: the baselines, then each loss's selected cell (best test MAP@R
+    first) with its test MAP@R, k-NN accuracy and P@1; the best mean of a column bold, detected differences marked."""
+    metrics = ("map_at_r", "knn_accuracy", "precision_at_1")
+    trials = cells[~cells.loss.isin(stats.BASELINES)]
+    selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
+    best = {metric: round(selected[f"{metric}_mean"].max(), 4) for metric in metrics}
+    rows: list[list[Any]] = [[row.loss, ABSENT, ABSENT, *(interval(row, metric) for metric in metrics)]
+                             for row in cells[cells.loss.isin(stats.BASELINES)].itertuples()]
+    for row in selected.itertuples():
+        values = []
+        for metric in metrics:
+            value = interval(row, metric)
+            if isinstance(value, Estimate):
+                holm = getattr(row, f"p_holm_{metric}", math.nan)
+                value = replace(value, bold=round(value.mean, 4) == best[metric],
+                                marked=not _missing(holm) and holm < stats.ALPHA)
+            values.append(value)
+        rows.append([row.loss + (" (ref.)" if row.best else ""), margin_text(row, trials), plain(row.batch_size),
+                     *values])
+    rows += [[f"{loss} (no eligible cell)", ABSENT, ABSENT, ABSENT, ABSENT, ABSENT]
+             for loss in trials[~trials.loss.isin(selected.loss)].loss.unique()]
+    return Table(name, ["loss", "margin", "B", "MAP@R", "k-NN accuracy", "P@1"], rows)
+
+
 def noise_sentence(selected: pd.DataFrame, cells: pd.DataFrame) -> str:
     """What the paired tests allow one to say about the selected cells, in words."""
     if selected.empty and not stats.has_validation(cells).any():
@@ -363,7 +382,7 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
             if not chosen.empty:
                 cell = chosen.iloc[0]
                 where = "" if key.loss in stats.BASELINES else f", m {plain(cell.margin)} B {plain(cell.batch_size)}"
-                row.append(interval(cell, "map_at_r") + where)
+                row.append(f"{interval(cell, 'map_at_r')}{where}")
             elif cells.empty:
                 row.append("not in this experiment")
             elif not stats.has_validation(cells).any():
@@ -521,7 +540,9 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
     for (dataset, protocol), group in cells.groupby(["dataset", "protocol"], sort=True):
         scope = final[(final.dataset == dataset) & (final.protocol == protocol)]
         table, sentence = headline(f"{experiment}-headline-{dataset}-{protocol}", group)
-        table = table._replace(note=f"{HEADLINE_RULE} {facts(scope)}")
+        paper = paper_headline(table.name, group)._replace(note=f"{dataset}, protocol {protocol}. {PAPER_RULE} "
+                                                                 f"{facts(scope)}")
+        table = table._replace(note=f"{HEADLINE_RULE} {facts(scope)}", paper=paper)
         blocks += [("h3", f"Headline{' (INCOMPLETE)' if incomplete else ''}: {dataset}, protocol {protocol} "
                           f"({citation})"),
                    ("p", table.note), ("table", table), ("p", sentence)]
@@ -535,8 +556,9 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
     blocks.append(("h3", "Margin check at the start of training"))
     margin = margin_table(f"{experiment}-margin-check", cells)
     if margin.rows:
-        blocks += [("p", "Mining statistics on the first 8 planned batches before any update (eval mode), at each "
-                         "loss's effective margin (m; m + max(μ, 0) for adaptive-mu and quadruplet), mean over seeds; "
+        blocks += [("p", "Mining statistics on the first 8 planned batches before any update, in train mode as "
+                         "the first update sees them (BatchNorm on each batch's statistics), at each loss's "
+                         "effective margin (m; m + max(μ, 0) for adaptive-mu and quadruplet), mean over seeds; "
                          f"the source's rule of thumb is at most {stats.EASY_LIMIT:.0%} easy triplets at the start."),
                    ("table", margin)]
     else:
@@ -558,8 +580,13 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
              if isinstance(figure, str)]
     if notes:
         blocks.append(("items", notes))
-    return [(kind, content._replace(note=scope_note + content.note) if kind == "table" else content)
-            for kind, content in blocks]
+    return [(kind, _scoped(content, scope_note) if kind == "table" else content) for kind, content in blocks]
+
+
+def _scoped(table: Table, scope: str) -> Table:
+    """The table (and its paper form) with `scope` before its note."""
+    paper = table.paper and table.paper._replace(note=scope + table.paper.note)
+    return table._replace(note=scope + table.note, paper=paper)
 
 
 def document(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], summary: pd.DataFrame,
@@ -605,60 +632,6 @@ def markdown(blocks: list[Block]) -> str:
     return "\n".join(lines)
 
 
-TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-       "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", ">": r"$>$", "<": r"$<$",
-       "≥": r"$\geq$", "≈": r"$\approx$", "×": r"$\times$", "μ": r"$\mu$", "√": r"$\surd$"}
-
-
-def tex(text: str) -> str:
-    """text with LaTeX's special characters escaped, `code` in \\texttt; ASCII only (pdflatex-safe)."""
-    text = re.sub("|".join(map(re.escape, TEX)), lambda match: TEX[match.group()], text)
-    text = re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
-    return text.encode("ascii", "replace").decode("ascii")
-
-
-ASCII = {"±": "+/-", "≈": "~", "≥": ">=", "–": "-", "μ": "mu", "×": "x", "√": "sqrt"}
-
-
-def ascii_text(text: str) -> str:
-    """text with the report's non-ASCII symbols spelled in ASCII (for LaTeX comments)."""
-    return "".join(ASCII.get(c, c) for c in text).encode("ascii", "replace").decode("ascii")
-
-
-def latex_fragment(table: Table) -> str:
-    """An \\input-able booktabs tabular of one table (needs \\usepackage{booktabs})."""
-    note = textwrap.wrap(ascii_text(table.note), 110) if table.note else []
-    return "\n".join([f"% {table.name}: made by python -m bench.report; needs \\usepackage{{booktabs}}",
-                      *[f"% {line}" for line in note],
-                      f"\\begin{{tabular}}{{{'l' * len(table.header)}}}", r"\toprule",
-                      " & ".join(map(tex, table.header)) + r" \\", r"\midrule",
-                      *[" & ".join(map(tex, cells)) + r" \\" for cells in table.rows],
-                      r"\bottomrule", r"\end{tabular}", ""])
-
-
-def latex_document(blocks: list[Block]) -> str:
-    """The blocks as a whole LaTeX document (tables as longtables, small type)."""
-    lines = [r"\documentclass{article}", r"\usepackage[margin=1.5cm,landscape]{geometry}",
-             r"\usepackage{booktabs,graphicx,longtable}", r"\begin{document}", ""]
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            command = {"h1": "section*", "h2": "subsection*", "h3": "subsubsection*"}[kind]
-            lines += [f"\\{command}{{{tex(content)}}}", ""]
-        elif kind == "p":
-            lines += [tex(content), ""]
-        elif kind == "items":
-            lines += [r"\begin{description}", *[f"\\item[{tex(k)}] {tex(v)}" for k, v in content],
-                      r"\end{description}", ""]
-        elif kind == "image":
-            lines += [f"\\includegraphics[width=\\linewidth]{{{content.as_posix()}}}", ""]
-        elif content.rows:
-            lines += [r"{\scriptsize", f"\\begin{{longtable}}{{{'l' * len(content.header)}}}", r"\toprule",
-                      " & ".join(map(tex, content.header)) + r" \\", r"\midrule", r"\endhead",
-                      *[" & ".join(map(tex, cells)) + r" \\" for cells in content.rows],
-                      r"\bottomrule", r"\end{longtable}}", ""]
-    return "\n".join([*lines, r"\end{document}", ""])
-
-
 def csv_value(value: Any) -> str:
     """A CSV field: empty when missing, true/false, integers plain, floats in %.6g."""
     if _missing(value):
@@ -682,10 +655,10 @@ def write_csv(summary: pd.DataFrame, path: Path) -> Path:
 def write_documents(blocks: list[Block], reports_dir: Path) -> list[Path]:
     """summary.md, summary.tex and tex/<table>.tex for every non-empty table; the paths written."""
     written = []
-    for name, text in (("summary.md", markdown(blocks)), ("summary.tex", latex_document(blocks))):
+    for name, text in (("summary.md", markdown(blocks)), ("summary.tex", latex.document(blocks))):
         written.append(write_text(reports_dir / name, text))
     (reports_dir / "tex").mkdir(exist_ok=True)
     for kind, content in blocks:
         if kind == "table" and content.rows:
-            written.append(write_text(reports_dir / "tex" / f"{content.name}.tex", latex_fragment(content)))
+            written.append(write_text(reports_dir / "tex" / f"{content.name}.tex", latex.fragment(content)))
     return written
