@@ -12,6 +12,8 @@ RESULTS ?= results
 # make ablation: empty means RESULTS/<experiment>/report/ (the run's own report); make report and make bench: reports/
 REPORTS ?=
 BACKEND ?= auto
+# make bench: comma-separated plugin files whose losses join the loss benchmark (a preset names its own)
+PLUGINS ?=
 # free space a new .venv needs, in GiB (measured: 6.3 GiB with torch 2.14.1 and its CUDA wheels)
 INSTALL_GIB ?= 7
 
@@ -46,7 +48,7 @@ tex-check: $(STAMP)
 
 # the loss benchmark, then the full training step of the preset's cells in isolation (bench/step_benchmark.py)
 bench: $(STAMP)
-	$(PY) -m bench.loss_benchmark --out "$(or $(REPORTS),reports)"
+	$(PY) -m bench.loss_benchmark --out "$(or $(REPORTS),reports)" --plugins "$(PLUGINS)"
 	$(PY) -m bench.step_benchmark --preset "$(PRESET)" --data-dir "$(DATA_DIR)" --out "$(or $(REPORTS),reports)"
 
 # everything a CUDA GPU should measure, into one folder (bench/gpu_check.py); exits 2 without a GPU. No install

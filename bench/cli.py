@@ -38,7 +38,7 @@ def config_flags(parser: argparse.ArgumentParser, required: Iterable[str] = ()) 
     for name, key in KEYS.items():
         flag = "--" + name.replace("_", "-")
         default = "required" if name in required else f"default {key.default!r}"
-        values = "" if key.choices is None else f"; one of {', '.join(key.choices)}"
+        values = "" if key.values() is None else f"; one of {', '.join(key.values())}"
         text = f"{key.help}{values} ({default})"
         if key.type is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)

@@ -113,8 +113,10 @@ def _record_path(ctx: Context, tid: str, suffix: str = ".json") -> Path:
 
 
 def trial_config(ctx: Context, point: dict[str, Any]) -> dict[str, Any]:
-    """The config a grid point runs with: ctx.config, the absolute data folder, device, records/<trial_id>.npz."""
-    config = {**ctx.config(point), "data_dir": ctx.data_dir, "device": ctx.device}
+    """The config a grid point runs with: ctx.config, the absolute data folder, device, the preset's plugins and
+    records/<trial_id>.npz."""
+    config = {**ctx.config(point), "data_dir": ctx.data_dir, "device": ctx.device,
+              "plugins": ",".join(ctx.grid.plugins)}
     return {**config, "save_embeddings": str(_record_path(ctx, ctx.trial_id(point), ".npz"))}
 
 

@@ -5,7 +5,7 @@
 
 Implementations, all on the same seeded inputs (unit-norm random embeddings [B, D], labels in balanced
 classes, margin 0.2), each called as the trial calls a loss (no finiteness check of the inputs):
-- `tripletbench/<loss>`: the five losses of `losses.LOSSES`;
+- `tripletbench/<loss>`: the five losses of `losses.LOSSES`, and any that `--plugins` files add (docs/own-loss.md);
 - `dense/<loss>`: the B³ / B⁴ references of `losses.dense`, run until they fail;
 - `pml-all-triplets`: pytorch-metric-learning's TripletMarginLoss over all triplets (batch-all's peer);
 - `pml-batch-hard`: BatchHardMiner + TripletMarginLoss (batch-hard's peer); both with
@@ -68,6 +68,7 @@ from pytorch_metric_learning.miners import BatchHardMiner
 from torch import Tensor
 
 from bench.cli import Parser, int_list
+from bench.engine import plugins
 from bench.engine.config import ConfigError, resolve
 from bench.engine.data import normalize
 from bench.engine.device import is_oom, one_line, pick_device, sync
@@ -87,7 +88,7 @@ IMPLS: tuple[tuple[str, str], ...] = (
     (PML_ALL, "batch-all"),
     (PML_HARD, "batch-hard"),
     *((DENSE, loss) for loss in DENSE_LOSSES),
-)
+)  # the built-in series; a plugin's loss adds (OURS, its name) after the built-in losses (impls)
 CPU_BATCH_SIZES = (128, 256, 512, 1024, 2048, 4096)
 CUDA_BATCH_SIZES = (*CPU_BATCH_SIZES, 8192)
 OVERHEAD_BATCH = 512
@@ -123,6 +124,7 @@ class Point:
     time_cap: float
     memory_cap_mib: float
     seed: int = SEED
+    plugins: str = ""  # the plugins (bench.engine.plugins) the point's process imports first
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class OverheadPoint:
     device: str
     steps: int
     seed: int = SEED
+    plugins: str = ""
 
 
 def label(impl: str, loss: str) -> str:
@@ -214,6 +217,7 @@ def _cap_memory(device: torch.device, baseline_mib: float, cap_mib: float) -> No
 
 def measure(point: Point, ready: Ready) -> Result:
     """Median forward+backward time and peak memory of one point (run in a process of its own)."""
+    plugins.load(plugins.split(point.plugins))
     device = torch.device(point.device)
     cuda = device.type == "cuda"
     torch.manual_seed(point.seed)
@@ -259,6 +263,7 @@ def measure(point: Point, ready: Ready) -> Result:
 
 def measure_overhead(point: OverheadPoint, ready: Ready) -> Result:
     """Median trial step (MNIST net, this loss) and median loss-alone forward+backward on its embeddings."""
+    plugins.load(plugins.split(point.plugins))
     device = torch.device(point.device)
     cuda = device.type == "cuda"
     torch.use_deterministic_algorithms(not cuda)  # as the trial does
@@ -350,14 +355,21 @@ def run_isolated(target: Callable[[Any, Ready], Result], arg: Any, time_cap: flo
         receiver.close()
 
 
+def impls() -> tuple[tuple[str, str], ...]:
+    """The series: IMPLS, then ours of every loss a plugin added to LOSSES (it has no dense reference)."""
+    built_in = [loss for impl, loss in IMPLS if impl == OURS]
+    count = len(built_in)
+    return (*IMPLS[:count], *((OURS, loss) for loss in LOSSES if loss not in built_in), *IMPLS[count:])
+
+
 def grid(settings: dict[str, Any]) -> list[Point]:
     """Every point of the run, by class count, then batch size, then implementation."""
     return [
         Point(impl, loss, batch_size, classes, settings["dim"], settings["device"], settings["repeats"],
-              settings["time_cap"], settings["memory_cap_mib"])
+              settings["time_cap"], settings["memory_cap_mib"], plugins=settings["plugins"])
         for classes in settings["classes"]
         for batch_size in settings["batch_sizes"]
-        for impl, loss in IMPLS
+        for impl, loss in impls()
     ]
 
 
@@ -392,7 +404,8 @@ def run_overhead(settings: dict[str, Any], log: Callable[[str], None] = lambda l
     """The loss overhead of the trial's MNIST step for every loss, each in a process of its own."""
     rows = []
     for loss in LOSSES:
-        point = OverheadPoint(loss, settings["overhead_batch"], settings["device"], settings["repeats"])
+        point = OverheadPoint(loss, settings["overhead_batch"], settings["device"], settings["repeats"],
+                              plugins=settings["plugins"])
         row = {"loss": loss, "batch_size": point.batch_size, **run_isolated(measure_overhead, point,
                                                                              settings["time_cap"])}
         rows.append(row)
@@ -674,6 +687,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(prog="python -m bench.loss_benchmark", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports)")
+    p.add_argument("--plugins", default="", help="comma-separated .py files whose losses join the series "
+                   "(docs/own-loss.md)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: CUDA if present")
     p.add_argument("--batch-sizes", type=int_list, help="comma-separated (default 128,…,4096 on CPU, …,8192 on CUDA)")
     p.add_argument("--dim", type=int, help="embedding dimension D (default 128)")
@@ -705,7 +720,11 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         defaults.update(SMOKE)
     explicit = {key: value for key, value in vars(args).items() if key in defaults and value is not None}
-    return {**defaults, **explicit, "device": device}
+    try:
+        plugins.load(plugins.split(args.plugins))
+    except plugins.PluginError as err:
+        raise SystemExit(f"python -m bench.loss_benchmark: error: {err}") from None
+    return {**defaults, **explicit, "device": device, "plugins": args.plugins}
 
 
 def main(argv: list[str] | None = None) -> int:

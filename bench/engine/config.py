@@ -5,9 +5,11 @@ Keys map one-to-one onto grid axes (presets) and report columns.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bench.engine import plugins
 from bench.engine.datasets import DATASETS
 from losses import LOSSES
 
@@ -21,19 +23,23 @@ LR_SCHEDULES = ("constant", "cosine")
 @dataclass(frozen=True)
 class Key:
     """One config key: its default, its type (None allowed where the default is None), its help line and, for a
-    closed set of values, the values."""
+    closed set of values, the values, or the registry whose names they are (plugins may add to it)."""
 
     default: Any
     type: type
     help: str
-    choices: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | Mapping[str, Any] | None = None
+
+    def values(self) -> tuple[str, ...] | None:
+        """The valid values now (a registry's names as they are after the plugins loaded), None for any."""
+        return None if self.choices is None else tuple(self.choices)
 
 
 # Every config key, once: bench.trial's flags, the presets' type checks and docs/config.md derive from this table.
 KEYS: dict[str, Key] = {
     # grid axes
-    "dataset": Key("mnist", str, "the data set (bench/engine/datasets.py)", DATASETS),
-    "loss": Key("batch-hard", str, "the loss (losses/)", tuple(LOSSES)),
+    "dataset": Key("mnist", str, "the data set (bench/engine/datasets.py, or a plugin's)", DATASETS),
+    "loss": Key("batch-hard", str, "the loss (losses/, or a plugin's)", LOSSES),
     "margin": Key(0.2, float, "the loss's margin m >= 0"),
     "batch_size": Key(256, int, "images per training batch B"),
     "seed": Key(0, int, "fixes the initialisation, the batch plan and the augmentations"),
@@ -71,11 +77,13 @@ KEYS: dict[str, Key] = {
     "save_embeddings": Key("", str, "write the first 1000 test embeddings and labels to this .npz"),
     # part of the identity: on the CPU the thread count changes the floating-point reduction order, so the metrics
     "threads": Key(None, int, "torch intra-op CPU threads (None: what the backend gives the trial)"),
+    "plugins": Key("", str, "comma-separated .py files imported first, which may add losses and data sets "
+                   "(docs/own-loss.md)"),
 }
 DEFAULTS: dict[str, Any] = {name: key.default for name, key in KEYS.items()}
 
 # Keys that locate a trial on the machine rather than define what it computes.
-LOCATION_KEYS = ("data_dir", "device", "save_embeddings")
+LOCATION_KEYS = ("data_dir", "device", "save_embeddings", "plugins")
 
 # Per-checkpoint metric names: fixed, because the report and users depend on them.
 METRICS = (
@@ -121,9 +129,14 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **config}
+    try:
+        plugins.load(plugins.split(str(cfg["plugins"])))
+    except plugins.PluginError as err:
+        raise ConfigError(str(err)) from None
     for name, key in KEYS.items():
-        if key.choices is not None and cfg[name] not in key.choices and not (key.default is None and cfg[name] is None):
-            raise ConfigError(f"unknown {name} {cfg[name]!r}; valid: {', '.join(key.choices)}")
+        values = key.values()
+        if values is not None and cfg[name] not in values and not (key.default is None and cfg[name] is None):
+            raise ConfigError(f"unknown {name} {cfg[name]!r}; valid: {', '.join(values)}")
     if not 0 < float(cfg["val_fraction"]) <= 0.5:
         raise ConfigError(f"val_fraction must be in (0, 0.5], got {cfg['val_fraction']}")
     if not int(cfg["lr_reference_batch"]) > 0:

@@ -3,7 +3,9 @@
 A dataset `name` is looked up in the data folder in this order:
 1. `<dir>/<name>.npz` with keys x_train, y_train, x_test, y_test: uint8 images N×H×W (grey) or
    N×H×W×3 (RGB) and integer labels ≥ 0 of length N. This is also how to bring your own labelled set.
-2. torchvision's own folders under `<dir>` (`MNIST/raw/…`, `cifar-10-batches-py/…`).
+2. torchvision's own folders under `<dir>` (`MNIST/raw/…`, `cifar-10-batches-py/…`), or for a data set without a
+   torchvision reader (a plugin's), an image folder `<dir>/<folder>/{train,test}/<class>/<image>` (any format
+   Pillow reads, every image of the set's shape; labels are the class folders' names in sorted order).
 3. A torchvision download into `<dir>`, only when the environment variable TRIPLETBENCH_DOWNLOAD is 1 (offline by
    default: a mistyped folder is named as typed, never fetched).
 Anything else raises DataError with one line naming the folder and these forms.
@@ -37,11 +39,12 @@ class DataError(ValueError):
 
 def _fail(name: str, data_dir: Path, problem: str) -> DataError:
     folder = DATASETS[name].folder
-    return DataError(
-        f"{problem}; {name} is read from {data_dir}/ as {name}.npz (keys {', '.join(KEYS)}: uint8 images "
-        f"N×H×W or N×H×W×3, integer labels)"
-        + (f", or torchvision's {folder} folder there, or downloaded into it by torchvision" if folder else "")
-    )
+    if folder and name in TORCHVISION:
+        other = f", or torchvision's {folder} folder there, or downloaded into it by torchvision"
+    else:
+        other = f", or the image folder {folder}{{train,test}}/<class>/ there" if folder else ""
+    return DataError(f"{problem}; {name} is read from {data_dir}/ as {name}.npz (keys {', '.join(KEYS)}: uint8 "
+                     f"images N×H×W or N×H×W×3, integer labels){other}")
 
 
 def _check_split(images: np.ndarray, labels: np.ndarray, split: str) -> str | None:
@@ -96,6 +99,37 @@ def _read_torchvision(name: str, data_dir: Path, download: bool) -> tuple[np.nda
     return tuple(splits)
 
 
+IMAGE_SPLITS = ("train", "test")
+
+
+def _read_image_folder(name: str, data_dir: Path) -> tuple[np.ndarray, ...] | str:
+    """The four arrays of the image folder <data_dir>/<folder>/{train,test}/<class>/*, or what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+
+    root, (channels, height, width) = data_dir / DATASETS[name].folder, DATASETS[name].shape
+    if not all((root / split).is_dir() for split in IMAGE_SPLITS):
+        return f"no {name}.npz and no image folder {root}/{{train,test}}/<class>/"
+    classes = sorted({p.name for split in IMAGE_SPLITS for p in (root / split).iterdir() if p.is_dir()})
+    arrays = []
+    for split in IMAGE_SPLITS:
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            for path in sorted((root / split / cls).glob("*")) if (root / split / cls).is_dir() else []:
+                try:
+                    with Image.open(path) as image:
+                        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+                except (OSError, UnidentifiedImageError) as err:
+                    return f"{path} is not an image Pillow reads ({type(err).__name__})"
+                if pixels.shape[:2] != (height, width):
+                    return f"{path} is {pixels.shape[1]}×{pixels.shape[0]}, not {name}'s {width}×{height}"
+                images.append(pixels)
+                labels.append(label)
+        if not images:
+            return f"{root / split} has no images"
+        arrays += [np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64)]
+    return tuple(arrays)
+
+
 def load_dataset(name: str, data_dir: str | Path, device: str | torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """x_train [N, C, H, W] uint8, y_train [N] int64, x_test, y_test, all on `device`; raise DataError."""
     data_dir = Path(data_dir)
@@ -105,7 +139,7 @@ def load_dataset(name: str, data_dir: str | Path, device: str | torch.device) ->
     if npz.is_file():
         arrays = _read_npz(npz)
     elif name not in TORCHVISION:
-        arrays = f"no {name}.npz"
+        arrays = _read_image_folder(name, data_dir) if DATASETS[name].folder else f"no {name}.npz"
     else:
         arrays = _read_torchvision(name, data_dir, download=False)
         if isinstance(arrays, str) and os.environ.get(DOWNLOAD_ENV) == "1":

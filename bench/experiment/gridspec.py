@@ -23,15 +23,17 @@ import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from bench.engine import plugins
 from bench.engine.config import KEYS, LOCATION_KEYS
 
 AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
 OPTIONAL_AXES = ("protocol",)  # a preset may list these too
 AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", "seed")  # the order of a point's axes
 GRID_SECTIONS = ("axes", "fixed", "per_dataset", "blocks", "fresh_seeds")  # what a preset and a grid.json share
-PRESET_SECTIONS = ("doc", "citable", *GRID_SECTIONS)
+PRESET_SECTIONS = ("doc", "citable", "plugins", *GRID_SECTIONS)
 
 
 class GridError(ValueError):
@@ -52,6 +54,7 @@ class Grid:
     citable: bool = False
     doc: str = ""  # the preset's "doc", its lines joined
     fresh_seeds: tuple[int, ...] = ()
+    plugins: tuple[str, ...] = ()  # absolute paths of the preset's plugins (bench.engine.plugins), imported
 
     def points(self) -> list[dict[str, Any]]:
         """Every point of every block once, as {axis: value} in the order of `axes`, sorted dataset by dataset,
@@ -97,7 +100,8 @@ class Grid:
                        for name in [*self.per_dataset, *(d for d in self.dataset_axes if d not in self.per_dataset)]}
         blocks = {"blocks": list(self.blocks)} if self.blocks != ({},) else {}
         fresh = {"fresh_seeds": list(self.fresh_seeds)} if self.fresh_seeds else {}
-        return {"preset": self.preset, "experiment": experiment, "doc": self.doc, "citable": self.citable,
+        plugins = {"plugins": list(self.plugins)} if self.plugins else {}
+        return {"preset": self.preset, "experiment": experiment, "doc": self.doc, "citable": self.citable, **plugins,
                 "axes": self.axes, "fixed": self.fixed, "per_dataset": per_dataset, **blocks, **fresh,
                 "threads": threads, "data": fingerprints}
 
@@ -157,10 +161,22 @@ def _blocks(raw: Any, axes: dict[str, list[Any]]) -> tuple[dict[str, list[Any]],
     return tuple(blocks)
 
 
-def parse_grid(raw: Any, name: str = "") -> Grid:
-    """The Grid of a preset's JSON (or of a grid.json's GRID_SECTIONS), checked for shape and types."""
+def _plugins(raw: Any, base: Path) -> tuple[str, ...]:
+    """The "plugins" section's files, relative to `base` (the preset's folder), as absolute paths, imported."""
+    if not isinstance(raw, list) or not all(isinstance(path, str) for path in raw):
+        raise GridError('"plugins" must be a list of .py paths (relative to the preset file)')
+    try:
+        return tuple(plugins.load([str(base / path) for path in raw]))
+    except plugins.PluginError as err:
+        raise GridError(str(err)) from None
+
+
+def parse_grid(raw: Any, name: str = "", base: Path | None = None) -> Grid:
+    """The Grid of a preset's JSON (or of a grid.json's GRID_SECTIONS), checked for shape and types; its plugins,
+    relative to `base` (default: the working folder), are imported first."""
     if not isinstance(raw, dict) or set(raw) - set(PRESET_SECTIONS):
         raise GridError(f"a preset is a JSON object with keys {', '.join(PRESET_SECTIONS)}")
+    loaded = _plugins(raw["plugins"], base or Path()) if "plugins" in raw else ()
     axes = raw.get("axes")
     if not isinstance(axes, dict) or not set(AXES) <= set(axes) <= {*AXES, *OPTIONAL_AXES}:
         raise GridError(f'"axes" must give a list of values for each of {", ".join(AXES)}, and may for '
@@ -187,7 +203,8 @@ def parse_grid(raw: Any, name: str = "") -> Grid:
     if not (isinstance(doc, str) or isinstance(doc, list) and all(isinstance(line, str) for line in doc)):
         raise GridError('"doc" must be a text or a list of lines')
     grid = Grid(name, axes, fixed, per_dataset, {d: own for d, own in dataset_axes.items() if own},
-                _blocks(raw.get("blocks"), axes), citable, doc if isinstance(doc, str) else " ".join(doc))
+                _blocks(raw.get("blocks"), axes), citable, doc if isinstance(doc, str) else " ".join(doc),
+                plugins=loaded)
     if "fresh_seeds" not in raw:
         return grid
     fresh = _axis_values('"fresh_seeds"', "seed", raw["fresh_seeds"])

@@ -34,7 +34,7 @@ def load_preset(name: str) -> Grid:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GridError(f"preset {path} cannot be read as JSON: {err}") from None
     try:
-        grid = parse_grid(raw, path.stem)
+        grid = parse_grid(raw, path.stem, path.parent)
     except GridError as err:
         raise GridError(f"preset {path}: {err}") from None
     points = grid.points()

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from bench.engine import plugins
+
 OUTPUTS = ("results", "reports")  # what runs write into the checkout: never code, so never "dirty"
 
 
@@ -61,7 +63,7 @@ def _version(package: str) -> str | None:
 
 def provenance(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
     """Date (UTC), git commit, hardware (with `threads`, see hardware), device, library versions, the host's load
-    average and CPU count (see load_average), flat JSON."""
+    average and CPU count (see load_average), and the plugins imported (path and content hash), flat JSON."""
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
@@ -74,6 +76,8 @@ def provenance(device: str | torch.device = "cpu", threads: int | None = None) -
         "numpy": _version("numpy"),
         "load_average": load_average(),
         "cpus": os.cpu_count(),
+        **({"plugins": "; ".join(f"{path} sha256 {digest}" for path, digest in plugins.LOADED.items())}
+           if plugins.LOADED else {}),
     }
 
 
