@@ -1,4 +1,4 @@
-"""The one distance and the one set of pair masks that every loss uses."""
+"""The one distance (within a batch, or from it to a reference set) and the pair masks that every loss uses."""
 
 from __future__ import annotations
 
@@ -43,6 +43,18 @@ def pairwise_distance(embeddings: Tensor) -> Tensor:
     gram = (gram + gram.T) / 2
     sq_norms = gram.diagonal()
     squared = (sq_norms[:, None] + sq_norms[None, :] - 2 * gram).clamp_min(0)
+    tiny = torch.finfo(squared.dtype).tiny
+    return torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), 0.0)
+
+
+def cross_distance(queries: Tensor, references: Tensor) -> Tensor:
+    """Euclidean distances [B, R] from the rows of queries [B, D] to those of references [R, D], as given.
+
+    ||q||² + ||r||² − 2q·r as in pairwise_distance, O(B·R) memory; the gradient where a query and a reference
+    coincide exactly is 0, not NaN (near-coincident points round to a small positive distance).
+    """
+    squared = (queries.pow(2).sum(1)[:, None] + references.pow(2).sum(1)[None, :] - 2 * queries @ references.T)
+    squared = squared.clamp_min(0)
     tiny = torch.finfo(squared.dtype).tiny
     return torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), 0.0)
 

@@ -4,6 +4,9 @@ Notation: d is the Euclidean distance matrix, a valid triplet (a, p, n) has a �
 y_n ≠ y_a, and [x]₊ = max(x, 0). Every loss takes embeddings [B, D], integer labels [B] and a margin
 ≥ 0 and returns a scalar that stays attached to the graph: a batch with nothing to learn from gives
 exactly 0, never NaN. Nothing of size B³ or B⁴ is built; see losses/counting.py for how.
+
+Every loss but quadruplet also comes as `<loss>_from_distances(d, pos, neg, margin)`: each row of d [B, R]
+holds one anchor's distances to R candidates, the batch itself or a separate reference set (losses/pml.py).
 """
 
 from __future__ import annotations
@@ -90,7 +93,11 @@ def _adaptive_margin(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tens
 
 def batch_all(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
     """Mean of [d_ap − d_an + m]₊ over the valid triplets whose term is > 0 (Hermans et al. 2017)."""
-    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    return batch_all_from_distances(*_prepare(embeddings, labels, margin, check_finite), margin)
+
+
+def batch_all_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: Tensor | float) -> Tensor:
+    """Batch-all from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
     return _hinge_mean(d, *_triplet_weights(d, pos, neg, margin), margin)
 
 
@@ -99,7 +106,11 @@ def batch_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: 
 
     Tied hardest distances share the gradient equally (amax/amin semantics).
     """
-    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    return batch_hard_from_distances(*_prepare(embeddings, labels, margin, check_finite), margin)
+
+
+def batch_hard_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """Batch-hard from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
     hardest_positive = d.masked_fill(~pos, -INF).amax(dim=1)
     hardest_negative = d.masked_fill(~neg, INF).amin(dim=1)
     anchors = pos.any(dim=1) & neg.any(dim=1)
@@ -115,7 +126,11 @@ def semi_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: b
     a hard negative, as FaceNet does for stability; with m = 0 no pair has one and the loss is 0.
     Ties among negatives go to the lowest index.
     """
-    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
+    return semi_hard_from_distances(*_prepare(embeddings, labels, margin, check_finite), margin)
+
+
+def semi_hard_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """Semi-hard from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
     detached = d.detach()
     negatives_sorted, order = detached.masked_fill(~neg, INF).sort(dim=1, stable=True)
     first_farther = torch.searchsorted(negatives_sorted, detached, right=True)
@@ -128,9 +143,12 @@ def semi_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: b
 
 def adaptive_mu(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
     """Batch-all with m_eff = m + max(μ, 0), μ = mean d_neg − mean d_pos (Chen et al. 2017 at m = 0)."""
-    d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
-    m_eff = _adaptive_margin(d, pos, neg, margin)
-    return _hinge_mean(d, *_triplet_weights(d, pos, neg, m_eff), m_eff)
+    return adaptive_mu_from_distances(*_prepare(embeddings, labels, margin, check_finite), margin)
+
+
+def adaptive_mu_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """Adaptive-mu from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
+    return batch_all_from_distances(d, pos, neg, _adaptive_margin(d, pos, neg, margin))
 
 
 def quadruplet(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
