@@ -48,6 +48,7 @@ tex-check: $(STAMP)
 
 # the loss benchmark, then the full training step of the preset's cells in isolation (bench/step_benchmark.py)
 bench: $(STAMP)
+	@$(PY) -c "import sentence_transformers" 2>/dev/null || $(PY) -m pip install --quiet -e '.[dev,peers]' || echo "note: the peers extra (sentence-transformers) did not install; the loss benchmark runs without it" >&2
 	$(PY) -m bench.loss_benchmark --out "$(or $(REPORTS),reports)" --plugins "$(PLUGINS)"
 	$(PY) -m bench.step_benchmark --preset "$(PRESET)" --data-dir "$(DATA_DIR)" --out "$(or $(REPORTS),reports)"
 

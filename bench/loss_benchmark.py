@@ -9,7 +9,12 @@ classes, margin 0.2), each called as the trial calls a loss (no finiteness check
 - `dense/<loss>`: the B³ / B⁴ references of `losses.dense`, run until they fail;
 - `pml-all-triplets`: pytorch-metric-learning's TripletMarginLoss over all triplets (batch-all's peer);
 - `pml-batch-hard`: BatchHardMiner + TripletMarginLoss (batch-hard's peer); both with
-  LpDistance(normalize_embeddings=False), the same Euclidean distance as ours.
+  LpDistance(normalize_embeddings=False), the same Euclidean distance as ours;
+- `sentence-transformers/<loss>`: sentence-transformers' BatchAllTripletLoss, BatchHardTripletLoss and
+  BatchSemiHardTripletLoss (their loss functions on the embeddings; Euclidean, not squared, as ours), when the
+  package is installed (`make bench` installs the `peers` extra; `make test` does not). Their batch-all and
+  batch-hard are ours by definition; their semi-hard is TF Addons' (every positive pair, the hardest negative as
+  fallback), not ours (docs/pml.md).
 
 Each point (implementation × B × classes) runs in a process of its own, forked from a server that has
 the libraries imported. It makes the inputs, starts the thread pool, calls the implementation once on
@@ -44,6 +49,8 @@ folder is touched.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import multiprocessing
 import os
 import re
@@ -82,12 +89,18 @@ from losses.dense import DENSE_LOSSES
 MARGIN = 0.2
 SEED = 0
 OURS, DENSE, PML_ALL, PML_HARD = "tripletbench", "dense", "pml-all-triplets", "pml-batch-hard"
-PEERS = (PML_ALL, PML_HARD, DENSE)
+ST = "sentence-transformers"
+ST_LOSSES = {"batch-all": ("BatchAllTripletLoss", "batch_all_triplet_loss"),
+             "batch-hard": ("BatchHardTripletLoss", "batch_hard_triplet_loss"),
+             "semi-hard": ("BatchSemiHardTripletLoss", "batch_semi_hard_triplet_loss")}
+HAS_ST = importlib.util.find_spec("sentence_transformers") is not None
+PEERS = (PML_ALL, PML_HARD, DENSE, ST)  # ST and DENSE are compared loss by loss, the pml peers at every loss
 IMPLS: tuple[tuple[str, str], ...] = (
     *((OURS, loss) for loss in LOSSES),
     (PML_ALL, "batch-all"),
     (PML_HARD, "batch-hard"),
     *((DENSE, loss) for loss in DENSE_LOSSES),
+    *(((ST, loss) for loss in ST_LOSSES) if HAS_ST else ()),
 )  # the built-in series; a plugin's loss adds (OURS, its name) after the built-in losses (impls)
 CPU_BATCH_SIZES = (128, 256, 512, 1024, 2048, 4096)
 CUDA_BATCH_SIZES = (*CPU_BATCH_SIZES, 8192)
@@ -160,6 +173,8 @@ def loss_function(impl: str, loss: str) -> Callable[[Tensor, Tensor], Tensor]:
     if impl == DENSE:
         dense = DENSE_LOSSES[loss]
         return lambda embeddings, labels: dense(embeddings, labels, MARGIN)
+    if impl == ST:
+        return st_loss(loss)
     distance = LpDistance(normalize_embeddings=False)
     triplet = TripletMarginLoss(margin=MARGIN, distance=distance)
     if impl == PML_ALL:
@@ -168,10 +183,24 @@ def loss_function(impl: str, loss: str) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda embeddings, labels: triplet(embeddings, labels, miner(embeddings, labels))
 
 
+def st_loss(loss: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """sentence-transformers' loss function of `loss` at margin MARGIN, on embeddings as given (no model)."""
+    try:
+        from sentence_transformers.sentence_transformer import losses as st_losses
+    except ImportError:  # before 6.0 the losses lived one level up
+        from sentence_transformers import losses as st_losses
+    name, method = ST_LOSSES[loss]
+    function = getattr(getattr(st_losses, name)(None, margin=MARGIN), method)
+    return lambda embeddings, labels: function(labels, embeddings)
+
+
 def estimate_mib(impl: str, loss: str, batch_size: int, classes: int) -> float:
-    """A lower bound on the memory of one call: its largest tensor (dense B³/B⁴ float32; pml's triplet indices)."""
+    """A lower bound on the memory of one call: its largest tensor (dense B³/B⁴ float32; pml's triplet indices;
+    sentence-transformers' B³ float32 triplet tensor in batch-all and semi-hard)."""
     if impl == DENSE:
         return 4 * batch_size ** LOSSES[loss].order / 2**20
+    if impl == ST and loss != "batch-hard":
+        return 4 * batch_size**3 / 2**20
     if impl == PML_ALL:
         sizes = [batch_size // classes + (c < batch_size % classes) for c in range(classes)]
         return 3 * 8 * sum(n * (n - 1) * (batch_size - n) for n in sizes) / 2**20
@@ -421,7 +450,7 @@ def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
     ok = table[table["status"] == "ok"]
     ours = ((table["impl"] == OURS) & (table["status"] == "ok")).to_numpy()
     for peer in PEERS:
-        keys = ["batch_size", "classes"] + (["loss"] if peer == DENSE else [])
+        keys = ["batch_size", "classes"] + (["loss"] if peer in (DENSE, ST) else [])
         peer_rows = ok[ok["impl"] == peer][[*keys, "median_ms", "peak_memory_mib"]]
         matched = table[keys].merge(peer_rows, on=keys, how="left")
         name = peer.replace("-", "_")
@@ -582,7 +611,10 @@ def write_markdown(table: pd.DataFrame, overhead: pd.DataFrame, settings: dict[s
         f"{settings['memory_cap_mib']:g} MiB per point; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} in the "
         f"workers; run time {seconds / 60:.1f} min. Memory is the peak "
         f"above baseline ({memory}); the absolute peak is in the CSV; every ratio and target uses the "
-        "above-baseline peak. Speedup = peer time / ours; memory ratio = ours / peer.",
+        "above-baseline peak. Speedup = peer time / ours; memory ratio = ours / peer. "
+        + (f"sentence-transformers {importlib.metadata.version('sentence-transformers')} measured."
+           if HAS_ST else "sentence-transformers is not installed: its losses are not measured (`make bench` "
+           "installs the `peers` extra)."),
         "",
         "## Targets",
         "",
@@ -615,8 +647,8 @@ def write_markdown(table: pd.DataFrame, overhead: pd.DataFrame, settings: dict[s
 
 
 FAILURES = ("OOM", "timeout", "error")
-STYLES = {OURS: "-", PML_ALL: "--", PML_HARD: "-.", DENSE: ":"}
-SHAPES = {OURS: "o", PML_ALL: "^", PML_HARD: "v", DENSE: "D"}
+STYLES = {OURS: "-", PML_ALL: "--", PML_HARD: "-.", DENSE: ":", ST: (0, (1, 1, 3, 1))}
+SHAPES = {OURS: "o", PML_ALL: "^", PML_HARD: "v", DENSE: "D", ST: "s"}
 
 
 def plot_figure(table: pd.DataFrame, hardware: str) -> Any:

@@ -6,8 +6,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from bench.loss_benchmark import COLUMNS, IMPLS, OVERHEAD_COLUMNS, PEERS, SMOKE, Point, main, run_grid
+from bench.loss_benchmark import (
+    COLUMNS,
+    HAS_ST,
+    IMPLS,
+    MARGIN,
+    OVERHEAD_COLUMNS,
+    PEERS,
+    SMOKE,
+    Point,
+    main,
+    run_grid,
+    st_loss,
+)
 from losses import LOSSES
 
 STATUSES = {"ok", "OOM", "timeout", "skipped", "error"}
@@ -99,3 +112,13 @@ def test_allocation_beyond_the_cap_is_recorded_as_oom() -> None:
 def test_a_point_past_the_time_cap_is_a_timeout_and_is_not_retried_larger() -> None:
     rows = run_grid(_points("dense/quadruplet", [64, 128], time_cap=0.05))
     assert [row["status"] for row in rows] == ["timeout", "skipped"]
+
+
+@pytest.mark.skipif(not HAS_ST, reason="sentence-transformers is not installed (make bench installs the peers extra)")
+def test_sentence_transformers_peers_compute_the_losses_they_stand_beside() -> None:
+    embeddings = torch.nn.functional.normalize(torch.randn(48, 8, generator=torch.Generator().manual_seed(3)), dim=1)
+    labels = torch.arange(48) % 6
+    for loss in ("batch-all", "batch-hard"):  # by definition ours; semi-hard is TF Addons' (docs/pml.md)
+        ours = LOSSES[loss](embeddings, labels, MARGIN)
+        torch.testing.assert_close(st_loss(loss)(embeddings, labels), ours, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(st_loss("semi-hard")(embeddings, labels))
