@@ -21,6 +21,7 @@ from losses.triplet import (
     adaptive_mu,
     batch_all,
     batch_hard,
+    batch_hard_soft,
     mining_stats,
     quadruplet,
     semi_hard,
@@ -35,6 +36,7 @@ class Loss:
       the batch (a mean over no pairs counts as 0); otherwise m_eff = m.
     - pinned_factor: its value over m_eff when every pair distance is equal (quadruplet: 1.5, as its pair term
       adds m_eff / 2): the value at which training is pinned at the margin.
+    - soft_margin: its hinge is softplus (Hermans et al.'s soft margin), so that value is ln(1 + e^m_eff).
     - hardest: it mines one hardest positive and one hardest negative per anchor (so the fraction of anchors
       whose hinge is active says how much it learns from).
     - order: the tuples it sums over, 3 (triplets) or 4 (quadruplets): its dense reference builds B**order terms.
@@ -45,6 +47,7 @@ class Loss:
     fn: Callable[..., Tensor]
     adaptive_margin: bool = False
     pinned_factor: float = 1.0
+    soft_margin: bool = False
     hardest: bool = False
     order: int = 3
     min_classes: int = 2
@@ -62,6 +65,8 @@ class Loss:
 
     def pinned_loss(self, effective_margin: float) -> float:
         """Its value when every pair distance is (nearly) equal, at `effective_margin`."""
+        if self.soft_margin:
+            return math.log1p(math.exp(effective_margin))
         return self.pinned_factor * effective_margin
 
 
@@ -71,6 +76,7 @@ LOSSES: dict[str, Loss] = {
     "adaptive-mu": Loss(adaptive_mu, adaptive_margin=True),
     "quadruplet": Loss(quadruplet, adaptive_margin=True, pinned_factor=1.5, order=4, min_classes=3),
     "semi-hard": Loss(semi_hard),
+    "batch-hard-soft": Loss(batch_hard_soft, hardest=True, soft_margin=True),
 }
 
 __all__ = [
@@ -79,6 +85,7 @@ __all__ = [
     "adaptive_mu",
     "batch_all",
     "batch_hard",
+    "batch_hard_soft",
     "check_inputs",
     "mining_stats",
     "pair_masks",

@@ -56,6 +56,15 @@ def dense_batch_hard(embeddings: Tensor, labels: Tensor, margin: float) -> Tenso
     return torch.where(anchors, hardest.clamp_min(0), 0.0).sum() / anchors.sum().clamp_min(1)
 
 
+def dense_batch_hard_soft(embeddings: Tensor, labels: Tensor, margin: float) -> Tensor:
+    """Soft-margin batch-hard: softplus of the largest valid B³ term per anchor, averaged over anchors with one."""
+    terms, valid = triplet_terms(embeddings, labels, margin)
+    hardest = terms.masked_fill(~valid, -INF).flatten(1).amax(dim=1)
+    anchors = valid.flatten(1).any(dim=1)
+    soft = torch.nn.functional.softplus(hardest.masked_fill(~anchors, 0.0))
+    return torch.where(anchors, soft, 0.0).sum() / anchors.sum().clamp_min(1)
+
+
 def dense_semi_hard(embeddings: Tensor, labels: Tensor, margin: float) -> Tensor:
     """Semi-hard from B³ masks: per (a, p) the closest n with d_ap < d_an < d_ap + m (lowest index on ties)."""
     d = dense_distance(embeddings)
@@ -95,4 +104,5 @@ DENSE_LOSSES = {
     "adaptive-mu": dense_adaptive_mu,
     "quadruplet": dense_quadruplet,
     "semi-hard": dense_semi_hard,
+    "batch-hard-soft": dense_batch_hard_soft,
 }

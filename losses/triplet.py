@@ -1,4 +1,5 @@
-"""Batch-all, batch-hard, semi-hard, adaptive-mu triplet and quadruplet losses, and mining statistics.
+"""Batch-all, batch-hard (hinge and soft margin), semi-hard, adaptive-mu triplet and quadruplet losses, and mining
+statistics.
 
 Notation: d is the Euclidean distance matrix, a valid triplet (a, p, n) has a ≠ p, y_a = y_p and
 y_n ≠ y_a, and [x]₊ = max(x, 0). Every loss takes embeddings [B, D], integer labels [B] and a margin
@@ -108,6 +109,19 @@ def batch_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: 
     pairwise_distance without gradient, and only they carry one (the distance of the difference of their two
     embeddings), so that the backward pass costs O(B·D), not a B×B matrix product and chain of element-wise steps.
     """
+    gaps, anchors = _hardest_gaps(embeddings, labels, margin, check_finite)
+    return torch.where(anchors, (gaps + margin).clamp_min(0), 0.0).sum() / anchors.sum().clamp_min(1)
+
+
+def batch_hard_soft(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+    """Batch-hard with Hermans et al.'s soft margin: mean over the same anchors of ln(1 + exp(max_p d_ap − min_n
+    d_an + m)); m = 0 is theirs (no margin), a positive m shifts it."""
+    gaps, anchors = _hardest_gaps(embeddings, labels, margin, check_finite)
+    return torch.where(anchors, torch.nn.functional.softplus(gaps + margin), 0.0).sum() / anchors.sum().clamp_min(1)
+
+
+def _hardest_gaps(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool) -> tuple[Tensor, Tensor]:
+    """Per anchor max_p d_ap − min_n d_an [B] (batch_hard's selection and gradient) and whether it has both [B]."""
     check_inputs(embeddings, labels, margin, check_finite)
     pos, neg = pair_masks(labels)
     with torch.no_grad():
@@ -115,8 +129,7 @@ def batch_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: 
     hardest_positive = _hardest(embeddings, d, pos, d.masked_fill(~pos, -INF).amax(dim=1))
     hardest_negative = _hardest(embeddings, d, neg, d.masked_fill(~neg, INF).amin(dim=1))
     anchors = pos.any(dim=1) & neg.any(dim=1)
-    terms = (hardest_positive - hardest_negative + margin).clamp_min(0)
-    return torch.where(anchors, terms, 0.0).sum() / anchors.sum().clamp_min(1)
+    return torch.where(anchors, hardest_positive - hardest_negative, 0.0), anchors
 
 
 def _hardest(embeddings: Tensor, d: Tensor, mask: Tensor, value: Tensor) -> Tensor:

@@ -170,7 +170,8 @@ def test_collapse_rules() -> None:
     assert spread(torch.ones(5, 3)) == 0 and spread(torch.tensor([[0.0], [2.0]])) == pytest.approx(math.sqrt(2))
 
 
-@pytest.mark.parametrize("loss", ["batch-all", "batch-hard", "semi-hard", "adaptive-mu", "quadruplet"])
+@pytest.mark.parametrize("loss", ["batch-all", "batch-hard", "semi-hard", "adaptive-mu", "quadruplet",
+                                  "batch-hard-soft"])
 def test_a_net_shrinking_toward_zero_is_pinned_a_healthy_one_is_not(loss: str) -> None:
     embeddings, labels = clustered(4, 8, 8)
     for scale, pinned in ((1.0, False), (1e-4, True)):
@@ -190,3 +191,10 @@ def test_pinned_needs_mu_neg_below_the_margin() -> None:
 def test_images_per_class() -> None:
     assert images_per_class(torch.tensor([[0, 0, 1, 1], [3, 1, 2, 0]])) == 1.5
     assert images_per_class(torch.tensor([[7, 7, 7, 7]])) == 4
+
+
+def test_a_soft_margin_is_pinned_at_ln_2_whatever_the_distances() -> None:
+    """All distances equal give softplus(m_eff): ln 2 at m = 0, where no hinge (μ_neg < m_eff) can say it."""
+    assert is_pinned("batch-hard-soft", math.log(2), 0.0, 0.5)
+    assert not is_pinned("batch-hard-soft", 0.3, 0.0, 0.5)
+    assert not is_pinned("batch-hard", 0.0, 0.0, 0.5)  # a hinge at m = 0 is never pinned

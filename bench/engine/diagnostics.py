@@ -111,9 +111,11 @@ def effective_rank(embeddings: Tensor) -> float:
 
 
 def is_pinned(loss: str, loss_mean: float, m_eff: float, mu_neg: float) -> bool:
-    """Whether the training loss sits at its all-distances-equal value (± PINNED_TOLERANCE) with μ_neg < m_eff."""
+    """Whether the training loss sits at its all-distances-equal value (± PINNED_TOLERANCE) with μ_neg < m_eff (a
+    soft margin: at that value alone)."""
     pinned = LOSSES[loss].pinned_loss(m_eff)
-    return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and mu_neg < m_eff
+    near = mu_neg < m_eff or LOSSES[loss].soft_margin  # a soft margin has no hinge to sit under: its value says it
+    return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and near
 
 
 def is_collapsed(knn_accuracy: float, n_classes: int, rank: float, size: float, reference: float) -> bool:
