@@ -179,7 +179,8 @@ def test_old_records_report_what_they_can(tmp_path: Path) -> None:
     assert "Unavailable: the records predate the pinned_at_margin and collapsed diagnostics." in markdown
     assert "60 optimiser steps at the final checkpoint (the records predate planned_steps)" in markdown
     assert "map_vs_samples_seen.png: selection not possible: no validation metrics" in markdown
-    assert (tmp_path / "reports" / "plots" / "old" / "map_vs_batch_size.png").is_file()
+    assert "map_vs_batch_size.png: selection not possible: no validation metrics" in markdown
+    assert (tmp_path / "reports" / "plots" / "old" / "throughput_vs_batch_size.png").is_file()
 
 
 def test_one_seed_is_not_testable(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
         frame = pd.DataFrame(list(isolated.rows), columns=list(systems.ROW_COLUMNS))
         frame = frame[frame["compile"].isin(["none", ""])]
         frame = frame.assign(**{column: pd.to_numeric(frame[column], errors="coerce") for column in systems.NUMERIC})
-        caption = (f"{tables.systems_hardware(isolated)}, commit {isolated.info('git_commit')}, "
+        caption = (f"{isolated.source}: {tables.systems_hardware(isolated)}, commit {isolated.info('git_commit')}, "
                    f"{isolated.info('date')}; median of {isolated.info('steps')} steps")
         points = (frame, caption)
     for experiment in sorted(records.grids):

@@ -35,10 +35,12 @@ def _noise(*key: Any) -> float:
     return zlib.crc32(repr(key).encode()) / 2**32
 
 
-def checkpoint(index: int, checkpoints: int, batch_size: int, values: dict[str, float]) -> dict[str, Any]:
-    """One checkpoint of a trial at fraction index/checkpoints of its budget, final metrics `values` at the end."""
+def checkpoint(index: int, checkpoints: int, batch_size: int, values: dict[str, float], steps: int | None = None,
+               subsets: dict[str, int] | None = None) -> dict[str, Any]:
+    """One checkpoint of a trial at fraction index/checkpoints of its `steps` (default 20 per checkpoint), final
+    metrics `values` at the end; `subsets` overrides the evaluation sizes of every checkpoint but the last."""
     share = index / checkpoints
-    steps = 20 * checkpoints
+    steps = steps or 20 * checkpoints
     entry: dict[str, Any] = {
         "checkpoint": index, "step": round(steps * share), "planned_steps": steps,
         "samples_seen": round(steps * share) * batch_size, "loss": 0.3 * (1 - share) + 0.05,
@@ -49,6 +51,7 @@ def checkpoint(index: int, checkpoints: int, batch_size: int, values: dict[str, 
         "mu_pos": 0.4, "mu_neg": 1.2, "pinned_at_margin": False, "collapsed": False, "effective_rank": 8.0,
         "initial_fraction_easy": 0.05, "initial_fraction_semihard": 0.15, "initial_fraction_hard": 0.8,
         "initial_active_anchors": None, "effective_margin": 0.2, "status": "ok", **SIZES,
+        **(subsets if subsets and index < checkpoints else {}),
     }
     for name, value in values.items():
         growing = name in CURVES and index < checkpoints
@@ -59,16 +62,19 @@ def checkpoint(index: int, checkpoints: int, batch_size: int, values: dict[str, 
 def trial_record(experiment: str, loss: str, margin: float, batch_size: int, seed: int, *, status: str = "ok",
                  values: dict[str, Any] | None = None, checkpoints: int = 3, protocol: str = "seen",
                  pinned: list[bool] | None = None, collapsed: list[bool] | None = None,
-                 dataset: str = "mnist", trial_id: str | None = None) -> dict[str, Any]:
+                 dataset: str = "mnist", trial_id: str | None = None, steps: int | None = None,
+                 subsets: dict[str, int] | None = None) -> dict[str, Any]:
     """A trial record: `values` overrides the final checkpoint's fields (metrics default to a fixed function of
-    the cell and seed); a status other than ok/collapsed keeps only the checkpoints before the failure."""
+    the cell and seed); a status other than ok/collapsed keeps only the checkpoints before the failure. `steps`
+    (default 20 per checkpoint) sets the budget; `subsets`, the evaluation sizes of the checkpoints before the last
+    (which then evaluate subsets, as the reference grids do)."""
     base = 0.5 + 0.3 * _noise(loss, margin, batch_size) + 0.05 * _noise(loss, margin, batch_size, seed)
     systems = {"samples_per_second": 40.0 * batch_size * (0.9 + 0.2 * _noise(loss, margin, batch_size, seed, 1)),
                "peak_memory_mib": (50.0 + 4.0 * batch_size) * (0.9 + 0.2 * _noise(loss, margin, batch_size, seed, 2))}
     values = {**systems, "map_at_r": base, "knn_accuracy": base + 0.15, "precision_at_1": base + 0.12,
               "val_map_at_r": base + 0.01, "val_knn_accuracy": base + 0.16, "val_precision_at_1": base + 0.13,
               **(values or {})}
-    history = [checkpoint(i, checkpoints, batch_size, values) for i in range(1, checkpoints + 1)]
+    history = [checkpoint(i, checkpoints, batch_size, values, steps, subsets) for i in range(1, checkpoints + 1)]
     for flags, name in ((pinned, "pinned_at_margin"), (collapsed, "collapsed")):
         for entry, flag in zip(history, flags or [], strict=False):
             entry[name] = flag
@@ -77,7 +83,7 @@ def trial_record(experiment: str, loss: str, margin: float, batch_size: int, see
     if history:
         history[-1]["status"] = status if status in ("ok", "collapsed", "diverged") else history[-1]["status"]
     config = {**DEFAULTS, "dataset": dataset, "loss": loss, "margin": margin, "batch_size": batch_size, "seed": seed,
-              "protocol": protocol, "budget_samples": 20 * checkpoints * batch_size}
+              "protocol": protocol, "budget_samples": (steps or 20 * checkpoints) * batch_size}
     trial_id = trial_id or f"{dataset}-{protocol}-{loss}-{margin}-{batch_size}-{seed}"
     return schema.trial_record(trial_id, config, status, None if status == "ok" else f"{status} on purpose", history,
                                 PROVENANCE, experiment=experiment, preset=experiment, fingerprint=FINGERPRINT)
