@@ -24,9 +24,11 @@ TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#"
        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "−": "$-$", ">": r"$>$",
        "<": r"$<$", "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$", "×": r"$\times$", "·": r"$\cdot$",
        "μ": r"$\mu$", "δ": r"$\delta$", "χ": r"$\chi$", "Φ": r"$\Phi$", "√": r"$\surd$", "∫": r"$\int$",
-       "²": r"$^2$", "→": r"$\rightarrow$", "↓": r"$\downarrow$", "†": r"$^\dagger$"}
+       "²": r"$^2$", "→": r"$\rightarrow$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "†": r"$^\dagger$",
+       "★": r"$\star$"}
 ASCII = {"±": "+/-", "≈": "~", "≥": ">=", "≤": "<=", "–": "-", "−": "-", "μ": "mu", "δ": "delta", "χ": "chi",
-         "Φ": "Phi", "×": "x", "·": ".", "√": "sqrt", "∫": "integral", "²": "^2", "→": "->", "↓": "v", "†": "+"}
+         "Φ": "Phi", "×": "x", "·": ".", "√": "sqrt", "∫": "integral", "²": "^2", "→": "->", "↓": "v", "↑": "^",
+         "†": "+", "★": "*"}
 SLACK_PT = 3.0  # an overfull box wider than this fails the compile check
 LONG_TEXT = 48  # a text column with a longer cell wraps (a p column)
 PREAMBLES = {  # per fragment kind: the article the compile check sets it in, as a user's paper would
