@@ -31,6 +31,7 @@ ASCII = {"±": "+/-", "≈": "~", "≥": ">=", "≤": "<=", "–": "-", "−": "
          "†": "+", "★": "*"}
 SLACK_PT = 3.0  # an overfull box wider than this fails the compile check
 LONG_TEXT = 48  # a text column with a longer cell wraps (a p column)
+WIDE = 14  # a longtable of more columns is set in \tiny, else \scriptsize
 PREAMBLES = {  # per fragment kind: the article the compile check sets it in, as a user's paper would
     "table*": r"\documentclass[twocolumn,10pt]{article}\usepackage[letterpaper,margin=0.75in]{geometry}",
     "longtable": r"\documentclass[10pt]{article}\usepackage[a4paper,landscape,margin=1.5cm]{geometry}",
@@ -130,7 +131,8 @@ def body(table: Table) -> list[str]:
         return [r"\begin{table*}[!htbp]", r"\centering\small", f"\\caption{{{caption(shown, n)}}}{label}\\smallskip",
                 f"\\begin{{tabular}}{{{columns(shown)}}}", r"\toprule", header, r"\midrule", *rows, r"\bottomrule",
                 r"\end{tabular}", r"\end{table*}"]
-    return [r"{\scriptsize\setlength{\tabcolsep}{2pt}\setlength{\LTcapwidth}{\linewidth}",
+    size = r"\tiny" if len(shown.header) > WIDE else r"\scriptsize"
+    return [f"{{{size}\\setlength{{\\tabcolsep}}{{2pt}}\\setlength{{\\LTcapwidth}}{{\\linewidth}}",
             f"\\begin{{longtable}}{{{columns(shown)}}}", f"\\caption{{{caption(shown, n)}}}{label}\\\\",
             r"\toprule", header, r"\midrule", r"\endfirsthead", r"\toprule", header, r"\midrule", r"\endhead",
             *rows, r"\bottomrule", r"\end{longtable}}"]
@@ -164,7 +166,7 @@ def document(blocks: list[Block]) -> str:
             lines += [r"\begin{description}", *[f"\\item[{tex(k)}] {tex(v)}" for k, v in content],
                       r"\end{description}", ""]
         elif kind_ == "image":
-            lines += [f"\\includegraphics[width=\\linewidth]{{{content.as_posix()}}}", ""]
+            lines += [f"\\noindent\\includegraphics[width=\\linewidth]{{{content.as_posix()}}}", ""]
         elif content.rows:
             lines += [*body(content), ""]
     return "\n".join([*lines, r"\end{document}", ""])
