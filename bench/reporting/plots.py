@@ -290,6 +290,11 @@ def margins(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, ...],
     return figure
 
 
+def _single_batch_size(rows: pd.DataFrame) -> str:
+    """Why a batch-size plot is not made: the one batch size of `rows`."""
+    return f"a single batch size ({', '.join(f'{v:g}' for v in sorted(rows.batch_size.unique()))}) in the grid"
+
+
 def _best_per_batch_size(summary: pd.DataFrame) -> pd.DataFrame:
     """Each loss's validation-best eligible cell at each batch size (stats.select's rule within one batch size), as
     summary rows (their `selected` still the overall selection)."""
@@ -315,7 +320,7 @@ def batch_sizes(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, .
     95% band), a column per dataset × protocol, baselines as lines, failed cells marked, the selected cell starred."""
     cells = summary[~summary.loss.isin(stats.BASELINES)]
     if cells.batch_size.nunique() < 2:
-        return f"a single batch size ({', '.join(f'{v:g}' for v in sorted(cells.batch_size.unique()))}) in the grid"
+        return _single_batch_size(cells)
     best = _best_per_batch_size(summary)
     if best.empty:
         return _no_selection(summary)
@@ -452,7 +457,7 @@ def systems(summary: pd.DataFrame, final: pd.DataFrame, metric: str, label: str,
     if valid.empty:
         return f"no finished trial has a finite {metric}"
     if valid.batch_size.nunique() < 2:
-        return f"a single batch size ({', '.join(f'{v:g}' for v in sorted(valid.batch_size.unique()))}) in the grid"
+        return _single_batch_size(valid)
     panels = _panels(summary)
     colours, losses = palette(order, list(valid.loss)), _ordered(valid.loss, order)
     figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 2.2, 3.6), squeeze=False,
