@@ -108,10 +108,11 @@ def test_a_preset_with_a_plugin_runs_its_loss_and_data_through_the_grid_and_repo
 
 
 def test_a_plugins_loss_joins_the_loss_benchmark(plugin: Path) -> None:
-    from bench.loss_benchmark import OURS, Point, impls, run_grid
+    from bench.loss_benchmark import IMPLS, OURS, Point, impls, run_grid
 
     plugins.load([str(plugin)])
-    assert (OURS, "contrastive") in impls() and impls()[5] == (OURS, "contrastive")
+    built_in = sum(impl == OURS for impl, _ in IMPLS)
+    assert impls()[built_in] == (OURS, "contrastive") and (OURS, "contrastive") not in IMPLS
     point = Point(OURS, "contrastive", 32, 4, 8, "cpu", 2, 60.0, 1024.0, plugins=str(plugin))
     (row,) = run_grid([point])
     assert row["status"] == "ok" and row["median_ms"] > 0, row
