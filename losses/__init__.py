@@ -63,6 +63,11 @@ class Loss:
         mu = (mu_neg if math.isfinite(mu_neg) else 0.0) - (mu_pos if math.isfinite(mu_pos) else 0.0)
         return margin + max(mu, 0.0)
 
+    def can_pin(self, mu_neg: float, effective_margin: float) -> bool:
+        """Whether a batch with mean negative distance mu_neg can sit at pinned_loss: under a hinge only while
+        mu_neg < m_eff (past it the hinge lets go); a soft margin has no hinge, so always."""
+        return self.soft_margin or mu_neg < effective_margin
+
     def pinned_loss(self, effective_margin: float) -> float:
         """Its value when every pair distance is (nearly) equal, at `effective_margin`."""
         if self.soft_margin:

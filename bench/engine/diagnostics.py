@@ -111,11 +111,10 @@ def effective_rank(embeddings: Tensor) -> float:
 
 
 def is_pinned(loss: str, loss_mean: float, m_eff: float, mu_neg: float) -> bool:
-    """Whether the training loss sits at its all-distances-equal value (± PINNED_TOLERANCE) with μ_neg < m_eff (a
-    soft margin: at that value alone)."""
+    """Whether the training loss sits at its all-distances-equal value (± PINNED_TOLERANCE) where the loss can be
+    pinned there (losses.Loss.can_pin: μ_neg < m_eff under a hinge)."""
     pinned = LOSSES[loss].pinned_loss(m_eff)
-    near = mu_neg < m_eff or LOSSES[loss].soft_margin  # a soft margin has no hinge to sit under: its value says it
-    return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and near
+    return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and LOSSES[loss].can_pin(mu_neg, m_eff)
 
 
 def is_collapsed(knn_accuracy: float, n_classes: int, rank: float, size: float, reference: float) -> bool:
