@@ -326,17 +326,33 @@ def run_ray(
         finally:
             stop.set()
             poller.join()
-        for trial in tune.ExperimentAnalysis(str(state)).trials:  # a trial lost before its first report has
-            point = ctx.grid.point(trial.config)  # no config in its Result, hence the Trials
-            if trial.status == "ERROR" and read_record(ctx, point) is None:
-                error = trial.get_pickled_error() or trial.get_error() or RuntimeError("lost without an error")
-                ray_failure(ctx, point, error)
-        for point in points:
-            if (record := read_record(ctx, point)) is not None:
-                progress.finished(record)
+        report_unfinished(ctx, points, progress, tune.ExperimentAnalysis(str(state)).trials)
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def report_unfinished(ctx: Context, points: list[dict[str, Any]], progress: Progress, trials: list[Any]) -> None:
+    """After a Tune run: every point with a record goes to `progress`; one without gets a line of its own (an OOM
+    record where Ray killed it for memory) unless Tune left it unstarted or in flight, which one line counts."""
+    states: dict[str, Any] = {}  # a trial lost before its first report has no config in its Result, hence the Trials
+    for trial in trials:
+        states[ctx.trial_id(ctx.grid.point(trial.config))] = trial
+    in_flight: Counter[str] = Counter()
+    for point in points:
+        if (record := read_record(ctx, point)) is not None:
+            progress.finished(record)
+        elif (trial := states.get(ctx.trial_id(point))) is None:
+            ray_failure(ctx, point, RuntimeError("Tune has no trial for it"))
+        elif trial.status in ("PENDING", "PAUSED", "RUNNING"):
+            in_flight[trial.status] += 1
+        else:
+            text = trial.get_error()
+            ray_failure(ctx, point, trial.get_pickled_error() or RuntimeError(
+                text or f"Tune ended it as {trial.status} without a record"))
+    if in_flight:
+        print(f"{sum(in_flight.values())} trial(s) left {', '.join(sorted(in_flight))} by Tune (interrupted); "
+              "re-run the same command to resume them", flush=True)
 
 
 def ray_failure(ctx: Context, point: dict[str, Any], error: BaseException) -> None:

@@ -588,8 +588,9 @@ def test_a_killed_worker_is_reported_rerun_finishes_it_and_a_resume_without_rays
     (data_dir / "KILL").touch()
     assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 1
     out = capsys.readouterr().out
-    assert "'loss': 'batch-all', 'margin': 0.2, 'batch_size': 8, 'seed': 1} failed in Ray (" in out
-    assert "re-run the same command to resume it" in out and "1 unfinished" in out
+    assert "'loss': 'batch-all', 'margin': 0.2, 'batch_size': 8, 'seed': 1} failed in Ray (" in out, out
+    assert out.count("failed in Ray") == 1 and "re-run the same command to resume it" in out, out
+    assert "1 unfinished" in out, out
     first = snapshot(tmp_path / "fake")
     assert len([path for path in first if path.suffix == ".json"]) == 7
     killed = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 8, "seed": 1}
