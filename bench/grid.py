@@ -70,7 +70,7 @@ from bench.engine.train import run_trial
 from bench.experiment import records
 from bench.experiment.baselines import baseline_records
 from bench.experiment.fingerprint import fingerprint
-from bench.experiment.gridspec import Grid, GridError, stored_grid, with_threads
+from bench.experiment.gridspec import Grid, GridError, stored_grid, variant, with_threads
 from bench.experiment.identity import trial_id
 from bench.experiment.lock import LOCK_NAME, LockError, acquire, release
 from bench.experiment.presets import default_preset, load_preset, preset_names
@@ -210,6 +210,7 @@ class Progress:
     def __init__(self, ctx: Context, points: list[dict[str, Any]]) -> None:
         self.total = len(points)
         self.protocols = "protocol" in ctx.grid.axes  # the line names the protocol when it is an axis
+        self.axes = tuple(ctx.grid.axes)  # and the variant axes' values (bench.experiment.gridspec.variant)
         self.done = {record["trial_id"] for point in points if (record := read_record(ctx, point))}
         self.ran = 0
         self.started = time.monotonic()
@@ -227,7 +228,8 @@ class Progress:
         cfg, final = record["config"], record["final"]
         line = (f"[{done}/{self.total}] {cfg['dataset']}{' ' + cfg['protocol'] if self.protocols else ''} "
                 f"{cfg['loss']} margin {cfg['margin']} "
-                f"B {cfg['batch_size']} seed {cfg['seed']}: {record['status']}")
+                f"B {cfg['batch_size']} {f'[{setting}] ' if (setting := variant(cfg, self.axes)) else ''}"
+                f"seed {cfg['seed']}: {record['status']}")
         if record["reason"]:
             line += f" ({record['reason'][:120]})"
         if final.get("knn_accuracy") is not None:

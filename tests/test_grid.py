@@ -671,3 +671,40 @@ def test_fresh_seeds_rerun_the_selected_cells_once_the_grid_is_complete(fake_set
             "(seeds 5, 6)") in markdown
     assert ("## Experiment fake-fresh" in markdown and "- **fresh seeds:** fake's validation-selected cells re-run on "
             "seeds 5, 6, which took no part in selection: these are the test numbers to cite") in markdown
+
+
+def lr_trial(config: dict, report) -> dict:
+    """A fake trial whose validation and test MAP@R rise with the lr, logging its (seed, lr) in data_dir."""
+    with open(Path(config["data_dir"]) / "calls.log", "a") as log:
+        log.write(json.dumps({"seed": config["seed"], "lr": config["lr"]}) + "\n")
+    quality = 0.3 + 1000 * config["lr"] + config["seed"] / 1000
+    metrics = {**dict.fromkeys(METRICS, 0.5), "checkpoint": 1, "step": 1, "status": "ok", "threads": 1, **INITIAL,
+               "val_map_at_r": quality, "map_at_r": quality, "knn_accuracy": quality}
+    report(metrics)
+    Path(config["save_embeddings"]).write_bytes(b"npz")
+    return metrics
+
+
+def test_a_variant_axis_is_one_more_configuration_selection_chooses_among(fake_setup: tuple[Path, Path],
+                                                                          tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """An lr axis: each lr is a cell of its own (the report's variant), selection picks the better lr on validation,
+    the fresh seeds rerun that lr, and the headline states the tuning budget (2 configurations per loss)."""
+    preset, data_dir = fake_setup
+    preset.write_text(json.dumps({"axes": {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2],
+                                           "batch_size": [8], "lr": [1e-4, 3e-4], "seed": [0, 1]},
+                                  "fixed": {"budget_samples": 64, "checkpoints": 1, "threads": 1},
+                                  "fresh_seeds": [5]}))
+    results, report = tmp_path / "results", tmp_path / "report"
+    assert run_grid(str(preset), data_dir, results, backend="local", trial_fn=lr_trial, reports=str(report)) == 0
+    assert "batch-all margin 0.2 B 8 [lr 0.0003] seed 1: ok" in capsys.readouterr().out
+    assert calls(data_dir)[-1] == {"seed": 5, "lr": 3e-4} and len(calls(data_dir)) == 5
+    import pandas as pd
+
+    summary = pd.read_csv(report / "summary.csv", keep_default_na=False)
+    cells = summary[(summary.experiment == "fake") & (summary.loss == "batch-all")]
+    assert sorted(cells.variant) == ["lr 0.0001", "lr 0.0003"] and set(cells.n_configs) == {2}
+    assert list(cells[cells.selected.astype(str) == "True"].variant) == ["lr 0.0003"]
+    markdown = (report / "summary.md").read_text()
+    assert "Tuning budget: 2 configurations (margin × batch size × variant) per loss" in markdown
+    assert "| batch-all [lr 0.0003] |" in markdown

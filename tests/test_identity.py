@@ -64,6 +64,14 @@ def test_baseline_ids_follow_the_baseline_config() -> None:
     assert baseline_id(untrained[0], "f" * 16) != baseline_id(untrained[1], "f" * 16)
 
 
+def test_a_key_added_later_leaves_ids_alone_at_its_default() -> None:
+    """budget_steps is newer than the committed records: unset, the id is the one those records carry; set, it is
+    another trial."""
+    config = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 64, "seed": 0}
+    assert trial_id({**config, "budget_steps": None}, "f" * 16) == trial_id(config, "f" * 16)
+    assert trial_id({**config, "budget_steps": 100}, "f" * 16) != trial_id(config, "f" * 16)
+
+
 def test_record_name_of_the_cli() -> None:
     """bench.trial's file name: the cell, then 8 hex characters that change with any identity key."""
     config = {"dataset": "mnist", "loss": "batch-all", "margin": 0.2, "batch_size": 64, "seed": 1}

@@ -20,11 +20,11 @@ import bench.engine.protocol
 import bench.engine.step
 import bench.engine.train
 import bench.trial
-from bench.engine.config import METRICS, ConfigError
+from bench.engine.config import METRICS, ConfigError, resolve
 from bench.engine.device import pick_device
 from bench.engine.diagnostics import INITIAL_KEYS
 from bench.engine.models import MODEL_DEFAULTS, build_model
-from bench.engine.protocol import fixed_subset
+from bench.engine.protocol import fixed_subset, intermediate_sizes
 from bench.engine.train import WARMUP_STEPS, checkpoint_steps, initial_check, run_trial, scaled_lr, scheduled_lr
 from losses import LOSSES
 
@@ -325,6 +325,20 @@ def test_budget_seconds_ends_training(tiny_data_dir: Path) -> None:
     final, reports = run(tiny(tiny_data_dir, budget_seconds=1e-9))
     assert len(reports) == 1 and final["step"] == 1 and final["samples_seen"] == 32 and final["status"] == "ok"
     assert final["warmup_steps"] == 0 and final["samples_per_second"] == pytest.approx(32 / final["train_seconds"])
+
+
+def test_budget_steps_ends_training_at_equal_updates(tiny_data_dir: Path) -> None:
+    """budget_steps caps the steps below ceil(budget_samples / B) (10 here); the CPU's intermediate evaluation sizes
+    follow the samples the steps plan, not budget_samples."""
+    final, reports = run(tiny(tiny_data_dir, budget_steps=4, checkpoints=2))
+    assert final["planned_steps"] == 4 and final["step"] == 4 and final["samples_seen"] == 128
+    assert [r["step"] for r in reports] == [2, 4]
+    assert run(tiny(tiny_data_dir, budget_steps=50, checkpoints=1))[0]["planned_steps"] == 10  # samples first
+    with pytest.raises(ConfigError, match="budget_steps must be >= 1, got 0"):
+        resolve(tiny(tiny_data_dir, budget_steps=0))
+    big = resolve({"batch_size": 256, "budget_samples": 10**7, "checkpoints": 4})
+    assert intermediate_sizes(big, torch.device("cpu")) == (10_000, 10_000)
+    assert intermediate_sizes({**big, "budget_steps": 100}, torch.device("cpu")) == (2133, 2133)  # 25600 / 12
 
 
 def test_evaluation_time_counts_neither_in_throughput_nor_in_the_budget(

@@ -5,6 +5,7 @@ Keys map one-to-one onto grid axes (presets) and report columns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ KEYS: dict[str, Key] = {
     # equal compute: whichever budget is reached first ends training
     "budget_samples": Key(30_000, int, "training samples: ceil(budget_samples / batch_size) steps"),
     "budget_seconds": Key(None, float, "training seconds, evaluation excluded (None: no time limit)"),
+    "budget_steps": Key(None, int, "optimiser steps (None: no step limit); compares batch sizes at equal updates"),
     "checkpoints": Key(4, int, "evaluations, evenly spaced over the steps, the last one included"),
     "protocol": Key("seen", str, "seen: k-NN classification of held-out images of the training classes; unseen: "
                     "leave-one-out retrieval on classes training never sees (bench/engine/protocol.py)", PROTOCOLS),
@@ -119,6 +121,18 @@ METRICS = (
 STATUSES = ("ok", "diverged", "collapsed", "OOM", "error")
 
 
+def sample_budget(cfg: dict[str, Any]) -> float:
+    """The training samples a resolved config plans: budget_samples, or budget_steps x batch_size where fewer."""
+    samples = float(cfg["budget_samples"])
+    return samples if cfg["budget_steps"] is None else min(samples, int(cfg["budget_steps"]) * int(cfg["batch_size"]))
+
+
+def planned_steps(cfg: dict[str, Any]) -> int:
+    """The optimiser steps a resolved config plans: ceil(budget_samples / batch_size), at most budget_steps."""
+    steps = math.ceil(float(cfg["budget_samples"]) / int(cfg["batch_size"]))
+    return steps if cfg["budget_steps"] is None else min(steps, int(cfg["budget_steps"]))
+
+
 class ConfigError(ValueError):
     """A config value that no trial can run with; the message names the key and the valid values."""
 
@@ -163,6 +177,8 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
         )
     if not float(cfg["budget_samples"]) > 0:
         raise ConfigError(f"budget_samples must be > 0, got {cfg['budget_samples']}")
+    if cfg["budget_steps"] is not None and int(cfg["budget_steps"]) < 1:
+        raise ConfigError(f"budget_steps must be >= 1, got {cfg['budget_steps']}")
     if cfg["budget_seconds"] is not None and not float(cfg["budget_seconds"]) > 0:
         raise ConfigError(f"budget_seconds must be > 0, got {cfg['budget_seconds']}")
     for key in ("eval_gallery", "eval_queries", "train_subset"):

@@ -22,10 +22,10 @@ Protocols (config `protocol`):
 Evaluation sizes: the final checkpoint searches the whole validation and test sets against the whole
 gallery. Earlier checkpoints use fixed subsets (drawn with SUBSET_SEED, the same in every trial), of
 `eval_gallery` gallery images (under `unseen`: images per searched set) and `eval_queries` queries per
-query set; 0 = the whole set; None = the device's default: the whole set on CUDA, and on the CPU
-budget_samples / (3 · checkpoints) each, clamped to [CPU_EVAL_MIN, CPU_EVAL_MAX], so that an intermediate
-checkpoint embeds about as many images as training sees between two checkpoints, at roughly a third of
-its cost (an inference forward pass costs about a third of a training step).
+query set; 0 = the whole set; None = the device's default: the whole set on CUDA, and on the CPU the
+planned samples (config.sample_budget) / (3 · checkpoints) each, clamped to [CPU_EVAL_MIN, CPU_EVAL_MAX], so
+that an intermediate checkpoint embeds about as many images as training sees between two checkpoints, at
+roughly a third of its cost (an inference forward pass costs about a third of a training step).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.engine.config import ConfigError
+from bench.engine.config import ConfigError, sample_budget
 from bench.engine.data import load_dataset
 from bench.engine.evaluate import retrieval_metrics
 
@@ -149,7 +149,7 @@ def intermediate_sizes(cfg: dict[str, Any], device: torch.device) -> tuple[int, 
     """(gallery, queries) sizes of the checkpoints before the last (0 = the whole set; module docstring)."""
     default = 0
     if device.type != "cuda":
-        per_role = int(float(cfg["budget_samples"]) // (3 * int(cfg["checkpoints"])))
+        per_role = int(sample_budget(cfg) // (3 * int(cfg["checkpoints"])))
         default = min(CPU_EVAL_MAX, max(CPU_EVAL_MIN, per_role))
     return tuple(default if cfg[key] is None else int(cfg[key]) for key in ("eval_gallery", "eval_queries"))
 

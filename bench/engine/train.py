@@ -4,9 +4,9 @@
     final = run_trial({"dataset": "mnist", "loss": "batch-hard", "batch_size": 256}, report=print)
 
 The whole split lives on the device as uint8; each step gathers a batch from a precomputed index plan,
-augments (CIFAR-10) and normalises it there. Training runs ⌈budget_samples / batch_size⌉ steps, or
-fewer when `budget_seconds` of training time (evaluation excluded) run out first, and is evaluated at
-`checkpoints` evenly spaced steps, the last one included. The lr is the configured one scaled by
+augments (CIFAR-10) and normalises it there. Training runs ⌈budget_samples / batch_size⌉ steps, at most
+`budget_steps`, or fewer when `budget_seconds` of training time (evaluation excluded) run out first; it is evaluated
+at `checkpoints` evenly spaced steps, the last one included. The lr is the configured one scaled by
 (batch_size / lr_reference_batch) ** {none: 0, sqrt: 0.5, linear: 1} (config `lr_scaling`), and follows
 config `lr_schedule` over the planned steps (constant, or cosine to 0 at the sample budget). The forward pass
 runs under config `precision` (bench/engine/precision.py: bf16 autocast or fp32); the loss is computed in fp32.
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.engine.config import resolve
+from bench.engine.config import planned_steps, resolve
 from bench.engine.data import channel_stats, normalize
 from bench.engine.datasets import DATASETS
 from bench.engine.device import pick_device, sync
@@ -207,7 +207,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     model = initial_model(cfg, tuple(x_train.shape[1:]), device)
     optimizer = build_optimizer(settings["optimizer"], model.parameters(), lr, fused=cuda)
     loss_fn = LOSSES[cfg["loss"]]
-    steps = math.ceil(float(cfg["budget_samples"]) / batch_size)
+    steps = planned_steps(cfg)
     plan = make_batches(
         cfg["sampler"], y_train, batch_size, int(cfg["samples_per_class"]), steps,
         torch.Generator().manual_seed(seed),

@@ -30,8 +30,11 @@ from bench.engine import plugins
 from bench.engine.config import KEYS, LOCATION_KEYS
 
 AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
-OPTIONAL_AXES = ("protocol",)  # a preset may list these too
-AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", "seed")  # the order of a point's axes
+# settings a preset may put on an axis: the report keeps their values apart as the cell's "variant", and selection
+# chooses among them as it does among margins and batch sizes (each is one more configuration a loss is tuned over)
+VARIANT_AXES = ("lr", "lr_scaling", "normalize", "sampler", "samples_per_class", "budget_samples", "budget_steps")
+OPTIONAL_AXES = ("protocol", *VARIANT_AXES)  # a preset may list these too
+AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", *VARIANT_AXES, "seed")  # a point's axes, in order
 GRID_SECTIONS = ("axes", "fixed", "per_dataset", "blocks", "fresh_seeds")  # what a preset and a grid.json share
 PRESET_SECTIONS = ("doc", "citable", "plugins", *GRID_SECTIONS)
 
@@ -104,6 +107,20 @@ class Grid:
         return {"preset": self.preset, "experiment": experiment, "doc": self.doc, "citable": self.citable, **plugins,
                 "axes": self.axes, "fixed": self.fixed, "per_dataset": per_dataset, **blocks, **fresh,
                 "threads": threads, "data": fingerprints}
+
+
+def _shown(value: Any) -> str:
+    """A setting as the report names it: on/off, default (None), %g for floats."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "default"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def variant(config: dict[str, Any], axes: Iterable[str]) -> str:
+    """The values in `config` of the VARIANT_AXES among `axes`, as "lr 0.0003, normalize off" ("" for none)."""
+    return ", ".join(f"{axis} {_shown(config.get(axis, KEYS[axis].default))}" for axis in VARIANT_AXES if axis in axes)
 
 
 def with_threads(config: dict[str, Any], threads: int | None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 - trial_identity(config): the resolved config without location keys, its None model settings filled with the
   defaults they stand for (bench.engine.models.model_settings), so that a changed default never passes an old
-  record off as a new trial.
+  record off as a new trial; a key added after records were committed (ADDED_KEYS) is left out at its default,
+  so that those records keep their ids.
 - trial_id(config, fingerprint): a grid's id, the first 12 hex characters of the sha1 of the identity and the
   data's fingerprint (bench/experiment/fingerprint.py) as canonical JSON (sorted keys).
 - record_name(config): `python -m bench.trial`'s default file name,
@@ -18,8 +19,10 @@ import hashlib
 import json
 from typing import Any
 
-from bench.engine.config import LOCATION_KEYS, resolve
+from bench.engine.config import DEFAULTS, LOCATION_KEYS, resolve
 from bench.engine.models import model_settings
+
+ADDED_KEYS = ("budget_steps",)  # config keys newer than committed records: in the identity only when set
 
 
 def _digest(obj: Any, chars: int) -> str:
@@ -30,7 +33,8 @@ def _digest(obj: Any, chars: int) -> str:
 def trial_identity(config: dict[str, Any]) -> dict[str, Any]:
     """The resolved config without location keys, with its None model settings filled in (module docstring)."""
     cfg = resolve(config)
-    return {**{k: v for k, v in cfg.items() if k not in LOCATION_KEYS}, **model_settings(cfg)}
+    left_out = {*LOCATION_KEYS, *(key for key in ADDED_KEYS if cfg[key] == DEFAULTS[key])}
+    return {**{k: v for k, v in cfg.items() if k not in left_out}, **model_settings(cfg)}
 
 
 def trial_id(config: dict[str, Any], fingerprint: str) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from bench.engine.config import DEFAULTS, STATUSES
-from bench.experiment.gridspec import GridError, stored_grid
+from bench.experiment.baselines import NET_KEYS
+from bench.experiment.gridspec import VARIANT_AXES, GridError, stored_grid, variant
 from bench.experiment.records import INITIAL_COLUMNS, REQUIRED
 from bench.reporting import stats, systems
 from losses import LOSSES
@@ -61,8 +62,10 @@ def experiment_dirs(results_dir: Path) -> list[Path]:
     return found
 
 
-def _record_rows(record: Any, path: Path) -> list[dict[str, Any]]:
-    """One row per checkpoint (one row of NaN metrics when there is none) of a checked trial or baseline record."""
+def _record_rows(record: Any, path: Path, axes: list[str]) -> list[dict[str, Any]]:
+    """One row per checkpoint (one row of NaN metrics when there is none) of a checked trial or baseline record of
+    a grid with `axes`: its `variant` names its values of the grid's variant axes (a baseline's: of those the
+    untrained net depends on), and `variant_values` holds them as JSON."""
     if not isinstance(record, dict):
         raise ReportError(f"{path}: not a trial record (expected a JSON object)")
     baseline = record.get("kind") == "baseline"
@@ -90,8 +93,11 @@ def _record_rows(record: Any, path: Path) -> list[dict[str, Any]]:
     else:
         settings = {**DEFAULTS, **config}
     initial = record.get("initial") if isinstance(record.get("initial"), dict) else {}
+    varied = [axis for axis in VARIANT_AXES if axis in axes and (not baseline or axis in NET_KEYS)]
     base = {
         **settings,
+        "variant": variant(settings, varied),
+        "variant_values": json.dumps({axis: settings.get(axis, DEFAULTS[axis]) for axis in varied}),
         "kind": "baseline" if baseline else "trial",
         **{key: record[key] for key in ("experiment", "trial_id", "status")},
         "preset": record.get("preset"),
@@ -109,10 +115,10 @@ def _check_cells(frame: pd.DataFrame, grids: dict[str, dict[str, Any]], paths: d
     """Raise ReportError when two records claim one trial (one cell and seed), naming a protocol mix if any."""
     final = stats.final_rows(frame)
     for experiment, records in final.groupby("experiment"):
-        trial_key = ["dataset", "loss", "margin", "batch_size", "seed"]
+        trial_key = ["dataset", "loss", "margin", "batch_size", "variant", "seed"]
         if "protocol" in grids[experiment]["axes"]:
             trial_key.insert(1, "protocol")
-        for kind, key in (("trial", trial_key), ("baseline", ["dataset", "protocol", "loss", "seed"])):
+        for kind, key in (("trial", trial_key), ("baseline", ["dataset", "protocol", "loss", "variant", "seed"])):
             chosen = records[records.kind == kind]
             keyed = chosen.assign(**{k: chosen[k].astype(str) for k in key})
             for values, same in keyed.groupby(key, sort=True):
@@ -141,9 +147,9 @@ def selected_cells(records: Records, experiment: str) -> list[dict[str, Any]]:
     grid = records.grids[experiment]
     summary = stats.summarize(records.checkpoints[records.checkpoints.experiment == experiment], {experiment: grid},
                               tuple(LOSSES))
-    axes = [axis for axis in grid["axes"] if axis != "seed"]
-    return [{axis: int(row[axis]) if axis == "batch_size" else row[axis] for axis in axes}
-            for _, row in summary[summary.selected].iterrows()]
+    axes = [axis for axis in grid["axes"] if axis not in ("seed", *VARIANT_AXES)]
+    return [{**{axis: int(row[axis]) if axis == "batch_size" else row[axis] for axis in axes},
+             **json.loads(row["variant_values"])} for _, row in summary[summary.selected].iterrows()]
 
 
 def _split_fresh(frame: pd.DataFrame, grids: dict[str, dict[str, Any]], keep: bool) -> pd.DataFrame:
@@ -200,7 +206,7 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
             raise ReportError(f"{folder / 'records'}: no trial records")
         experiments = set()
         for path in files:
-            record_rows = _record_rows(_read_json(path), path)
+            record_rows = _record_rows(_read_json(path), path, list(axes))
             experiments.add(record_rows[0]["experiment"])
             paths[record_rows[0]["trial_id"]] = str(path)
             rows += record_rows

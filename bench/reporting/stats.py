@@ -3,7 +3,9 @@
 Everything here is a function of the checkpoint frame that bench.report.load_records builds (one row per
 checkpoint of every trial and baseline record) and of each experiment's grid.json; nothing reads files.
 
-- A *cell* is experiment × dataset × protocol × loss × margin × batch size; its trials differ only in seed.
+- A *cell* is experiment × dataset × protocol × loss × margin × batch size × variant (its values of the grid's
+  variant axes: lr, normalize, sampler, budget_steps, ..., bench.experiment.gridspec.VARIANT_AXES); its trials
+  differ only in seed.
   Baselines are cells whose loss is "pixels" or "untrained", with no margin and no batch size.
 - A cell's mean, sample std (ddof=1) and 95% Student-t half-width t(0.975, n-1)·s/√n are taken over the
   final checkpoints of its trials whose status is in IN_MEAN (both trained to the end of the budget; a
@@ -39,11 +41,11 @@ from scipy.optimize import brentq
 
 from bench.engine.config import DEFAULTS, STATUSES
 from bench.engine.diagnostics import INITIAL_KEYS
-from bench.experiment.gridspec import stored_grid
+from bench.experiment.gridspec import stored_grid, variant
 
 IN_MEAN = ("ok", "collapsed")
 BASELINES = ("pixels", "untrained")
-CELL = ["experiment", "dataset", "protocol", "loss", "margin", "batch_size"]
+CELL = ["experiment", "dataset", "protocol", "loss", "margin", "batch_size", "variant"]
 TRIAL = ["experiment", "trial_id"]
 # MAP@R leads: it is the metric that still separates methods where k-NN accuracy saturates
 TEST_METRICS = ("map_at_r", "knn_accuracy", "precision_at_1")
@@ -133,7 +135,8 @@ def expected_cells(grid: dict[str, Any], experiment: str) -> pd.DataFrame:
     spec = stored_grid(grid)
     rows = [{"experiment": experiment, "dataset": point["dataset"],
              "protocol": spec.config(point).get("protocol", DEFAULTS["protocol"]), "loss": point["loss"],
-             "margin": float(point["margin"]), "batch_size": int(point["batch_size"]), "seed": point["seed"]}
+             "margin": float(point["margin"]), "batch_size": int(point["batch_size"]),
+             "variant": variant(spec.config(point), spec.axes), "seed": point["seed"]}
             for point in spec.points()]
     return pd.DataFrame(rows, columns=[*CELL, "seed"])
 
@@ -168,6 +171,7 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
         baseline = cell["loss"] in BASELINES
         row: dict[str, Any] = {
             **cell,
+            "variant_values": trials.variant_values.iloc[0] if len(trials) else "{}",
             "n_seeds": len(trials),
             "n_valid": len(valid),
             "n_missing": len(missing),
@@ -197,7 +201,7 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
         rows.append(row)
     summary = pd.DataFrame(rows)
     summary["_rank"] = summary.loss.map(lambda loss: loss_rank(loss, order))
-    summary = summary.sort_values(["experiment", "dataset", "protocol", "_rank", "margin", "batch_size"],
+    summary = summary.sort_values(["experiment", "dataset", "protocol", "_rank", "margin", "batch_size", "variant"],
                                   na_position="first", kind="stable", ignore_index=True).drop(columns="_rank")
     summary = select(summary)
     return paired_tests(summary, final)
@@ -213,24 +217,30 @@ def has_validation(summary: pd.DataFrame) -> pd.Series:
 
 
 def select(summary: pd.DataFrame) -> pd.DataFrame:
-    """`selected` = the eligible cell with the best validation metrics per experiment × dataset × protocol × loss."""
+    """`selected` = the eligible cell with the best validation metrics per experiment × dataset × protocol × loss;
+    `n_configs` = how many cells that choice was made among (the loss's tuning budget; NaN for baselines)."""
     summary = summary.copy()
     summary["selected"] = False
+    group = ["experiment", "dataset", "protocol", "loss"]
+    trials = ~summary.loss.isin(BASELINES)
+    summary["n_configs"] = math.nan
+    summary.loc[trials, "n_configs"] = summary[trials].groupby(group).loss.transform("size").astype(float)
     candidates = summary[summary.eligible & has_validation(summary)]
-    ranked = candidates.sort_values([*SELECTION_KEYS], ascending=[False, False, True, True], kind="stable")
-    chosen = ranked.groupby(["experiment", "dataset", "protocol", "loss"], sort=False).head(1).index
+    ranked = candidates.sort_values([*SELECTION_KEYS], ascending=[False, False, True, True, True], kind="stable")
+    chosen = ranked.groupby(group, sort=False).head(1).index
     summary.loc[chosen, "selected"] = True
     return summary
 
 
-SELECTION_KEYS = ("val_map_at_r_mean", "val_knn_accuracy_mean", "margin", "batch_size")
+SELECTION_KEYS = ("val_map_at_r_mean", "val_knn_accuracy_mean", "margin", "batch_size", "variant")
 
 
 def _per_seed(final: pd.DataFrame, row: pd.Series, metric: str) -> dict[Any, float]:
     """seed -> final test metric of the valid trials of the cell `row`."""
     trials = final[(final.experiment == row.experiment) & (final.dataset == row.dataset)
                    & (final.protocol == row.protocol) & (final.loss == row.loss) & (final.margin == row.margin)
-                   & (final.batch_size == row.batch_size) & final.status.isin(IN_MEAN)]
+                   & (final.batch_size == row.batch_size) & (final.variant == row.variant)
+                   & final.status.isin(IN_MEAN)]
     return {seed: float(value) for seed, value in zip(trials.seed, trials[metric], strict=True)}
 
 

@@ -25,7 +25,7 @@ LR_RULES = {"none": "lr as configured, at every batch size",
             "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
 LR_SCHEDULES = {"constant": "constant lr", "cosine": "cosine decay to 0 at the budget"}
 CSV_COLUMNS = [
-    *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "selected",
+    *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "selected", "n_configs",
     *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")],
     "best", *[f"{what}_{metric}" for metric in stats.TESTED
               for what in ("diff", "diff_lo", "diff_hi", "p_vs_best", "p_holm", "n_pairs", "mdd")],
@@ -172,8 +172,26 @@ HEADLINE_RULE = (
 # ---- tables -------------------------------------------------------------------------------------
 
 
+def loss_text(row: Any) -> str:
+    """The loss, with the cell's variant (its values of the grid's variant axes) in brackets when it has one."""
+    return row.loss + (f" [{row.variant}]" if getattr(row, "variant", "") else "")
+
+
 def _cell_text(row: Any) -> list[str]:
-    return [row.dataset, row.protocol, row.loss, plain(row.margin), plain(row.batch_size)]
+    return [row.dataset, row.protocol, loss_text(row), plain(row.margin), plain(row.batch_size)]
+
+
+def tuning_budget(cells: pd.DataFrame) -> str:
+    """The sentence that states how many configurations (cells) each loss's selection was made among."""
+    trials = cells[~cells.loss.isin(stats.BASELINES)]
+    counts = trials.groupby("loss", sort=False).size()
+    if counts.empty:
+        return ""
+    axes = "margin × batch size" + (" × variant" if (trials.variant != "").any() else "")
+    if counts.nunique() == 1:
+        return f"Tuning budget: {counts.iloc[0]} configurations ({axes}) per loss, each on every selection seed."
+    return ("Tuning budget (configurations each loss's selection was made among, " + axes + "): "
+            + ", ".join(f"{loss} {count}" for loss, count in counts.items()) + ".")
 
 
 def p_clause(p: float) -> str:
@@ -225,7 +243,7 @@ def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
     trials = cells[~cells.loss.isin(stats.BASELINES)]
     selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
     for row in selected.itertuples():
-        rows.append([row.loss, margin_text(row, trials), plain(row.batch_size), plain(row.planned_steps),
+        rows.append([loss_text(row), margin_text(row, trials), plain(row.batch_size), plain(row.planned_steps),
                      plain(row.images_per_class), interval(row, "map_at_r"), _versus(row, "map_at_r"),
                      interval(row, "knn_accuracy"), _versus(row, "knn_accuracy"), interval(row, "precision_at_1"),
                      interval(row, "val_map_at_r"), interval(row, "plateau_gap")])
@@ -234,7 +252,8 @@ def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
             why = "selection not possible: no validation metrics"
         else:
             why = "no eligible cell: " + "; ".join(
-                f"m {plain(r.margin)} B {plain(r.batch_size)}: {statuses(r)}" for r in group.itertuples())
+                f"m {plain(r.margin)} B {plain(r.batch_size)}{f' [{r.variant}]' if r.variant else ''}: {statuses(r)}"
+                for r in group.itertuples())
         rows.append([loss, ABSENT, ABSENT, ABSENT, ABSENT, why, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT])
     return Table(name, header, rows), noise_sentence(selected, trials)
 
@@ -265,7 +284,7 @@ def paper_headline(name: str, cells: pd.DataFrame) -> Table:
                 value = replace(value, bold=round(value.mean, 4) == best[metric],
                                 marked=not _missing(holm) and holm < stats.ALPHA)
             values.append(value)
-        rows.append([row.loss + (" (ref.)" if row.best else ""), margin_text(row, trials), plain(row.batch_size),
+        rows.append([loss_text(row) + (" (ref.)" if row.best else ""), margin_text(row, trials), plain(row.batch_size),
                      *values])
     rows += [[f"{loss} (no eligible cell)", ABSENT, ABSENT, ABSENT, ABSENT, ABSENT]
              for loss in trials[~trials.loss.isin(selected.loss)].loss.unique()]
@@ -381,7 +400,9 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
             chosen = cells if key.loss in stats.BASELINES else cells[cells.selected]
             if not chosen.empty:
                 cell = chosen.iloc[0]
-                where = "" if key.loss in stats.BASELINES else f", m {plain(cell.margin)} B {plain(cell.batch_size)}"
+                where = "" if key.loss in stats.BASELINES else (
+                    f", m {plain(cell.margin)} B {plain(cell.batch_size)}" + (f" [{cell.variant}]" if cell.variant
+                                                                               else ""))
                 row.append(f"{interval(cell, 'map_at_r')}{where}")
             elif cells.empty:
                 row.append("not in this experiment")
@@ -541,8 +562,8 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
         scope = final[(final.dataset == dataset) & (final.protocol == protocol)]
         table, sentence = headline(f"{experiment}-headline-{dataset}-{protocol}", group)
         paper = paper_headline(table.name, group)._replace(note=f"{dataset}, protocol {protocol}. {PAPER_RULE} "
-                                                                 f"{facts(scope)}")
-        table = table._replace(note=f"{HEADLINE_RULE} {facts(scope)}", paper=paper)
+                                                                 f"{tuning_budget(group)} {facts(scope)}")
+        table = table._replace(note=f"{HEADLINE_RULE} {tuning_budget(group)} {facts(scope)}", paper=paper)
         blocks += [("h3", f"Headline{' (INCOMPLETE)' if incomplete else ''}: {dataset}, protocol {protocol} "
                           f"({citation})"),
                    ("p", table.note), ("table", table), ("p", sentence)]
