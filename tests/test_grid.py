@@ -212,7 +212,7 @@ def test_protocol_is_an_optional_axis_that_a_dataset_may_widen(protocol_setup: t
         "(not dataset)": {**PROTOCOL_GRID, "per_dataset": {"mnist": {"axes": {"dataset": ["mnist"]}}}},
         'per_dataset.cifar10 axis "protocol" must be a non-empty list': {
             **PROTOCOL_GRID, "per_dataset": {"cifar10": {"axes": {"protocol": []}}}},
-        '"axes" must give a list of values': {**PROTOCOL_GRID, "axes": {**PROTOCOL_GRID["axes"], "lr": [0.1]}},
+        '"axes" must give a list of values': {**PROTOCOL_GRID, "axes": {**PROTOCOL_GRID["axes"], "optimizer": ["sgd"]}},
         "unknown protocol 'open'; valid: seen, unseen": {
             **PROTOCOL_GRID, "per_dataset": {"cifar10": {"axes": {"protocol": ["open"]}}}},
         "batch_size 4 with samples_per_class 4 gives 1 class per batch": {
