@@ -122,9 +122,10 @@ STATUSES = ("ok", "diverged", "collapsed", "OOM", "error")
 
 
 def sample_budget(cfg: dict[str, Any]) -> float:
-    """The training samples a resolved config plans: budget_samples, or budget_steps x batch_size where fewer."""
-    samples = float(cfg["budget_samples"])
-    return samples if cfg["budget_steps"] is None else min(samples, int(cfg["budget_steps"]) * int(cfg["batch_size"]))
+    """The training samples a config plans: budget_samples, or budget_steps x batch_size where fewer (a config
+    without budget_steps has no step limit)."""
+    samples, steps = float(cfg["budget_samples"]), cfg.get("budget_steps")
+    return samples if steps is None else min(samples, int(steps) * int(cfg["batch_size"]))
 
 
 def planned_steps(cfg: dict[str, Any]) -> int:
