@@ -129,9 +129,8 @@ def sample_budget(cfg: dict[str, Any]) -> float:
 
 
 def planned_steps(cfg: dict[str, Any]) -> int:
-    """The optimiser steps a resolved config plans: ceil(budget_samples / batch_size), at most budget_steps."""
-    steps = math.ceil(float(cfg["budget_samples"]) / int(cfg["batch_size"]))
-    return steps if cfg["budget_steps"] is None else min(steps, int(cfg["budget_steps"]))
+    """The optimiser steps a config plans: ceil(sample_budget / batch_size), so at most budget_steps."""
+    return math.ceil(sample_budget(cfg) / int(cfg["batch_size"]))
 
 
 class ConfigError(ValueError):
