@@ -13,6 +13,7 @@ from bench.engine.diagnostics import (
     MIN_SPREAD,
     active_anchors,
     checkpoint_diagnostics,
+    class_distances,
     effective_rank,
     images_per_class,
     initial_statistics,
@@ -198,3 +199,18 @@ def test_a_soft_margin_is_pinned_at_ln_2_whatever_the_distances() -> None:
     assert is_pinned("batch-hard-soft", math.log(2), 0.0, 0.5)
     assert not is_pinned("batch-hard-soft", 0.3, 0.0, 0.5)
     assert not is_pinned("batch-hard", 0.0, 0.0, 0.5)  # a hinge at m = 0 is never pinned
+
+
+def test_class_distances_equal_the_brute_force_means_at_any_block() -> None:
+    embeddings, labels = clustered()
+    distances = torch.cdist(embeddings.double(), embeddings.double())
+    same = labels[:, None] == labels[None, :]
+    distinct = ~torch.eye(len(labels), dtype=torch.bool)
+    for block in (1, 7, 1024):
+        result = class_distances(embeddings, labels, block=block)
+        assert result["intra_class_distance"] == pytest.approx(float(distances[same & distinct].mean()), rel=1e-9)
+        assert result["inter_class_distance"] == pytest.approx(float(distances[~same].mean()), rel=1e-9)
+    far = class_distances(embeddings.double() * 1e-3 + 7, labels)  # scaled and translated: distances scale alone
+    assert far["intra_class_distance"] == pytest.approx(1e-3 * result["intra_class_distance"], rel=1e-9)
+    lone = class_distances(embeddings[:2], torch.tensor([0, 1]))  # no same-class pair
+    assert math.isnan(lone["intra_class_distance"]) and lone["inter_class_distance"] > 0

@@ -30,7 +30,8 @@ from losses import LOSSES
 
 TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_seconds")
 TRAINING = ("planned_steps", "train_seconds", "warmup_steps", "images_per_class", "lr", "precision", "threads")
-DIAGNOSTICS = ("pinned_at_margin", "collapsed", "effective_rank", "spread")
+DIAGNOSTICS = ("pinned_at_margin", "collapsed", "effective_rank", "spread", "intra_class_distance",
+               "inter_class_distance")
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_LR = MODEL_DEFAULTS["mnist-net"]["lr"]  # the trial's lr where the config leaves it None
 
@@ -80,6 +81,10 @@ def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pyte
         assert set(METRICS) | {"checkpoint", "step", *TRAINING, *INITIAL_KEYS, *DIAGNOSTICS, *plateau} == set(metrics)
         assert metrics["status"] == "ok" and not metrics["collapsed"] and metrics["effective_rank"] > 2
         assert not metrics["pinned_at_margin"]
+        if metrics is final:  # the whole test set's class distances, at the last checkpoint only
+            assert 0 < metrics["intra_class_distance"] < metrics["inter_class_distance"] <= 2
+        else:
+            assert math.isnan(metrics["intra_class_distance"]) and math.isnan(metrics["inter_class_distance"])
         assert math.isclose(metrics["fraction_easy"] + metrics["fraction_semihard"] + metrics["fraction_hard"], 1)
         assert 0 <= metrics["mu_pos"] and 0 <= metrics["mu_neg"] <= 2  # unit embeddings
         assert metrics["samples_per_second"] > 0 and metrics["peak_memory_mib"] > 1

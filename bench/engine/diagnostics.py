@@ -17,6 +17,10 @@
   (1 / the number of classes), or an effective rank below MIN_EFFECTIVE_RANK (two points, a line), or a spread
   below MIN_SPREAD of the initial spread (a point, with or without isotropic noise around it: the effective rank is
   scale-free and misses it, and a retrieval on such a ball ranks by noise).
+- class distances: the mean Euclidean distance over distinct same-class pairs (`intra_class_distance`) and over
+  different-class pairs (`inter_class_distance`) of the evaluated test embeddings (the whole test set at the last
+  checkpoint), exact in float64 and blockwise (never N × N at once); their ratio says how tight the classes are
+  against their separation, whatever the scale.
 - effective rank (Roy & Vetterli 2007): exp of the Shannon entropy of the normalised singular values of the
   centred embeddings. Scale-free, so a shrunk but intact embedding keeps it; 0 for a single point, 1 for
   two points or any embedding on a line, k for k equal orthogonal directions.
@@ -108,6 +112,28 @@ def effective_rank(embeddings: Tensor) -> float:
         return 0.0
     p = singular[singular > 0] / total
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def class_distances(embeddings: Tensor, labels: Tensor, block: int = 1024) -> dict[str, float]:
+    """intra_class_distance and inter_class_distance of embeddings [N, D] with labels [N]: mean distance over distinct
+    same-class pairs and over different-class pairs, in float64 over row blocks of `block` (NaN where no such pair)."""
+    centred = _centred(embeddings)
+    sums = {True: 0.0, False: 0.0}
+    counts = {True: 0, False: 0}
+    for start in range(0, len(labels), block):
+        rows = slice(start, start + block)
+        distances = torch.cdist(centred[rows], centred, compute_mode="donot_use_mm_for_euclid_dist")
+        same = labels[rows, None] == labels[None, :]
+        same[torch.arange(same.shape[0]), torch.arange(start, start + same.shape[0])] = False  # not a pair with itself
+        different = labels[rows, None] != labels[None, :]
+        for key, mask in ((True, same), (False, different)):
+            sums[key] += float(distances[mask].sum())
+            counts[key] += int(mask.sum())
+    return {
+        "intra_class_distance": sums[True] / counts[True] if counts[True] else math.nan,
+        "inter_class_distance": sums[False] / counts[False] if counts[False] else math.nan,
+    }
 
 
 def is_pinned(loss: str, loss_mean: float, m_eff: float, mu_neg: float) -> bool:

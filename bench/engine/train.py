@@ -37,7 +37,8 @@ Systems columns:
   lr_scaling), `precision` (what ran: fp32 or bf16), `threads` (torch's intra-op threads during the trial).
 Diagnostics (bench/engine/diagnostics.py): the initial_* statistics and `effective_margin` of the margin check (the
 same at every checkpoint), and, on the validation embeddings, `pinned_at_margin`, `collapsed`, `effective_rank`
-and `spread`. Status:
+and `spread`; at the last checkpoint, `intra_class_distance` and `inter_class_distance` of the whole test set
+(NaN before it). Status:
 - `diverged`: a training loss is not finite. Losses stay on the device and are inspected every
   CHECK_EVERY steps; the trial stops there, and `reason` names the first non-finite step.
 - `collapsed`: the checkpoint's `collapsed` diagnostic (validation k-NN accuracy near chance, effective
@@ -67,6 +68,7 @@ from bench.engine.device import pick_device, sync
 from bench.engine.diagnostics import (
     INITIAL_BATCHES,
     checkpoint_diagnostics,
+    class_distances,
     images_per_class,
     initial_statistics,
 )
@@ -87,6 +89,7 @@ LR_EXPONENTS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 EVAL_BATCH = 1024
 SAVED_EMBEDDINGS = 1000
 MINING_KEYS = ("fraction_easy", "fraction_semihard", "fraction_hard", "mu_pos", "mu_neg")
+CLASS_DISTANCE_KEYS = ("intra_class_distance", "inter_class_distance")
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -282,7 +285,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
         }
         previous = step
         if len(bad):
-            metrics.update(dict.fromkeys((*MINING_KEYS, *EVAL_METRICS), math.nan))
+            metrics.update(dict.fromkeys((*MINING_KEYS, *EVAL_METRICS, *CLASS_DISTANCE_KEYS), math.nan))
             metrics.update({**dict.fromkeys(EVAL_SIZE_KEYS, 0), **splits.sizes()})  # nothing evaluated
             metrics.update(pinned_at_margin=False, collapsed=False, effective_rank=math.nan, spread=math.nan)
             metrics.update(status="diverged", reason=f"non-finite loss at step {int(bad[0]) + 1}")
@@ -293,9 +296,11 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
             evaluation, embedded = evaluate(lambda images: embed(model, images, mean, std, precision),
                                             splits, *((0, 0, eval_sizes) if last else eval_sizes))
             metrics.update(evaluation)
+            metrics.update(dict.fromkeys(CLASS_DISTANCE_KEYS, math.nan))
             if last:
                 gap = evaluation["plateau_val_map_at_r"] - previous_val
                 metrics["plateau_gap"] = gap if checkpoint > 1 else math.nan  # math.nan: equal to itself in a dict
+                metrics.update(class_distances(embedded["test"], splits.y_test))  # the whole test set
             previous_val = evaluation["val_map_at_r"]
             metrics.update(checkpoint_diagnostics(
                 cfg["loss"], margin, metrics["loss"], stats, metrics["val_knn_accuracy"],
