@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from bench.experiment.identity import trial_id
 from bench.experiment.lock import LOCK_NAME
 from bench.experiment.presets import load_preset, preset_names
 from bench.grid import MAX_NODE_FAILURES, pick_backend, quiet_ray, ray_param_space, run_grid
+from losses import LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {"trial_id", "kind", "experiment", "preset", "config", "status", "reason", "history", "final",
@@ -106,7 +108,7 @@ def calls(data_dir: Path) -> list[dict]:
 
 
 def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
-    assert preset_names() == ["cpu", "cpu-quick", "cpu-unseen", "gpu-check", "paper", "smoke"]
+    assert preset_names() == ["cpu", "cpu-losses", "cpu-quick", "cpu-unseen", "gpu-check", "paper", "smoke"]
     four = {"batch-all", "batch-hard", "adaptive-mu", "quadruplet"}
     for name in preset_names():
         grid = load_preset(name)
@@ -129,6 +131,10 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     assert {k: v for k, v in unseen.config(unseen.points()[0]).items() if k not in (*AXES, "protocol")} \
         == {k: v for k, v in cpu.config(cpu.points()[-1]).items() if k not in (*AXES, "protocol")}
     assert len(load_preset("smoke").points()) <= 8
+    losses = load_preset("cpu-losses")  # issue 24: every loss gets the same tuning budget
+    configs = Counter((p["loss"], p["margin"], p["lr"], p["normalize"]) for p in losses.points())
+    assert set(configs.values()) == {3} and set(Counter(loss for loss, *_ in configs).values()) == {6}
+    assert set(losses.axes["loss"]) == set(LOSSES) and not set(losses.fresh_seeds) & set(losses.seeds())
 
 
 def test_ray_starts_the_points_in_the_grid_order_dataset_by_dataset_seeds_innermost() -> None:
@@ -637,7 +643,8 @@ def test_the_tracked_experiments_are_the_citable_presets() -> None:
         assert ignored(f"results/{name}/grid.json") != citable, name
         assert ignored(f"results/{name}/report/summary.md") and ignored(f"results/{name}/ray/state.json"), name
     assert ignored("results/cpu-mine/records/0123456789ab.json")  # a user's own run of a citable preset
-    assert {name for name in preset_names() if load_preset(name).citable} == {"cpu", "cpu-unseen", "paper"}
+    citable = {name for name in preset_names() if load_preset(name).citable}
+    assert citable == {"cpu", "cpu-losses", "cpu-unseen", "paper"}
 
 
 
