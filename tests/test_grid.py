@@ -711,7 +711,9 @@ def test_a_variant_axis_is_one_more_configuration_selection_chooses_among(fake_s
     summary = pd.read_csv(report / "summary.csv", keep_default_na=False)
     cells = summary[(summary.experiment == "fake") & (summary.loss == "batch-all")]
     assert sorted(cells.variant) == ["lr 0.0001", "lr 0.0003"] and set(cells.n_configs) == {2}
+    fresh = summary[(summary.experiment == "fake-fresh") & (summary.loss == "batch-all")]
+    assert list(fresh.variant) == ["lr 0.0003"] and list(fresh.n_configs) == [2]  # selected among the parent's 2
     assert list(cells[cells.selected.astype(str) == "True"].variant) == ["lr 0.0003"]
     markdown = (report / "summary.md").read_text()
-    assert "Tuning budget: 2 configurations (margin × batch size × variant) per loss" in markdown
+    assert markdown.count("Tuning budget: 2 configurations (margin × batch size × variant) per loss") == 2
     assert "| batch-all [lr 0.0003] |" in markdown

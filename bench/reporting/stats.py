@@ -203,8 +203,23 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
     summary["_rank"] = summary.loss.map(lambda loss: loss_rank(loss, order))
     summary = summary.sort_values(["experiment", "dataset", "protocol", "_rank", "margin", "batch_size", "variant"],
                                   na_position="first", kind="stable", ignore_index=True).drop(columns="_rank")
-    summary = select(summary)
+    summary = inherit_tuning_budget(select(summary), grids)
     return paired_tests(summary, final)
+
+
+def inherit_tuning_budget(summary: pd.DataFrame, grids: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """A fresh-seed experiment's `n_configs`: its parent's (grid "fresh_of"), where its cells were selected among."""
+    summary = summary.copy()
+    key = ["dataset", "protocol", "loss"]
+    for name, grid in grids.items():
+        parent = grid.get("fresh_of")
+        if not parent:
+            continue
+        budgets = summary[summary.experiment == parent].groupby(key).n_configs.first()
+        rows = (summary.experiment == name) & ~summary.loss.isin(BASELINES)
+        summary.loc[rows, "n_configs"] = [budgets.get(tuple(cell), math.nan)
+                                          for cell in summary.loc[rows, key].itertuples(index=False)]
+    return summary
 
 
 def _isnan(value: Any) -> bool:

@@ -160,13 +160,18 @@ SELECTION_RULE = (
     "the table can see (its minimal detectable difference at 80% power is stated), not equivalence.")
 
 
+BASELINE_RULE = (
+    "Baselines: pixels, the raw pixel values flattened and L2-normalised; untrained, the network as seed s builds "
+    "it, before any update, its BatchNorm running statistics re-estimated on the training images (no gradient step; "
+    "a fresh net's statistics squeeze every embedding together in eval mode), one per seed.")
 HEADLINE_RULE = (
     "Each loss's cell selected on validation MAP@R among eligible cells (every seed recorded and finished); "
     "test metrics of the selected cells, mean ± 95% t half-width (n seeds); vs best: the paired difference over "
     "seeds from the loss that is best on validation, its 95% t-interval, p and Holm's p (detected: Holm p < "
     f"{stats.ALPHA}). margin (edge): the "
     "selected margin is the smallest or largest of its loss's margin axis. plateau gap: the final checkpoint's "
-    "validation MAP@R minus the previous checkpoint's, on the same evaluation subsets (under 0.01: at the plateau).")
+    "validation MAP@R minus the previous checkpoint's, on the same evaluation subsets (under 0.01: at the plateau). "
+    + BASELINE_RULE)
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -184,7 +189,7 @@ def _cell_text(row: Any) -> list[str]:
 def tuning_budget(cells: pd.DataFrame) -> str:
     """The sentence that states how many configurations (cells) each loss's selection was made among."""
     trials = cells[~cells.loss.isin(stats.BASELINES)]
-    counts = trials.groupby("loss", sort=False).size()
+    counts = trials.groupby("loss", sort=False).n_configs.max().dropna().astype(int)
     if counts.empty:
         return ""
     axes = "margin × batch size" + (" × variant" if (trials.variant != "").any() else "")
@@ -263,7 +268,7 @@ PAPER_RULE = (
     "loss best on validation; every other loss is compared with it in a paired t-test over seeds (Holm-adjusted "
     f"over the table's comparisons); † marks a detected difference in MAP@R or k-NN accuracy (Holm p < "
     f"{stats.ALPHA}), and an unmarked one is within the noise at this n. Bold: the highest mean of a column among "
-    "the losses. (edge): the selected margin is at an edge of its loss's margin axis.")
+    "the losses. (edge): the selected margin is at an edge of its loss's margin axis. " + BASELINE_RULE)
 
 
 def paper_headline(name: str, cells: pd.DataFrame) -> Table:
