@@ -381,6 +381,7 @@ def record_baselines(ctx: Context, points: list[dict[str, Any]]) -> None:
             final, config = record["final"], record["config"]
             print(f"baseline {record['baseline']} {config['dataset']} {config['protocol']}"
                   + (f" seed {config['seed']}" if config["seed"] is not None else "")
+                  + ("" if config.get("normalize", True) else " [normalize off]")
                   + f": val MAP@R {final['val_map_at_r']:.4f}, test MAP@R {final['map_at_r']:.4f}, "
                   f"test k-NN {final['knn_accuracy']:.4f}", flush=True)
     except (ConfigError, DataError) as err:

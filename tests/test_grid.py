@@ -244,6 +244,7 @@ def test_a_widened_protocol_axis_runs_and_resumes_through_ray(
     (data_dir / "INTERRUPT").unlink()
     assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
     out = capsys.readouterr().out
+    print(out)
     assert "resuming" in out and "6 trials:" in out and "unfinished" not in out
     assert "] cifar10 unseen batch-all margin 0.2 B 8 seed 1: ok" in out
     rerun = calls(data_dir)[ran_before:]
@@ -367,6 +368,7 @@ def test_interrupted_grid_resumes_without_rerunning_finished_trials(
     (data_dir / "INTERRUPT").unlink()
     assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 0
     out = capsys.readouterr().out
+    print(out)
     assert "resuming" in out and "16 trials:" in out and "unfinished" not in out
     rerun = calls(data_dir)[ran_before:]
     assert sorted(point["loss"] for point in rerun) == ["batch-all", "batch-hard"]
@@ -594,6 +596,7 @@ def test_a_killed_worker_is_reported_rerun_finishes_it_and_a_resume_without_rays
     (data_dir / "KILL").touch()
     assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 1
     out = capsys.readouterr().out
+    print(out)
     assert "'loss': 'batch-all', 'margin': 0.2, 'batch_size': 8, 'seed': 1} failed in Ray (" in out, out
     assert out.count("failed in Ray") == 1 and "re-run the same command to resume it" in out, out
     assert "1 unfinished" in out, out
@@ -717,3 +720,19 @@ def test_a_variant_axis_is_one_more_configuration_selection_chooses_among(fake_s
     markdown = (report / "summary.md").read_text()
     assert markdown.count("Tuning budget: 2 configurations (margin × batch size × variant) per loss") == 2
     assert "| batch-all [lr 0.0003] |" in markdown
+
+
+def test_a_normalize_axis_gets_an_untrained_baseline_per_normalisation_each_named(
+        fake_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The untrained net's embeddings depend on `normalize`: one baseline per value, and the grid's line says which."""
+    preset, data_dir = fake_setup
+    preset.write_text(json.dumps({"axes": {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2],
+                                           "batch_size": [8], "normalize": [True, False], "seed": [0]},
+                                  "fixed": {"budget_samples": 16, "checkpoints": 1, "threads": 1}}))
+    assert run_grid(str(preset), data_dir, tmp_path / "results", backend="local", reports=None) == 0  # real trials
+    out = capsys.readouterr().out
+    assert out.count("baseline untrained mnist seen seed 0: ") == 1
+    assert out.count("baseline untrained mnist seen seed 0 [normalize off]: ") == 1
+    untrained = [r["config"]["normalize"] for r in records(tmp_path / "results" / "fake").values()
+                 if r.get("baseline") == "untrained"]
+    assert sorted(untrained) == [False, True]
