@@ -1,7 +1,8 @@
 """The report as one pure function: records (bench/reporting/frame.py) to files.
 
 bench.reporting.stats.summarize -> bench.reporting.tables (summary.csv, systems.csv, summary.md, summary.tex,
-tex/*.tex fragments) and bench.reporting.plots (plots/<experiment>/*.png). The same inputs give the same bytes
+tex/*.tex fragments), bench.reporting.plots (plots/<experiment>/*.png) and bench.reporting.claims (claims.md: the
+sources' claims tested on the reference runs). The same inputs give the same bytes
 whatever the file order or PYTHONHASHSEED.
 """
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.reporting import plots, stats, systems, tables
+from bench.engine.files import write_text
+from bench.reporting import claims, plots, stats, systems, tables
 from bench.reporting.frame import Records, load_records, load_systems
 from losses import LOSSES
 
@@ -43,6 +45,9 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
     for experiment, made in figures.items():
         written += plots.save(made, reports_dir / "plots" / experiment)
     written += tables.write_documents(document, reports_dir)
+    tested = claims.claims(summary, stats.final_rows(records.checkpoints))
+    written.append(write_text(reports_dir / "claims.md",
+                                     claims.markdown(tested, records.checkpoints.trial_id.nunique())))
     return written
 
 

@@ -63,9 +63,10 @@ def trial_record(experiment: str, loss: str, margin: float, batch_size: int, see
                  values: dict[str, Any] | None = None, checkpoints: int = 3, protocol: str = "seen",
                  pinned: list[bool] | None = None, collapsed: list[bool] | None = None,
                  dataset: str = "mnist", trial_id: str | None = None, steps: int | None = None,
-                 subsets: dict[str, int] | None = None) -> dict[str, Any]:
+                 subsets: dict[str, int] | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """A trial record: `values` overrides the final checkpoint's fields (metrics default to a fixed function of
-    the cell and seed); a status other than ok/collapsed keeps only the checkpoints before the failure. `steps`
+    the cell and seed), `config` the config's keys (a variant axis's value, say); a status other than ok/collapsed
+    keeps only the checkpoints before the failure. `steps`
     (default 20 per checkpoint) sets the budget; `subsets`, the evaluation sizes of the checkpoints before the last
     (which then evaluate subsets, as the reference grids do)."""
     base = 0.5 + 0.3 * _noise(loss, margin, batch_size) + 0.05 * _noise(loss, margin, batch_size, seed)
@@ -82,9 +83,11 @@ def trial_record(experiment: str, loss: str, margin: float, batch_size: int, see
         history = history[:-1]
     if history:
         history[-1]["status"] = status if status in ("ok", "collapsed", "diverged") else history[-1]["status"]
+    overrides = config or {}
     config = {**DEFAULTS, "dataset": dataset, "loss": loss, "margin": margin, "batch_size": batch_size, "seed": seed,
-              "protocol": protocol, "budget_samples": (steps or 20 * checkpoints) * batch_size}
-    trial_id = trial_id or f"{dataset}-{protocol}-{loss}-{margin}-{batch_size}-{seed}"
+              "protocol": protocol, "budget_samples": (steps or 20 * checkpoints) * batch_size, **overrides}
+    suffix = "".join(f"-{key}{value}" for key, value in sorted(overrides.items()))
+    trial_id = trial_id or f"{dataset}-{protocol}-{loss}-{margin}-{batch_size}-{seed}{suffix}"
     return schema.trial_record(trial_id, config, status, None if status == "ok" else f"{status} on purpose", history,
                                 PROVENANCE, experiment=experiment, preset=experiment, fingerprint=FINGERPRINT)
 

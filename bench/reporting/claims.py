@@ -1,0 +1,309 @@
+"""claims.md: the source tutorial's and blog's claims, each tested on the reference records it can be tested on.
+
+One row per claim: the cells that test it, the numbers (generated here from the records, with their intervals) and a
+verdict by a stated rule. The verdict words:
+- *supported*: the effect the claim predicts is detected (two-sided paired t-test over seeds, p < ALPHA; Holm over
+  the claim's comparisons where it makes several);
+- *contradicted*: the opposite effect is detected, or the rule fails where the claim says it holds;
+- *not detected at this n*: no effect is detected either way; at this n that is not evidence of no effect;
+- *not measured yet*: no complete record tests it (the preset that will is named).
+Paired comparisons pair trials on the same seed (the same initialisation and batches) and otherwise equal
+settings; the differences of several cells are pooled into one test where a claim is about all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from bench.reporting import stats
+from bench.reporting.markdown import table
+
+RULES = (
+    "Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < 0.05, Holm-adjusted "
+    "over a claim's comparisons); *contradicted*, the opposite is detected or the stated rule fails; *not detected "
+    "at this n*, neither (not evidence of no effect); *not measured yet*, no complete record tests it. Numbers: "
+    "means with 95% t-intervals over seeds; Δ is a paired difference over seeds (same initialisation and batches).")
+
+
+class Claim(NamedTuple):
+    """One row of claims.md."""
+
+    claim: str
+    source: str
+    cells: str
+    numbers: str
+    verdict: str
+
+
+class Paired(NamedTuple):
+    """A pooled paired comparison: mean difference, its 95% t-interval, p and the pairs."""
+
+    mean: float
+    lo: float
+    hi: float
+    p: float
+    n: int
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "–" if not math.isfinite(value) else f"{value:+.{digits}f}".replace("-", "−")
+
+
+def _p(p: float) -> str:
+    return "p n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+
+
+def _paired_text(result: Paired, what: str, digits: int = 3) -> str:
+    return (f"{what} Δ {_fmt(result.mean, digits)} [{_fmt(result.lo, digits)}, {_fmt(result.hi, digits)}], "
+            f"{_p(result.p)}, n = {result.n} pairs")
+
+
+def _direction(result: Paired, predicted: int, p: float | None = None) -> str:
+    """The verdict of one comparison whose predicted sign is `predicted` (+1 or −1), at its (adjusted) p."""
+    p = result.p if p is None else p
+    if not math.isfinite(p) or p >= stats.ALPHA:
+        return "not detected at this n"
+    return "supported" if math.copysign(1, result.mean) == predicted else "contradicted"
+
+
+def paired(final: pd.DataFrame, first: pd.Series, second: pd.Series, on: list[str], metric: str) -> Paired:
+    """first − second of `metric` over the trials the two masks select, matched on the columns `on` (and seed)."""
+    keys = [*on, "seed"]
+    left = final[first & final.status.isin(stats.IN_MEAN)][[*keys, metric]]
+    right = final[second & final.status.isin(stats.IN_MEAN)][[*keys, metric]]
+    merged = left.merge(right, on=keys, suffixes=("_a", "_b")).dropna(subset=[f"{metric}_a", f"{metric}_b"])
+    first_values = {i: float(v) for i, v in enumerate(merged[f"{metric}_a"])}
+    second_values = {i: float(v) for i, v in enumerate(merged[f"{metric}_b"])}
+    diff = stats.paired_difference(first_values, second_values)
+    return Paired(diff.mean, diff.lo, diff.hi, diff.p, diff.n)
+
+
+def _trials(final: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    return final[(final.experiment == experiment) & (final.kind == "trial")]
+
+
+def _complete(summary: pd.DataFrame, experiment: str) -> bool:
+    """Whether the experiment exists and every cell of its grid has all its seeds recorded."""
+    cells = summary[summary.experiment == experiment]
+    return bool(len(cells)) and not stats.missing_cells(cells).shape[0]
+
+
+def _pending(experiment: str, summary: pd.DataFrame) -> str:
+    cells = summary[summary.experiment == experiment]
+    if not len(cells):
+        return f"not measured yet (preset {experiment} not run)"
+    return f"not measured yet ({experiment}: {stats.missing_cells(cells).shape[0]} cells still lack seeds)"
+
+
+def margin_rule(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """The tutorial's rule: a margin with at most half the triplets easy at the start."""
+    claim = Claim("choose the margin so that at most 50% of triplets are easy at the start", "tutorial",
+                  "cpu: every cell's margin check (train mode, first 8 batches) against its validation MAP@R",
+                  "", "")
+    if not _complete(summary, "cpu"):
+        return claim._replace(verdict=_pending("cpu", summary))
+    cells = summary[(summary.experiment == "cpu") & summary.eligible]
+    parts, widest = [], 0.0
+    for (dataset, loss), group in cells.groupby(["dataset", "loss"], sort=True):
+        passing = group[group.initial_fraction_easy_mean <= stats.EASY_LIMIT]
+        best = group.loc[group.val_map_at_r_mean.idxmax()]
+        if len(passing):
+            widest = max(widest, passing.val_map_at_r_mean.max() - passing.val_map_at_r_mean.min())
+            parts.append(f"{dataset} {loss}: {len(passing)}/{len(group)} pass, val MAP@R "
+                         f"{passing.val_map_at_r_mean.min():.3f}–{passing.val_map_at_r_mean.max():.3f}"
+                         f"{'' if best.initial_fraction_easy_mean <= stats.EASY_LIMIT else ', best fails'}")
+    detectable = float(summary[(summary.experiment == "cpu") & summary.selected].mdd_map_at_r.max())
+    rule = (f"Rule: contradicted if the cells that pass span more validation MAP@R than a headline table detects "
+            f"({detectable:.3f}): the rule then admits margins that are measurably worse.")
+    verdict = "contradicted (the rule does not select)" if widest > detectable else "not detected at this n"
+    return claim._replace(numbers="; ".join(parts) + f". Widest span {widest:.3f}. {rule}", verdict=verdict)
+
+
+def larger_batches(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """Larger batches give online mining more, and harder, triplets."""
+    claim = Claim("larger batches (512) improve online mining", "tutorial",
+                  "cpu: the largest batch against the smallest at equal samples (same dataset, loss, margin, seed); "
+                  "cpu-batch: "
+                  "B = 64 to 512 at equal steps", "", "")
+    if not _complete(summary, "cpu"):
+        return claim._replace(verdict=_pending("cpu", summary))
+    trials = final[(final.experiment == "cpu") & (final.kind == "trial")]
+    datasets = sorted(trials.dataset.unique())
+    small, large = int(trials.batch_size.min()), int(trials.batch_size.max())
+    results = [paired(trials, (trials.dataset == d) & (trials.batch_size == large),
+                      (trials.dataset == d) & (trials.batch_size == small), ["dataset", "loss", "margin", "variant"],
+                      "map_at_r") for d in datasets]
+    parts = [_paired_text(r, f"{d} test MAP@R (B {large} − B {small}, equal samples: B {small} takes "
+                             f"{large // small}× the updates)") for d, r in zip(datasets, results, strict=True)]
+    verdicts = [_direction(r, +1, p) for r, p in zip(results, stats.holm([r.p for r in results]), strict=True)]
+    equal_steps = ("equal steps: " + _pending("cpu-batch", summary)) if not _complete(summary, "cpu-batch") else ""
+    verdict = " / ".join(f"{d}: {v}" for d, v in zip(datasets, verdicts, strict=True))
+    return claim._replace(numbers="; ".join(parts) + (f"; {equal_steps}" if equal_steps else "")
+                          + ". Holm over the datasets.", verdict=f"at equal samples {verdict}")
+
+
+def batch_hard_unstable(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """Batch-hard alone collapses where batch-all, on the same settings, does not."""
+    claim = Claim("batch-hard alone may be unstable", "tutorial",
+                  "cpu and cpu-losses: collapsed trials of batch-hard against batch-all in the same settings", "", "")
+    trials = final[final.kind == "trial"]
+    if trials.empty:
+        return claim._replace(verdict="not measured yet")
+    parts, unstable = [], False
+    for (experiment, dataset), group in trials.groupby(["experiment", "dataset"], sort=True):
+        if experiment.endswith("-fresh"):
+            continue
+        counts = {}
+        for loss in ("batch-hard", "batch-all", "batch-hard-soft"):
+            chosen = group[group.loss == loss]
+            if len(chosen):
+                counts[loss] = (int((chosen.status == "collapsed").sum()), len(chosen))
+        if "batch-hard" not in counts:
+            continue
+        unstable |= counts["batch-hard"][0] > 0 and counts.get("batch-all", (0, 0))[0] == 0
+        parts.append(f"{experiment} {dataset}: " + ", ".join(f"{loss} {c}/{n} collapsed"
+                                                             for loss, (c, n) in counts.items()))
+    remedies = _remedies(final)
+    rule = "Rule: supported where batch-hard collapses and batch-all, in the same settings, never does."
+    return claim._replace(numbers="; ".join(parts) + (f"; {remedies}" if remedies else "") + f". {rule}",
+                          verdict="supported" if unstable else "not detected at this n")
+
+
+def _remedies(final: pd.DataFrame) -> str:
+    """cpu-losses: batch-hard's collapsed trials per learning rate, and the soft margin's."""
+    trials = _trials(final, "cpu-losses")
+    hard = trials[trials.loss.isin(["batch-hard", "batch-hard-soft"])]
+    if hard.empty:
+        return ""
+    groups = hard.groupby(["loss", "variant"], sort=True)
+    return "cpu-losses by lr: " + ", ".join(f"{loss} [{variant}] {int((g.status == 'collapsed').sum())}/{len(g)}"
+                                            for (loss, variant), g in groups)
+
+
+def _headline_row(summary: pd.DataFrame, experiment: str, loss: str) -> pd.Series | None:
+    rows = summary[(summary.experiment == experiment) & summary.selected & (summary.loss == loss)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """FaceNet's semi-hard negatives: a good balance between easy and hardest."""
+    claim = Claim("semi-hard mining gives a good balance (FaceNet)", "tutorial",
+                  "cpu-losses (fresh seeds when complete): semi-hard's validation-selected cell against the best loss "
+                  "and against batch-hard's", "", "")
+    experiment = "cpu-losses-fresh" if _complete(summary, "cpu-losses-fresh") else "cpu-losses"
+    if not _complete(summary, "cpu-losses"):
+        return claim._replace(verdict=_pending("cpu-losses", summary))
+    row = _headline_row(summary, experiment, "semi-hard")
+    hard = _headline_row(summary, experiment, "batch-hard")
+    if row is None:
+        return claim._replace(verdict="not measured yet (no eligible semi-hard cell)")
+    trials = _trials(final, experiment)
+    versus_hard = paired(trials, _cell_mask(trials, row), _cell_mask(trials, hard), ["dataset"], "map_at_r") \
+        if hard is not None else Paired(math.nan, math.nan, math.nan, math.nan, 0)
+    best = "the best loss on validation" if bool(row.get("best", False)) else (
+        f"vs best {_fmt(row.diff_map_at_r)} [{_fmt(row.diff_lo_map_at_r)}, {_fmt(row.diff_hi_map_at_r)}], Holm "
+        f"{_p(row.p_holm_map_at_r)}")
+    worse = math.isfinite(row.p_holm_map_at_r) and row.p_holm_map_at_r < stats.ALPHA
+    better_than_hard = _direction(versus_hard, +1) == "supported"
+    verdict = "contradicted" if worse else ("supported" if better_than_hard else "not detected at this n")
+    return claim._replace(
+        numbers=(f"{experiment}: semi-hard m {row.margin:g} [{row.variant}] test MAP@R {row.map_at_r_mean:.3f} "
+                 f"± {row.map_at_r_ci95:.3f} (n = {row.n_valid}), {best}; "
+                 + _paired_text(versus_hard, "against batch-hard's selected cell:")
+                 + ". Rule: supported if it is not detected worse than the best loss and detected better than "
+                   "batch-hard; contradicted if detected worse than the best."), verdict=verdict)
+
+
+def _cell_mask(trials: pd.DataFrame, row: pd.Series) -> pd.Series:
+    return ((trials.dataset == row.dataset) & (trials.loss == row.loss) & (trials.margin == row.margin)
+            & (trials.batch_size == row.batch_size) & (trials.variant == row.variant))
+
+
+def normalisation(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """L2 normalisation stabilises training."""
+    claim = Claim("L2 normalisation stabilises training", "tutorial",
+                  "cpu-losses: soft-margin batch-hard with L2 normalisation on against off (same lr and seed)", "", "")
+    trials = _trials(final, "cpu-losses")
+    soft = trials[trials.loss == "batch-hard-soft"]
+    if not _complete(summary, "cpu-losses") or soft.empty:
+        return claim._replace(verdict=_pending("cpu-losses", summary))
+    on, off = soft.normalize.eq(True), soft.normalize.eq(False)
+    result = paired(soft, on, off, ["dataset", "loss", "margin", "batch_size", "lr"], "map_at_r")
+    collapsed = {name: f"{int((soft[mask].status == 'collapsed').sum())}/{int(mask.sum())}"
+                 for name, mask in (("on", on), ("off", off))}
+    return claim._replace(
+        numbers=(_paired_text(result, "test MAP@R (on − off), every lr pooled:")
+                 + f"; collapsed: on {collapsed['on']}, off {collapsed['off']}."
+                 + " Rule: supported if normalised trials score higher."),
+        verdict=_direction(result, +1))
+
+
+def quadruplet_compactness(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """The blog: the quadruplet term tightens classes and separates them further than its triplet term alone."""
+    claim = Claim("quadruplet gives smaller intra-class and larger inter-class distances", "blog",
+                  "cpu-losses: quadruplet against adaptive-mu (its own triplet term) at the same margin, lr and seed: "
+                  "mean intra-class over inter-class distance of the whole test set", "", "")
+    trials = _trials(final, "cpu-losses")
+    if not _complete(summary, "cpu-losses") or "intra_class_distance" not in trials:
+        return claim._replace(verdict=_pending("cpu-losses", summary))
+    trials = trials.assign(class_ratio=trials.intra_class_distance / trials.inter_class_distance)
+    on = ["dataset", "margin", "batch_size", "variant"]
+    ratio = paired(trials, trials.loss == "quadruplet", trials.loss == "adaptive-mu", on, "class_ratio")
+    score = paired(trials, trials.loss == "quadruplet", trials.loss == "adaptive-mu", on, "map_at_r")
+    return claim._replace(
+        numbers=(_paired_text(ratio, "intra/inter ratio (quadruplet − adaptive-mu):") + "; "
+                 + _paired_text(score, "test MAP@R:") + ". Rule: supported if quadruplet's ratio is lower."),
+        verdict=_direction(ratio, -1))
+
+
+def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """n = 3 seeds rank the losses."""
+    claim = Claim("3 seeds are enough to rank the losses", "common practice (both sources report one run)",
+                  "every headline table: its minimal detectable MAP@R difference (80% power) and which comparisons "
+                  "survive Holm", "", "")
+    selected = summary[summary.selected]
+    if selected.empty:
+        return claim._replace(verdict="not measured yet")
+    parts, ranked_all = [], True
+    for (experiment, dataset, protocol), group in selected.groupby(["experiment", "dataset", "protocol"], sort=True):
+        where = f"{experiment} {dataset}" + ("" if protocol == "seen" else f" ({protocol})")
+        compared = group[group.p_holm_map_at_r.notna()]
+        detected = compared[compared.p_holm_map_at_r < stats.ALPHA]
+        ranked_all &= len(detected) == len(compared)
+        parts.append(f"{where}: detects {group.mdd_map_at_r.max():.3f}, {len(detected)} of "
+                     f"{len(compared)} differences from the best detected")
+    rule = "Rule: supported if every difference from the best is detected in every table."
+    return claim._replace(numbers="; ".join(parts) + f". {rule}",
+                          verdict="supported" if ranked_all else "not detected at this n (some gaps are below what "
+                                                                  "n = 3 resolves)")
+
+
+def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
+    """The ranking at 200k samples is the ranking at convergence."""
+    claim = Claim("the ranking at 200k samples holds at 1M samples", "this benchmark's own budget",
+                  "cpu-budget: the selected CIFAR-10 cells at 1M samples, 3 seeds", "", "")
+    return claim._replace(verdict=_pending("cpu-budget", summary))
+
+
+CLAIMS: tuple[Callable[[pd.DataFrame, pd.DataFrame], Claim], ...] = (
+    margin_rule, larger_batches, batch_hard_unstable, semi_hard, normalisation, quadruplet_compactness,
+    three_seeds, budget_ranking,
+)
+
+
+def claims(summary: pd.DataFrame, final: pd.DataFrame) -> list[Claim]:
+    """Every claim of CLAIMS tested on the summary (stats.summarize) and the trials' final rows."""
+    return [test(summary, final) for test in CLAIMS]
+
+
+def markdown(rows: list[Claim], records: int) -> str:
+    """claims.md: the rule, then one table row per claim."""
+    header: list[Any] = ["claim", "source", "cells that test it", "numbers", "verdict"]
+    lines = ["# Claims of the sources, tested", "",
+             f"Made by `python -m bench.report` (`make report`) from {records} records of the reference runs. "
+             + RULES, "", *table(header, [list(row) for row in rows]), ""]
+    return "\n".join(lines)
