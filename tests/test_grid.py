@@ -107,14 +107,38 @@ def calls(data_dir: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+QUESTIONS = ("cpu-batch", "cpu-budget", "cpu-seeds", "cpu-sampler")  # issue 24: one question each, on cpu's cells
+
+
+def test_the_question_presets_run_the_cells_that_the_cpu_grid_selected() -> None:
+    """cpu-budget, cpu-seeds and cpu-sampler name exactly cpu's validation-selected CIFAR-10 cells of the losses
+    that learn (reports/summary.csv, made from the committed records); cpu-batch, batch-all's."""
+    import pandas as pd
+
+    summary = pd.read_csv(ROOT / "reports" / "summary.csv")
+    chosen = summary[(summary.experiment == "cpu") & (summary.dataset == "cifar10") & (summary.selected == True)  # noqa: E712
+                     & (summary.n_collapsed == 0)]
+    cells = {(row.loss, row.margin, int(row.batch_size)) for row in chosen.itertuples()}
+    assert len(cells) == 3
+    for name in QUESTIONS:
+        points = load_preset(name).points()
+        named = {(p["loss"], p["margin"], p["batch_size"]) for p in points}
+        if name == "cpu-batch":  # one cell's loss and margin, at every batch size
+            assert {(loss, margin) for loss, margin, _ in named} == {("batch-all", 0.2)} <= {c[:2] for c in cells}
+        else:
+            assert named == cells, name
+        assert all(load_preset(name).config(p)["precision"] == "bf16" for p in points), name
+
+
 def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
-    assert preset_names() == ["cpu", "cpu-losses", "cpu-quick", "cpu-unseen", "gpu-check", "paper", "smoke"]
+    assert preset_names() == ["cpu", "cpu-batch", "cpu-budget", "cpu-losses", "cpu-quick", "cpu-sampler", "cpu-seeds",
+                              "cpu-unseen", "gpu-check", "paper", "smoke"]
     four = {"batch-all", "batch-hard", "adaptive-mu", "quadruplet"}
     for name in preset_names():
         grid = load_preset(name)
-        assert four <= set(grid.axes["loss"])
+        assert four <= set(grid.axes["loss"]) or name in QUESTIONS
         budgets = {(p["dataset"], grid.config(p).get("budget_samples")) for p in grid.points()}
-        assert len(budgets) == len(grid.axes["dataset"]), (name, budgets)
+        assert len(budgets) == len(grid.axes["dataset"]) or name == "cpu-batch", (name, budgets)  # equal steps too
         assert len({trial_id(grid.config(p), "0" * 16) for p in grid.points()}) == len(grid.points())
     paper = load_preset("paper")
     assert paper.axes["dataset"] == ["mnist", "cifar10"] and len(paper.axes["seed"]) == 3
@@ -647,7 +671,7 @@ def test_the_tracked_experiments_are_the_citable_presets() -> None:
         assert ignored(f"results/{name}/report/summary.md") and ignored(f"results/{name}/ray/state.json"), name
     assert ignored("results/cpu-mine/records/0123456789ab.json")  # a user's own run of a citable preset
     citable = {name for name in preset_names() if load_preset(name).citable}
-    assert citable == {"cpu", "cpu-losses", "cpu-unseen", "paper"}
+    assert citable == {"cpu", "cpu-losses", "cpu-unseen", "paper", *QUESTIONS}
 
 
 
