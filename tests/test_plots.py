@@ -419,3 +419,27 @@ def test_loss_benchmark_plot_marks_failures_and_names_the_hardware() -> None:
     assert len(marks) == 1 and marks[0].get_offsets()[0][0] == 512
     assert [t.get_text() for t in memory_ax.texts] == ["OOM"]
     plt.close(figure)
+
+
+def test_a_variant_axis_never_mixes_two_configurations_in_one_line(tmp_path: Path) -> None:
+    """lr 1e-4 and 1e-3 cells of one loss, margin and batch: the margin plot joins the margins of the selected lr
+    only, and the curve, fractions and t-SNE of the selected cell use its lr's trials alone."""
+    def values(lr: float, margin: float, seed: int) -> dict[str, float]:
+        score = (0.8 if lr == 1e-3 else 0.4) + margin / 10 + seed / 100
+        return {"map_at_r": score, "val_map_at_r": score, "knn_accuracy": score}
+
+    records = [trial_record("lr", "batch-all", margin, 8, seed, config={"lr": lr}, values=values(lr, margin, seed))
+               for lr in (1e-4, 1e-3) for margin in (0.1, 0.2) for seed in (0, 1)]
+    with plt.rc_context({"figure.max_open_warning": 40}):
+        figures, loaded, summary = _made(write_experiment(tmp_path, "lr", records, {
+            "dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.1, 0.2], "batch_size": [8], "lr": [1e-4, 1e-3],
+            "seed": [0, 1]}, embeddings=True), "n = 2 seeds; NOT FOR CITING")
+    selected = summary[summary.selected].iloc[0]
+    assert selected.variant == "lr 0.001" and selected.margin == 0.2
+    line = _lines(figures["map_vs_margin"].axes[0])["batch-all"]
+    np.testing.assert_allclose(line.get_ydata(), [0.815, 0.825])  # lr 1e-3 at m 0.1, 0.2: seed means
+    assert "at the variant (lr, normalisation, …) of its selected cell" in _title(figures["map_vs_margin"])
+    curve = _lines(figures["map_vs_samples_seen"].axes[0])["batch-all (m 0.2, B 8)"]
+    assert curve.get_ydata()[-1] == pytest.approx(0.825)
+    for figure in figures.values():
+        plt.close(figure)

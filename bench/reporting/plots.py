@@ -216,6 +216,27 @@ def _failures(ax: Axes, cells: pd.DataFrame, x: str, colour: Any) -> set[str]:
     return marked
 
 
+def _of_cell(rows: pd.DataFrame, cell: Any) -> pd.Series:
+    """Bool per row (trials or checkpoints): whether it belongs to the summary row `cell`'s loss, margin, batch size
+    and variant (its dataset and protocol are the caller's)."""
+    return ((rows.loss == cell.loss) & (rows.margin == cell.margin) & (rows.batch_size == cell.batch_size)
+            & (rows.variant == cell.variant))
+
+
+def _one_variant(cells: pd.DataFrame) -> pd.DataFrame:
+    """Each loss's cells of one variant per dataset × protocol (that of its selected cell, else of its best cell on
+    validation), so that a line joins the margins of one configuration; `cells` itself without variants."""
+    if (cells.variant == "").all():
+        return cells
+    kept = []
+    for _, group in cells.groupby(["dataset", "protocol", "loss"], sort=False):
+        chosen = group[group.selected]
+        if chosen.empty:
+            chosen = group.sort_values("val_map_at_r_mean", ascending=False, na_position="last", kind="stable")
+        kept.append(group[group.variant == chosen.variant.iloc[0]])
+    return pd.concat(kept)
+
+
 def _cell_lines(ax: Axes, panel: pd.DataFrame, x: str, losses: list[str], colours: dict[str, Any],
                 drawn: Drawn) -> list[float]:
     """Each loss's cells of one panel (summary rows) against `x`: seed means with bands, failed seeds marked, the
@@ -269,6 +290,8 @@ def margins(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, ...],
         return "no cell has a finite test MAP@R"
     if cells.margin.nunique() < 2:
         return f"a single margin ({', '.join(f'{v:g}' for v in sorted(cells.margin.unique()))}) in the grid"
+    varied = (cells.variant != "").any()
+    cells = _one_variant(cells)
     panels, sizes = _panels(summary), sorted(cells.batch_size.unique())
     colours, losses = palette(order, list(cells.loss)), _ordered(cells.loss, order)
     figure, axes = plt.subplots(len(sizes), len(panels), figsize=(4.2 * len(panels) + 2.4, 3.2 * len(sizes)),
@@ -285,7 +308,9 @@ def margins(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, ...],
             ax.set(xlabel="margin m", ylabel=METRIC_LABEL)
             _few_ticks(ax.xaxis)
     _title(figure, experiment, "Which margin does each mining strategy need, at equal samples?",
-           f"Test MAP@R of every cell; {_spread(drawn.counts)}; ★ each loss's validation-selected cell.")
+           ("Test MAP@R of each loss's cells at the variant (lr, normalisation, …) of its selected cell"
+            if varied else "Test MAP@R of every cell")
+           + f"; {_spread(drawn.counts)}; ★ each loss's validation-selected cell.")
     _legend(figure, colours, losses, list(summary.loss.unique()), drawn.marks)
     return figure
 
@@ -429,8 +454,7 @@ def curves(summary: pd.DataFrame, checkpoints: pd.DataFrame, x: str, order: tupl
         shown: list[pd.DataFrame] = []
         for cell in _in(chosen, dataset, protocol).itertuples():
             points = _in(valid, dataset, protocol)
-            points = points[(points.loss == cell.loss) & (points.margin == cell.margin)
-                            & (points.batch_size == cell.batch_size)]
+            points = points[_of_cell(points, cell)]
             values += _curve(ax, points, x, colours[cell.loss], f"{cell.loss} (m {cell.margin:g}, "
                              f"B {cell.batch_size:g})", drawn)
             shown.append(points)
@@ -546,8 +570,7 @@ def fractions(summary: pd.DataFrame, checkpoints: pd.DataFrame, order: tuple[str
                 continue
             cell = cell.iloc[0]
             points = _in(valid, dataset, protocol)
-            points = points[(points.loss == loss) & (points.margin == cell.margin)
-                            & (points.batch_size == cell.batch_size)]
+            points = points[_of_cell(points, cell)]
             by_checkpoint = sorted(points.groupby("checkpoint"), key=lambda item: item[0])
             for name, (label, colour) in FRACTION_COLOURS.items():
                 intervals = [stats.t_interval(g[name]) for _, g in by_checkpoint]
@@ -574,8 +597,7 @@ def class_names(dataset: str, labels: list[int]) -> list[str]:
 def _embedded(cell: Any, final: pd.DataFrame, notes: list[str]) -> tuple[np.ndarray, np.ndarray, Any] | None:
     """The t-SNE of ≤ TSNE_POINTS stored test embeddings of a selected cell's lowest stored seed, their labels and
     that seed; None (with a note) when there are none."""
-    stored = final[(final.dataset == cell.dataset) & (final.protocol == cell.protocol) & (final.loss == cell.loss)
-                   & (final.margin == cell.margin) & (final.batch_size == cell.batch_size)
+    stored = final[(final.dataset == cell.dataset) & (final.protocol == cell.protocol) & _of_cell(final, cell)
                    & final.embeddings.notna()].sort_values("seed")
     where = f"t-SNE panel {cell.dataset} {cell.protocol} {cell.loss}"
     if stored.empty:
