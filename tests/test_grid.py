@@ -499,7 +499,7 @@ def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path) -> None
     data_dir = tmp_path / "data"
     write_synthetic(data_dir, "mnist", n_train=50, n_test=20)
     cases = {
-        "unknown preset 'nope'; valid: cpu, cpu-quick, cpu-unseen, gpu-check, paper, smoke": ["--preset", "nope"],
+        f"unknown preset 'nope'; valid: {', '.join(preset_names())}": ["--preset", "nope"],
         "cannot be read as JSON": ["--preset", _bad(tmp_path, "broken", good[:-3])],
         "unknown config key(s) ['learning_rate']": ["--preset", _bad(tmp_path, "key", good.replace(
             '"checkpoints"', '"learning_rate"'))],

@@ -116,6 +116,7 @@ def test_headline_lists_baselines_first_and_states_what_it_depends_on(reports: P
     grid = full[full.index("### Full grid"):]
     assert "| selected |" in grid and "| not selected |" in grid and "| not eligible: failed |" in grid
     assert "| 3 OOM | not eligible: failed |" in grid
+    assert "| intra / inter |" in grid and "| 0.300 / 1.100 |" in grid  # the whole test set's class distances
     assert "| checkpoint 1 (step 20) | yes | never |" in full  # pinned, then escaped
     assert "| mnist | seen | quadruplet | 0.2 | 32 | 0 | OOM | OOM on purpose |" in full
     for name in PLOTS:

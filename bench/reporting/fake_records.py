@@ -52,6 +52,7 @@ def checkpoint(index: int, checkpoints: int, batch_size: int, values: dict[str, 
         "initial_fraction_easy": 0.05, "initial_fraction_semihard": 0.15, "initial_fraction_hard": 0.8,
         "initial_active_anchors": None, "effective_margin": 0.2, "status": "ok", **SIZES,
         **(subsets if subsets and index < checkpoints else {}),
+        **({"intra_class_distance": 0.3, "inter_class_distance": 1.1} if index == checkpoints else {}),
     }
     for name, value in values.items():
         growing = name in CURVES and index < checkpoints

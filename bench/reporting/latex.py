@@ -25,10 +25,10 @@ TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#"
        "<": r"$<$", "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$", "×": r"$\times$", "·": r"$\cdot$",
        "μ": r"$\mu$", "δ": r"$\delta$", "χ": r"$\chi$", "Φ": r"$\Phi$", "√": r"$\surd$", "∫": r"$\int$",
        "²": r"$^2$", "→": r"$\rightarrow$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "†": r"$^\dagger$",
-       "★": r"$\star$"}
+       "★": r"$\star$", "Δ": r"$\Delta$", "…": r"\ldots{}"}
 ASCII = {"±": "+/-", "≈": "~", "≥": ">=", "≤": "<=", "–": "-", "−": "-", "μ": "mu", "δ": "delta", "χ": "chi",
          "Φ": "Phi", "×": "x", "·": ".", "√": "sqrt", "∫": "integral", "²": "^2", "→": "->", "↓": "v", "↑": "^",
-         "†": "+", "★": "*"}
+         "†": "+", "★": "*", "Δ": "Delta", "…": "..."}
 SLACK_PT = 3.0  # an overfull box wider than this fails the compile check
 LONG_TEXT = 48  # a text column with a longer cell wraps (a p column)
 WIDE = 14  # a longtable of more columns is set in \tiny, else \scriptsize

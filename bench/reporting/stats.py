@@ -52,7 +52,8 @@ TEST_METRICS = ("map_at_r", "knn_accuracy", "precision_at_1")
 VAL_METRICS = tuple(f"val_{metric}" for metric in TEST_METRICS)
 SYSTEM_METRICS = ("samples_per_second", "peak_memory_mib", "train_seconds")
 # plateau_gap: the final checkpoint's validation MAP@R minus the previous one's, on the same evaluation subsets
-AGGREGATED = (*TEST_METRICS, *VAL_METRICS, *SYSTEM_METRICS, "plateau_gap")
+CLASS_DISTANCES = ("intra_class_distance", "inter_class_distance")  # whole test set, last checkpoint (NaN before)
+AGGREGATED = (*TEST_METRICS, *VAL_METRICS, *SYSTEM_METRICS, "plateau_gap", *CLASS_DISTANCES)
 TESTED = ("map_at_r", "knn_accuracy")  # the metrics of the paired tests
 SELECTION = ("val_map_at_r", "val_knn_accuracy")
 # per-cell settings reported as their value (or "a;b" when the seeds of a cell differ)

@@ -347,17 +347,24 @@ def selection_label(row: Any) -> str:
 
 
 def grid_table(name: str, cells: pd.DataFrame) -> Table:
-    """Every trial cell's test metrics (labelled selected / not selected), settings and systems columns."""
+    """Every trial cell's test metrics (labelled selected / not selected), its mean intra- and inter-class distance
+    on the whole test set, settings and systems columns."""
     header = ["dataset", "protocol", "loss", "margin", "batch", "steps", "img/class", "lr", "MAP@R (test)",
-              "k-NN accuracy (test)", "P@1 (test)", "MAP@R (val)", "samples/s", "peak MiB", "train s", "trials",
-              "selection"]
+              "k-NN accuracy (test)", "P@1 (test)", "MAP@R (val)", "intra / inter", "samples/s", "peak MiB",
+              "train s", "trials", "selection"]
     rows = [[*_cell_text(row), plain(row.planned_steps), plain(row.images_per_class), plain(row.lr),
              interval(row, "map_at_r"), interval(row, "knn_accuracy"), interval(row, "precision_at_1"),
-             interval(row, "val_map_at_r"), number(row.samples_per_second_mean, 0),
+             interval(row, "val_map_at_r"), _class_distances(row), number(row.samples_per_second_mean, 0),
              number(row.peak_memory_mib_mean, 0), number(row.train_seconds_mean, 1), statuses(row),
              selection_label(row)]
             for row in cells[~cells.loss.isin(stats.BASELINES)].itertuples()]
     return Table(name, header, rows)
+
+
+def _class_distances(row: Any) -> str:
+    """'0.412 / 0.987': the cell's mean intra- and inter-class test distances (– for records without them)."""
+    intra, inter = row.intra_class_distance_mean, row.inter_class_distance_mean
+    return "–" if _missing(intra) or _missing(inter) else f"{intra:.3f} / {inter:.3f}"
 
 
 def margin_table(name: str, cells: pd.DataFrame) -> Table:
