@@ -31,12 +31,14 @@ from losses.triplet import (
     adaptive_mu_from_distances,
     batch_all_from_distances,
     batch_hard_from_distances,
+    batch_hard_soft_from_distances,
     semi_hard_from_distances,
 )
 
 FROM_DISTANCES: dict[str, Callable[[Tensor, Tensor, Tensor, float], Tensor]] = {
     "batch-all": batch_all_from_distances,
     "batch-hard": batch_hard_from_distances,
+    "batch-hard-soft": batch_hard_soft_from_distances,
     "semi-hard": semi_hard_from_distances,
     "adaptive-mu": adaptive_mu_from_distances,
 }
@@ -113,6 +115,16 @@ class BatchHardTripletLoss(TripletBenchLoss):
     loss_name = "batch-hard"
 
 
+class BatchHardSoftTripletLoss(TripletBenchLoss):
+    """Hermans et al.'s soft margin: mean over the anchors of ln(1 + exp(max d_ap − min d_an + m)); m = 0 theirs."""
+
+    loss_name = "batch-hard-soft"
+
+    def __init__(self, margin: float = 0.0, check_finite: bool = True, **kwargs: Any) -> None:
+        """margin m ≥ 0 (default 0: Hermans et al.'s soft margin has none); the rest as TripletBenchLoss."""
+        super().__init__(margin, check_finite, **kwargs)
+
+
 class SemiHardTripletLoss(TripletBenchLoss):
     """FaceNet semi-hard: per positive pair, the closest n with d_ap < d_an < d_ap + m; pairs without one skipped."""
 
@@ -134,6 +146,7 @@ class QuadrupletLoss(TripletBenchLoss):
 __all__ = [
     "AdaptiveMuTripletLoss",
     "BatchAllTripletLoss",
+    "BatchHardSoftTripletLoss",
     "BatchHardTripletLoss",
     "QuadrupletLoss",
     "SemiHardTripletLoss",

@@ -144,13 +144,25 @@ def _hardest(embeddings: Tensor, d: Tensor, mask: Tensor, value: Tensor) -> Tens
     return value + (mean - mean.detach())
 
 
-def batch_hard_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
-    """Batch-hard from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
+def _hardest_gaps_from_distances(d: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    """Per anchor max_p d_ap − min_n d_an [B] (0 where it lacks either) and whether it has both [B], from
+    anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
     hardest_positive = d.masked_fill(~pos, -INF).amax(dim=1)
     hardest_negative = d.masked_fill(~neg, INF).amin(dim=1)
     anchors = pos.any(dim=1) & neg.any(dim=1)
-    terms = (hardest_positive - hardest_negative + margin).clamp_min(0)
-    return torch.where(anchors, terms, 0.0).sum() / anchors.sum().clamp_min(1)
+    return torch.where(anchors, hardest_positive - hardest_negative, 0.0), anchors
+
+
+def batch_hard_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """Batch-hard from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
+    gaps, anchors = _hardest_gaps_from_distances(d, pos, neg)
+    return torch.where(anchors, (gaps + margin).clamp_min(0), 0.0).sum() / anchors.sum().clamp_min(1)
+
+
+def batch_hard_soft_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
+    """Soft-margin batch-hard from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
+    gaps, anchors = _hardest_gaps_from_distances(d, pos, neg)
+    return torch.where(anchors, torch.nn.functional.softplus(gaps + margin), 0.0).sum() / anchors.sum().clamp_min(1)
 
 
 def semi_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:

@@ -24,6 +24,7 @@ from losses.pml import (
     FROM_DISTANCES,
     AdaptiveMuTripletLoss,
     BatchAllTripletLoss,
+    BatchHardSoftTripletLoss,
     BatchHardTripletLoss,
     QuadrupletLoss,
     SemiHardTripletLoss,
@@ -33,6 +34,7 @@ from losses.pml import (
 DROP_INS: dict[str, type[TripletBenchLoss]] = {
     "batch-all": BatchAllTripletLoss,
     "batch-hard": BatchHardTripletLoss,
+    "batch-hard-soft": BatchHardSoftTripletLoss,
     "semi-hard": SemiHardTripletLoss,
     "adaptive-mu": AdaptiveMuTripletLoss,
     "quadruplet": QuadrupletLoss,
@@ -151,6 +153,24 @@ def test_batch_hard_equals_pml_batch_hard_miner_with_mean_reducer(seed, b, class
     r, ry = references(seed, b, classes)
     assert_same(value_and_grads(lambda e, f: ours(e, y, ref_emb=f, ref_labels=ry), x, r),
                 value_and_grads(lambda e, f: peer(e, y, f, ry), x, r), **EXACT)
+
+
+@pytest.mark.parametrize("seed,b,classes,margin,normalize", CASES[::2])
+def test_soft_margin_batch_hard_equals_pml_batch_hard_miner_with_a_smooth_loss(seed, b, classes, margin,
+                                                                             normalize) -> None:
+    """TripletMarginLoss(smooth_loss=True) is softplus(d_ap − d_an + m): on BatchHardMiner's triplets, with the mean
+    over them (every softplus term is > 0, so PML's default AvgNonZeroReducer is that mean), it is ours."""
+    x, y = batch(seed, b, classes)
+    y = with_singletons(y)
+    miner = BatchHardMiner(distance=distance(normalize))
+    smooth = TripletMarginLoss(margin=margin, distance=distance(normalize), smooth_loss=True)
+    ours = BatchHardSoftTripletLoss(margin, distance=distance(normalize))
+    assert_same(value_and_grads(lambda e: ours(e, y), x), value_and_grads(lambda e: smooth(e, y, miner(e, y)), x),
+                **EXACT)
+    r, ry = references(seed, b, classes)
+    assert_same(value_and_grads(lambda e, f: ours(e, y, ref_emb=f, ref_labels=ry), x, r),
+                value_and_grads(lambda e, f: smooth(e, y, miner(e, y, f, ry), f, ry), x, r), **EXACT)
+    assert BatchHardSoftTripletLoss().margin == 0.0
 
 
 def test_batch_hard_differs_from_pmls_default_reducer_only_by_its_zero_terms() -> None:
