@@ -111,3 +111,48 @@ def test_the_report_writes_claims_md(tmp_path: Path) -> None:
     text = (tmp_path / "reports" / "claims.md").read_text()
     assert text.startswith("# Claims of the sources, tested") and "| batch-hard alone may be unstable |" in text
     assert "not measured yet (preset cpu-budget not run)" in text
+
+
+def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -> None:
+    import json
+
+    records = []
+    for size in (16, 32):
+        for seed in SEEDS:
+            records.append(trial_record("cpu-batch", "batch-all", 0.2, size, seed, steps=30, values={
+                "map_at_r": 0.5 + size / 100, "lr": 1e-3}, config={"budget_samples": 960, "budget_steps": 30}))
+            records.append(trial_record("cpu-batch", "batch-all", 0.2, size, seed, steps=480 // size, values={
+                "map_at_r": 0.4 + size / 100, "lr": 1e-3 * (size / 16) ** 0.5},
+                config={"budget_samples": 480, "budget_steps": None, "lr_scaling": "sqrt"}))
+    folder = write_experiment(tmp_path, "cpu-batch", records, {
+        "dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [16, 32],
+        "budget_samples": [960, 480], "budget_steps": [30, None], "lr_scaling": ["none", "sqrt"], "seed": SEEDS},
+        citable=True)
+    spec = json.loads((folder / "grid.json").read_text())
+    spec["blocks"] = [{"budget_samples": [960], "budget_steps": [30], "lr_scaling": ["none"]},
+                      {"budget_samples": [480], "budget_steps": [None], "lr_scaling": ["sqrt"]}]
+    (folder / "grid.json").write_text(json.dumps(spec))
+    loaded = load_records(tmp_path)
+    summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    rows = claims.batch_table(summary)
+    assert [row[0] for row in rows] == ["16", "32"]
+    assert rows[1][1] == "960 samples, 30 steps, lr 0.001" and rows[1][2].startswith("0.8200 ± ")
+    assert rows[1][3] == "480 samples, 15 steps, lr 0.0014" and rows[1][4].startswith("0.7200 ± ")
+    text = claims.markdown([], 1, summary)
+    assert "| B | equal steps | MAP@R (test) | equal samples | MAP@R (test) |" in text
+    assert "Not measured yet (preset cpu-budget not run)." in text
+
+
+@pytest.mark.parametrize(("swap", "verdict"), [(0.0, "supported"), (0.2, "contradicted")])
+def test_the_budget_claim_compares_the_rankings_at_both_budgets(tmp_path: Path, swap: float, verdict: str) -> None:
+    """At 200k batch-all leads batch-hard by 0.1; at 1M batch-hard gains `swap` (detected when it overtakes)."""
+    axes = {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.1], "batch_size": [32],
+            "seed": SEEDS}
+    for experiment, gain in (("cpu", 0.0), ("cpu-budget", swap)):
+        records = [trial_record(experiment, loss, 0.1, 32, seed, values={
+            "map_at_r": 0.8 - (0.1 if loss == "batch-hard" else 0) + (gain if loss == "batch-hard" else 0)
+            + 0.002 * ((seed * len(loss)) % 3), "val_map_at_r": 0.8}) for loss in axes["loss"] for seed in SEEDS]
+        write_experiment(tmp_path, experiment, records, axes, citable=True)
+    found = report_claims(tmp_path)["the ranking at 200k samples holds at 1M samples"]
+    assert found.verdict == verdict, found
+    assert "at 200k: batch-all > batch-hard" in found.numbers

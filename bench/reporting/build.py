@@ -47,7 +47,7 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
     written += tables.write_documents(document, reports_dir)
     tested = claims.claims(summary, stats.final_rows(records.checkpoints))
     written.append(write_text(reports_dir / "claims.md",
-                                     claims.markdown(tested, records.checkpoints.trial_id.nunique())))
+                                     claims.markdown(tested, records.checkpoints.trial_id.nunique(), summary)))
     return written
 
 

@@ -282,11 +282,83 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                                                                   "n = 3 resolves)")
 
 
+def _interval(row: pd.Series, metric: str = "map_at_r") -> str:
+    mean, half = row[f"{metric}_mean"], row[f"{metric}_ci95"]
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.4f}" + (f" ± {half:.4f}" if math.isfinite(half) else "") + f" (n={int(row.n_valid)})"
+
+
+def batch_table(summary: pd.DataFrame) -> list[list[str]]:
+    """cpu-batch's rows: per batch size, the cell at equal steps (a budget_steps variant) and at equal samples (the
+    lr scaled by √B), each with its samples, steps, lr and test MAP@R; [] without the experiment."""
+    cells = summary[(summary.experiment == "cpu-batch") & ~summary.loss.isin(stats.BASELINES)]
+    rows = []
+    for size in sorted(cells.batch_size.dropna().unique()):
+        at = cells[cells.batch_size == size]
+        steps = at[at.variant.str.contains("budget_steps") & ~at.variant.str.contains("budget_steps default")]
+        samples = at[at.variant.str.contains("lr_scaling sqrt")]
+        row = [f"{size:g}"]
+        for chosen in (steps, samples):
+            if chosen.empty:
+                row += ["–", "–"]
+                continue
+            cell = chosen.iloc[0]
+            steps_planned = float(cell.planned_steps)
+            row += [f"{steps_planned * size:,.0f} samples, {steps_planned:,.0f} steps, lr {float(cell.lr):.2g}",
+                    _interval(cell)]
+        rows.append(row)
+    return rows
+
+
+def _ranking(cells: pd.DataFrame) -> list[str]:
+    """The losses of selected cells, best test MAP@R mean first."""
+    return list(cells.sort_values("map_at_r_mean", ascending=False, kind="stable").loss)
+
+
+def budget_table(summary: pd.DataFrame) -> list[list[str]]:
+    """Per loss of cpu-budget: its cpu-selected cell's test MAP@R at the cpu budget and at cpu-budget's, with the
+    rank at each; [] without cpu-budget."""
+    long = summary[(summary.experiment == "cpu-budget") & summary.selected]
+    short = summary[(summary.experiment == "cpu") & summary.selected & summary.dataset.isin(set(long.dataset))
+                    & summary.loss.isin(set(long.loss))]
+    if long.empty or short.empty:
+        return []
+    ranks = {name: {loss: i + 1 for i, loss in enumerate(_ranking(cells))} for name, cells in
+             (("short", short), ("long", long))}
+    rows = []
+    for loss in _ranking(short):
+        before, after = short[short.loss == loss].iloc[0], long[long.loss == loss].iloc[0]
+        rows.append([loss, f"{before.margin:g}", _interval(before), str(ranks["short"][loss]), _interval(after),
+                     str(ranks["long"].get(loss, "–"))])
+    return rows
+
+
 def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
-    """The ranking at 200k samples is the ranking at convergence."""
+    """The ranking at 200k samples is the ranking at 1M."""
     claim = Claim("the ranking at 200k samples holds at 1M samples", "this benchmark's own budget",
-                  "cpu-budget: the selected CIFAR-10 cells at 1M samples, 3 seeds", "", "")
-    return claim._replace(verdict=_pending("cpu-budget", summary))
+                  "cpu (200k samples) against cpu-budget (the same CIFAR-10 cells at 1M samples, seeds 0-2)", "", "")
+    if not _complete(summary, "cpu-budget") or not _complete(summary, "cpu"):
+        return claim._replace(verdict=_pending("cpu-budget", summary))
+    long = summary[(summary.experiment == "cpu-budget") & summary.selected]
+    short = summary[(summary.experiment == "cpu") & summary.selected & summary.dataset.isin(set(long.dataset))
+                    & summary.loss.isin(set(long.loss))]
+    before, after = _ranking(short), _ranking(long)
+    trials = _trials(final, "cpu-budget")
+    flipped = [(a, b) for i, a in enumerate(before) for b in before[i + 1:] if after.index(a) > after.index(b)]
+    detected = []
+    for better, worse in flipped:  # at 1M `worse` is ahead: is that detected, paired over the seeds?
+        rows = {loss: long[long.loss == loss].iloc[0] for loss in (better, worse)}
+        result = paired(trials, _cell_mask(trials, rows[worse]), _cell_mask(trials, rows[better]), ["dataset"],
+                        "map_at_r")
+        if math.isfinite(result.p) and result.p < stats.ALPHA and result.mean > 0:
+            detected.append(f"{worse} ahead of {better}: " + _paired_text(result, "test MAP@R"))
+    verdict = "supported" if not flipped else ("contradicted" if detected else "not detected at this n")
+    numbers = (f"ranking by test MAP@R at 200k: {' > '.join(before)}; at 1M: {' > '.join(after)}"
+               + (f"; {'; '.join(detected)}" if detected else "")
+               + ". Rule: supported if the order is the same; contradicted if a pair swaps and the swap is detected "
+                 "at 1M (paired over seeds).")
+    return claim._replace(numbers=numbers, verdict=verdict)
 
 
 CLAIMS: tuple[Callable[[pd.DataFrame, pd.DataFrame], Claim], ...] = (
@@ -300,10 +372,23 @@ def claims(summary: pd.DataFrame, final: pd.DataFrame) -> list[Claim]:
     return [test(summary, final) for test in CLAIMS]
 
 
-def markdown(rows: list[Claim], records: int) -> str:
-    """claims.md: the rule, then one table row per claim."""
+def markdown(rows: list[Claim], records: int, summary: pd.DataFrame) -> str:
+    """claims.md: the rule, one table row per claim, then the batch-size and budget tables behind two of them."""
     header: list[Any] = ["claim", "source", "cells that test it", "numbers", "verdict"]
     lines = ["# Claims of the sources, tested", "",
              f"Made by `python -m bench.report` (`make report`) from {records} records of the reference runs. "
              + RULES, "", *table(header, [list(row) for row in rows]), ""]
-    return "\n".join(lines)
+    batches = batch_table(summary)
+    lines += ["## Batch size at equal steps and at equal samples (cpu-batch)", ""]
+    lines += (["Test MAP@R, mean ± 95% t half-width over seeds, of batch-all m = 0.2 on CIFAR-10 at each batch "
+               "size: at equal optimiser steps (more samples at larger B) and at equal samples (fewer steps, the lr "
+               "scaled by √(B / 64)).", "",
+               *table(["B", "equal steps", "MAP@R (test)", "equal samples", "MAP@R (test)"], batches)]
+              if batches else [_pending("cpu-batch", summary).capitalize() + "."])
+    budgets = budget_table(summary)
+    lines += ["", "## The ranking at 200k and at 1M samples (cpu, cpu-budget)", ""]
+    lines += (["Test MAP@R of the cpu grid's selected CIFAR-10 cells, mean ± 95% t half-width over seeds 0-2, at "
+               "the cpu budget (200,000 samples) and at 1,000,000, with each loss's rank.", "",
+               *table(["loss", "margin", "200k samples", "rank", "1M samples", "rank"], budgets)]
+              if budgets else [_pending("cpu-budget", summary).capitalize() + "."])
+    return "\n".join([*lines, ""])
