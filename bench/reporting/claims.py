@@ -96,7 +96,9 @@ def _pending(experiment: str, summary: pd.DataFrame) -> str:
     cells = summary[summary.experiment == experiment]
     if not len(cells):
         return f"not measured yet (preset {experiment} not run)"
-    return f"not measured yet ({experiment}: {stats.missing_cells(cells).shape[0]} cells still lack seeds)"
+    missing = stats.missing_cells(cells).shape[0]
+    cells_lack = "1 cell still lacks" if missing == 1 else f"{missing} cells still lack"
+    return f"not measured yet ({experiment}: {cells_lack} seeds)"
 
 
 def margin_rule(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
@@ -263,9 +265,10 @@ def quadruplet_compactness(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
 def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """n = 3 seeds rank the losses."""
     claim = Claim("3 seeds are enough to rank the losses", "common practice (both sources report one run)",
-                  "every headline table: its minimal detectable MAP@R difference (80% power) and which comparisons "
-                  "survive Holm", "", "")
-    selected = summary[summary.selected]
+                  "every complete experiment's headline tables: the minimal detectable MAP@R difference (80% power) "
+                  "and which comparisons survive Holm", "", "")
+    complete = [name for name in summary.experiment.unique() if _complete(summary, name)]
+    selected = summary[summary.selected & summary.experiment.isin(complete)]
     if selected.empty:
         return claim._replace(verdict="not measured yet")
     parts, ranked_all = [], True
