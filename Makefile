@@ -32,8 +32,10 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# two pytest-xdist workers (the 2-core target); the modules that start Ray share one (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ablation: $(STAMP)
 	$(PY) -m bench.grid --preset "$(PRESET)" --experiment "$(EXPERIMENT)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)" --reports "$(REPORTS)"
