@@ -20,8 +20,9 @@ from losses import LOSSES
 
 
 def write_report(records: Records, reports_dir: Path | str, isolated: systems.Systems | None = None) -> list[Path]:
-    """Write summary.csv, systems.csv, summary.md, summary.tex, tex/*.tex and plots/<experiment>/*.png; the paths
-    written. `isolated` is the step benchmark (load_systems) behind the systems table; None states there is none."""
+    """Write summary.csv, systems.csv, summary.md, summary.tex, tex/*.tex, plots/<experiment>/*.png and claims.md;
+    the paths written. `isolated` is the step benchmark (load_systems) behind the systems table; None states there
+    is none."""
     reports_dir = Path(reports_dir)
     summary = stats.summarize(records.checkpoints, records.grids, tuple(LOSSES))
     figures: dict[str, dict[str, Any]] = {}
@@ -46,8 +47,8 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
         written += plots.save(made, reports_dir / "plots" / experiment)
     written += tables.write_documents(document, reports_dir)
     tested = claims.claims(summary, stats.final_rows(records.checkpoints))
-    written.append(write_text(reports_dir / "claims.md",
-                                     claims.markdown(tested, records.checkpoints.trial_id.nunique(), summary)))
+    text = claims.markdown(tested, records.checkpoints.trial_id.nunique(), summary)
+    written.append(write_text(reports_dir / "claims.md", text))
     return written
 
 

@@ -23,10 +23,11 @@ from bench.reporting import stats
 from bench.reporting.markdown import table
 
 RULES = (
-    "Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < 0.05, Holm-adjusted "
-    "over a claim's comparisons); *contradicted*, the opposite is detected or the stated rule fails; *not detected "
-    "at this n*, neither (not evidence of no effect); *not measured yet*, no complete record tests it. Numbers: "
-    "means with 95% t-intervals over seeds; Δ is a paired difference over seeds (same initialisation and batches).")
+    f"Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < {stats.ALPHA}, "
+    "Holm-adjusted over a claim's comparisons); *contradicted*, the opposite is detected or the stated rule fails; "
+    "*not detected at this n*, neither (not evidence of no effect); *not measured yet*, no complete record tests "
+    "it. Numbers: means with 95% t-intervals over seeds; Δ is a paired difference over seeds (same initialisation "
+    "and batches).")
 
 
 class Claim(NamedTuple):
