@@ -67,7 +67,7 @@ def test_the_margin_rule_and_batch_hard_claims_on_a_cpu_grid(tmp_path: Path) -> 
     assert seeds.numbers.startswith("cpu mnist: detects ") and "cpu-losses" not in seeds.numbers
     rule = found["choose the margin so that at most 50% of triplets are easy at the start"]
     assert rule.verdict == "contradicted (the rule does not select)"  # every cell passes, 0.4 apart
-    assert "mnist batch-all: 4/4 pass" in rule.numbers
+    assert "mnist batch-all B 16: 2/2 margins pass" in rule.numbers
     unstable = found["batch-hard alone may be unstable"]
     assert unstable.verdict == "supported" and "batch-hard 6/12 collapsed, batch-all 0/12 collapsed" in unstable.numbers
     for claim in ("semi-hard mining gives a good balance (FaceNet)", "L2 normalisation stabilises training"):

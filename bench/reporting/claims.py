@@ -105,18 +105,19 @@ def _pending(experiment: str, summary: pd.DataFrame) -> str:
 def margin_rule(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """The tutorial's rule: a margin with at most half the triplets easy at the start."""
     claim = Claim("choose the margin so that at most 50% of triplets are easy at the start", "tutorial",
-                  "cpu: every cell's margin check (train mode, first 8 batches) against its validation MAP@R",
+                  "cpu: every cell's margin check (train mode, first 8 batches) against its validation MAP@R, per "
+                  "dataset, loss and batch size",
                   "", "")
     if not _complete(summary, "cpu"):
         return claim._replace(verdict=_pending("cpu", summary))
     cells = summary[(summary.experiment == "cpu") & summary.eligible]
     parts, widest = [], 0.0
-    for (dataset, loss), group in cells.groupby(["dataset", "loss"], sort=True):
+    for (dataset, loss, size), group in cells.groupby(["dataset", "loss", "batch_size"], sort=True):
         passing = group[group.initial_fraction_easy_mean <= stats.EASY_LIMIT]
         best = group.loc[group.val_map_at_r_mean.idxmax()]
-        if len(passing):
+        if len(passing) > 1:  # margins to choose among
             widest = max(widest, passing.val_map_at_r_mean.max() - passing.val_map_at_r_mean.min())
-            parts.append(f"{dataset} {loss}: {len(passing)}/{len(group)} pass, val MAP@R "
+            parts.append(f"{dataset} {loss} B {size:g}: {len(passing)}/{len(group)} margins pass, val MAP@R "
                          f"{passing.val_map_at_r_mean.min():.3f}–{passing.val_map_at_r_mean.max():.3f}"
                          f"{'' if best.initial_fraction_easy_mean <= stats.EASY_LIMIT else ', best fails'}")
     detectable = float(summary[(summary.experiment == "cpu") & summary.selected].mdd_map_at_r.max())
