@@ -487,3 +487,17 @@ def test_summary_csv_rows_say_where_each_cell_ran(tmp_path: Path) -> None:
     assert (row["model"], row["precision"], row["device"], row["hardware"]) == (
         "mnist-net", "fp32", "cpu", "Test CPU (2 threads)")
     assert (row["commit"], row["date"]) == ("abc123;def456", "2026-01-01 to 2026-01-03")
+
+
+def test_the_comparison_says_when_a_loss_is_in_the_grid_but_not_recorded_yet(tmp_path: Path) -> None:
+    """An experiment under way: its loss without a single record is 'not recorded yet', not 'no validation metrics'."""
+    axes = {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.2], "batch_size": [16],
+            "seed": [0, 1]}
+    write_experiment(tmp_path, "done", [trial_record("done", loss, 0.2, 16, seed) for loss in axes["loss"]
+                                        for seed in (0, 1)], axes)
+    write_experiment(tmp_path, "going", [trial_record("going", "batch-hard", 0.2, 16, 0)], axes)
+    loaded = load_records(tmp_path)
+    summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    rows = {row[2]: row[3:] for row in tables.comparison_table(summary, ["done", "going"]).rows}
+    assert rows["batch-all"][1] == "not recorded yet" and rows["batch-hard"][1] == "no eligible cell"
+    assert rows["batch-all"][0].startswith("0.") and ", m 0.2 B 16" in rows["batch-all"][0]

@@ -418,6 +418,8 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
                 row.append(f"{interval(cell, 'map_at_r')}{where}")
             elif cells.empty:
                 row.append("not in this experiment")
+            elif not cells.n_seeds.any():
+                row.append("not recorded yet")
             elif not stats.has_validation(cells).any():
                 row.append("no validation metrics")
             else:
