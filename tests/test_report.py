@@ -495,9 +495,16 @@ def test_the_comparison_says_when_a_loss_is_in_the_grid_but_not_recorded_yet(tmp
             "seed": [0, 1]}
     write_experiment(tmp_path, "done", [trial_record("done", loss, 0.2, 16, seed) for loss in axes["loss"]
                                         for seed in (0, 1)], axes)
-    write_experiment(tmp_path, "going", [trial_record("going", "batch-hard", 0.2, 16, 0)], axes)
+    untrained = {"map_at_r": 0.2, "knn_accuracy": 0.8, "precision_at_1": 0.8}
+    baselines = [{**baseline_record("going", "untrained", 0, untrained), "trial_id": f"baseline-{normalize}"}
+                 for normalize in (True, False)]
+    for record, normalize in zip(baselines, (True, False), strict=True):
+        record["config"] = {**record["config"], "normalize": normalize}
+    write_experiment(tmp_path, "going", [trial_record("going", "batch-hard", 0.2, 16, 0), *baselines],
+                     {**axes, "normalize": [True, False]})
     loaded = load_records(tmp_path)
     summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
     rows = {row[2]: row[3:] for row in tables.comparison_table(summary, ["done", "going"]).rows}
     assert rows["batch-all"][1] == "not recorded yet" and rows["batch-hard"][1] == "no eligible cell"
     assert rows["batch-all"][0].startswith("0.") and ", m 0.2 B 16" in rows["batch-all"][0]
+    assert rows["untrained"][1] == "0.2000 (n=1) [normalize off]; 0.2000 (n=1) [normalize on]"  # one per variant

@@ -410,7 +410,9 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
             cells = summary[(summary.experiment == experiment) & (summary.dataset == key.dataset)
                             & (summary.protocol == key.protocol) & (summary.loss == key.loss)]
             chosen = cells if key.loss in stats.BASELINES else cells[cells.selected]
-            if not chosen.empty:
+            if key.loss in stats.BASELINES and len(chosen) > 1:  # one per variant it depends on (normalize)
+                row.append("; ".join(f"{interval(cell, 'map_at_r')} [{cell.variant}]" for cell in chosen.itertuples()))
+            elif not chosen.empty:
                 cell = chosen.iloc[0]
                 where = "" if key.loss in stats.BASELINES else (
                     f", m {plain(cell.margin)} B {plain(cell.batch_size)}" + (f" [{cell.variant}]" if cell.variant
