@@ -508,3 +508,5 @@ def test_the_comparison_says_when_a_loss_is_in_the_grid_but_not_recorded_yet(tmp
     assert rows["batch-all"][1] == "not recorded yet" and rows["batch-hard"][1] == "no eligible cell"
     assert rows["batch-all"][0].startswith("0.") and ", m 0.2 B 16" in rows["batch-all"][0]
     assert rows["untrained"][1] == "0.2000 (n=1) [normalize off]; 0.2000 (n=1) [normalize on]"  # one per variant
+    labels = [row[0] for row in tables.headline("h", summary[summary.experiment == "going"])[0].rows[:2]]
+    assert labels == ["untrained [normalize off]", "untrained [normalize on]"]

@@ -93,7 +93,8 @@ def _record_rows(record: Any, path: Path, axes: list[str]) -> list[dict[str, Any
     else:
         settings = {**DEFAULTS, **config}
     initial = record.get("initial") if isinstance(record.get("initial"), dict) else {}
-    varied = [axis for axis in VARIANT_AXES if axis in axes and (not baseline or axis in NET_KEYS)]
+    net = not baseline or record.get("baseline") == "untrained"  # raw pixels depend on no variant axis
+    varied = [axis for axis in VARIANT_AXES if axis in axes and (net if axis in NET_KEYS else not baseline)]
     base = {
         **settings,
         "variant": variant(settings, varied),

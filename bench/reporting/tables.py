@@ -242,7 +242,7 @@ def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
     header = ["loss", "margin", "batch", "steps", "img/class", "MAP@R (test)", "vs best", "k-NN accuracy (test)",
               "vs best", "P@1 (test)", "MAP@R (val)", "plateau gap (val MAP@R)"]
     for row in cells[cells.loss.isin(stats.BASELINES)].itertuples():
-        rows.append([row.loss, ABSENT, ABSENT, ABSENT, ABSENT, interval(row, "map_at_r"), "baseline",
+        rows.append([loss_text(row), ABSENT, ABSENT, ABSENT, ABSENT, interval(row, "map_at_r"), "baseline",
                      interval(row, "knn_accuracy"), "baseline", interval(row, "precision_at_1"),
                      interval(row, "val_map_at_r"), ABSENT])
     trials = cells[~cells.loss.isin(stats.BASELINES)]
@@ -278,7 +278,7 @@ def paper_headline(name: str, cells: pd.DataFrame) -> Table:
     trials = cells[~cells.loss.isin(stats.BASELINES)]
     selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
     best = {metric: round(selected[f"{metric}_mean"].max(), 4) for metric in metrics}
-    rows: list[list[Any]] = [[row.loss, ABSENT, ABSENT, *(interval(row, metric) for metric in metrics)]
+    rows: list[list[Any]] = [[loss_text(row), ABSENT, ABSENT, *(interval(row, metric) for metric in metrics)]
                              for row in cells[cells.loss.isin(stats.BASELINES)].itertuples()]
     for row in selected.itertuples():
         values = []
