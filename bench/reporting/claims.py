@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from bench.reporting import stats
+from bench.reporting import stats, tables
 from bench.reporting.markdown import table
 
 RULES = (
@@ -51,11 +51,11 @@ class Paired(NamedTuple):
 
 
 def _fmt(value: float, digits: int = 3) -> str:
-    return "–" if not math.isfinite(value) else f"{value:+.{digits}f}".replace("-", "−")
+    return "–" if not math.isfinite(value) else tables.signed(value, digits)
 
 
 def _p(p: float) -> str:
-    return "p n/a" if not math.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+    return "p n/a" if not math.isfinite(p) else tables.p_clause(p)
 
 
 def _paired_text(result: Paired, what: str, digits: int = 3) -> str:
@@ -215,8 +215,8 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     better_than_hard = _direction(versus_hard, +1) == "supported"
     verdict = "contradicted" if worse else ("supported" if better_than_hard else "not detected at this n")
     return claim._replace(
-        numbers=(f"{experiment}: semi-hard m {row.margin:g} [{row.variant}] test MAP@R {row.map_at_r_mean:.3f} "
-                 f"± {row.map_at_r_ci95:.3f} (n = {row.n_valid}), {best}; "
+        numbers=(f"{experiment}: {tables.loss_text(row)} m {row.margin:g} test MAP@R "
+                 f"{tables.interval(row, 'map_at_r')}, {best}; "
                  + _paired_text(versus_hard, "against batch-hard's selected cell:")
                  + ". Rule: supported if it is not detected worse than the best loss and detected better than "
                    "batch-hard; contradicted if detected worse than the best."), verdict=verdict)
@@ -287,13 +287,6 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                                                                   "n = 3 resolves)")
 
 
-def _interval(row: pd.Series, metric: str = "map_at_r") -> str:
-    mean, half = row[f"{metric}_mean"], row[f"{metric}_ci95"]
-    if not math.isfinite(mean):
-        return "–"
-    return f"{mean:.4f}" + (f" ± {half:.4f}" if math.isfinite(half) else "") + f" (n={int(row.n_valid)})"
-
-
 def batch_table(summary: pd.DataFrame) -> list[list[str]]:
     """cpu-batch's rows: per batch size, the cell at equal steps (a budget_steps variant) and at equal samples (the
     lr scaled by √B), each with its samples, steps, lr and test MAP@R; [] without the experiment."""
@@ -311,7 +304,7 @@ def batch_table(summary: pd.DataFrame) -> list[list[str]]:
             cell = chosen.iloc[0]
             steps_planned = float(cell.planned_steps)
             row += [f"{steps_planned * size:,.0f} samples, {steps_planned:,.0f} steps, lr {float(cell.lr):.2g}",
-                    _interval(cell)]
+                    str(tables.interval(cell, "map_at_r"))]
         rows.append(row)
     return rows
 
@@ -334,8 +327,8 @@ def budget_table(summary: pd.DataFrame) -> list[list[str]]:
     rows = []
     for loss in _ranking(short):
         before, after = short[short.loss == loss].iloc[0], long[long.loss == loss].iloc[0]
-        rows.append([loss, f"{before.margin:g}", _interval(before), str(ranks["short"][loss]), _interval(after),
-                     str(ranks["long"].get(loss, "–"))])
+        rows.append([loss, f"{before.margin:g}", str(tables.interval(before, "map_at_r")), str(ranks["short"][loss]),
+                     str(tables.interval(after, "map_at_r")), str(ranks["long"].get(loss, "–"))])
     return rows
 
 
