@@ -206,7 +206,7 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     if row is None:
         return claim._replace(verdict="not measured yet (no eligible semi-hard cell)")
     trials = _trials(final, experiment)
-    versus_hard = paired(trials, _cell_mask(trials, row), _cell_mask(trials, hard), ["dataset"], "map_at_r") \
+    versus_hard = paired(trials, stats.in_cell(trials, row), stats.in_cell(trials, hard), ["dataset"], "map_at_r") \
         if hard is not None else Paired(math.nan, math.nan, math.nan, math.nan, 0)
     best = "the best loss on validation" if bool(row.get("best", False)) else (
         f"vs best {_fmt(row.diff_map_at_r)} [{_fmt(row.diff_lo_map_at_r)}, {_fmt(row.diff_hi_map_at_r)}], Holm "
@@ -220,11 +220,6 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                  + _paired_text(versus_hard, "against batch-hard's selected cell:")
                  + ". Rule: supported if it is not detected worse than the best loss and detected better than "
                    "batch-hard; contradicted if detected worse than the best."), verdict=verdict)
-
-
-def _cell_mask(trials: pd.DataFrame, row: pd.Series) -> pd.Series:
-    return ((trials.dataset == row.dataset) & (trials.loss == row.loss) & (trials.margin == row.margin)
-            & (trials.batch_size == row.batch_size) & (trials.variant == row.variant))
 
 
 def normalisation(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
@@ -314,12 +309,18 @@ def _ranking(cells: pd.DataFrame) -> list[str]:
     return list(cells.sort_values("map_at_r_mean", ascending=False, kind="stable").loss)
 
 
-def budget_table(summary: pd.DataFrame) -> list[list[str]]:
-    """Per loss of cpu-budget: its cpu-selected cell's test MAP@R at the cpu budget and at cpu-budget's, with the
-    rank at each; [] without cpu-budget."""
+def _budget_cells(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The selected cells of cpu (its budget) of cpu-budget's datasets and losses, and cpu-budget's own."""
     long = summary[(summary.experiment == "cpu-budget") & summary.selected]
     short = summary[(summary.experiment == "cpu") & summary.selected & summary.dataset.isin(set(long.dataset))
                     & summary.loss.isin(set(long.loss))]
+    return short, long
+
+
+def budget_table(summary: pd.DataFrame) -> list[list[str]]:
+    """Per loss of cpu-budget: its cpu-selected cell's test MAP@R at the cpu budget and at cpu-budget's, with the
+    rank at each; [] without cpu-budget."""
+    short, long = _budget_cells(summary)
     if long.empty or short.empty:
         return []
     ranks = {name: {loss: i + 1 for i, loss in enumerate(_ranking(cells))} for name, cells in
@@ -338,16 +339,14 @@ def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                   "cpu (200k samples) against cpu-budget (the same CIFAR-10 cells at 1M samples, seeds 0-2)", "", "")
     if not _complete(summary, "cpu-budget") or not _complete(summary, "cpu"):
         return claim._replace(verdict=_pending("cpu-budget", summary))
-    long = summary[(summary.experiment == "cpu-budget") & summary.selected]
-    short = summary[(summary.experiment == "cpu") & summary.selected & summary.dataset.isin(set(long.dataset))
-                    & summary.loss.isin(set(long.loss))]
+    short, long = _budget_cells(summary)
     before, after = _ranking(short), _ranking(long)
     trials = _trials(final, "cpu-budget")
     flipped = [(a, b) for i, a in enumerate(before) for b in before[i + 1:] if after.index(a) > after.index(b)]
     detected = []
     for better, worse in flipped:  # at 1M `worse` is ahead: is that detected, paired over the seeds?
         rows = {loss: long[long.loss == loss].iloc[0] for loss in (better, worse)}
-        result = paired(trials, _cell_mask(trials, rows[worse]), _cell_mask(trials, rows[better]), ["dataset"],
+        result = paired(trials, stats.in_cell(trials, rows[worse]), stats.in_cell(trials, rows[better]), ["dataset"],
                         "map_at_r")
         if math.isfinite(result.p) and result.p < stats.ALPHA and result.mean > 0:
             detected.append(f"{worse} ahead of {better}: " + _paired_text(result, "test MAP@R"))

@@ -216,13 +216,6 @@ def _failures(ax: Axes, cells: pd.DataFrame, x: str, colour: Any) -> set[str]:
     return marked
 
 
-def _of_cell(rows: pd.DataFrame, cell: Any) -> pd.Series:
-    """Bool per row (trials or checkpoints): whether it belongs to the summary row `cell`'s loss, margin, batch size
-    and variant (its dataset and protocol are the caller's)."""
-    return ((rows.loss == cell.loss) & (rows.margin == cell.margin) & (rows.batch_size == cell.batch_size)
-            & (rows.variant == cell.variant))
-
-
 def _one_variant(cells: pd.DataFrame) -> pd.DataFrame:
     """Each loss's cells of one variant per dataset × protocol (that of its selected cell, else of its best cell on
     validation), so that a line joins the margins of one configuration; `cells` itself without variants."""
@@ -454,7 +447,7 @@ def curves(summary: pd.DataFrame, checkpoints: pd.DataFrame, x: str, order: tupl
         shown: list[pd.DataFrame] = []
         for cell in _in(chosen, dataset, protocol).itertuples():
             points = _in(valid, dataset, protocol)
-            points = points[_of_cell(points, cell)]
+            points = points[stats.in_cell(points, cell)]
             values += _curve(ax, points, x, colours[cell.loss], f"{cell.loss} (m {cell.margin:g}, "
                              f"B {cell.batch_size:g})", drawn)
             shown.append(points)
@@ -570,7 +563,7 @@ def fractions(summary: pd.DataFrame, checkpoints: pd.DataFrame, order: tuple[str
                 continue
             cell = cell.iloc[0]
             points = _in(valid, dataset, protocol)
-            points = points[_of_cell(points, cell)]
+            points = points[stats.in_cell(points, cell)]
             by_checkpoint = sorted(points.groupby("checkpoint"), key=lambda item: item[0])
             for name, (label, colour) in FRACTION_COLOURS.items():
                 intervals = [stats.t_interval(g[name]) for _, g in by_checkpoint]
@@ -597,8 +590,7 @@ def class_names(dataset: str, labels: list[int]) -> list[str]:
 def _embedded(cell: Any, final: pd.DataFrame, notes: list[str]) -> tuple[np.ndarray, np.ndarray, Any] | None:
     """The t-SNE of ≤ TSNE_POINTS stored test embeddings of a selected cell's lowest stored seed, their labels and
     that seed; None (with a note) when there are none."""
-    stored = final[(final.dataset == cell.dataset) & (final.protocol == cell.protocol) & _of_cell(final, cell)
-                   & final.embeddings.notna()].sort_values("seed")
+    stored = final[stats.in_cell(final, cell) & final.embeddings.notna()].sort_values("seed")
     where = f"t-SNE panel {cell.dataset} {cell.protocol} {cell.loss}"
     if stored.empty:
         notes.append(f"{where}: its selected cell stored no embeddings")

@@ -251,12 +251,16 @@ def select(summary: pd.DataFrame) -> pd.DataFrame:
 SELECTION_KEYS = ("val_map_at_r_mean", "val_knn_accuracy_mean", "margin", "batch_size", "variant")
 
 
+def in_cell(rows: pd.DataFrame, cell: Any) -> pd.Series:
+    """Bool per row (trials or checkpoints): whether it is of the summary row `cell`'s dataset, protocol, loss,
+    margin, batch size and variant (in any experiment: the caller's to restrict)."""
+    return ((rows.dataset == cell.dataset) & (rows.protocol == cell.protocol) & (rows.loss == cell.loss)
+            & (rows.margin == cell.margin) & (rows.batch_size == cell.batch_size) & (rows.variant == cell.variant))
+
+
 def _per_seed(final: pd.DataFrame, row: pd.Series, metric: str) -> dict[Any, float]:
     """seed -> final test metric of the valid trials of the cell `row`."""
-    trials = final[(final.experiment == row.experiment) & (final.dataset == row.dataset)
-                   & (final.protocol == row.protocol) & (final.loss == row.loss) & (final.margin == row.margin)
-                   & (final.batch_size == row.batch_size) & (final.variant == row.variant)
-                   & final.status.isin(IN_MEAN)]
+    trials = final[(final.experiment == row.experiment) & in_cell(final, row) & final.status.isin(IN_MEAN)]
     return {seed: float(value) for seed, value in zip(trials.seed, trials[metric], strict=True)}
 
 
