@@ -16,11 +16,12 @@ import torch
 from torch import Tensor
 
 from losses.counting import (
+    count_at_most,
+    count_at_most_in_group,
     count_below_per_row,
+    count_below_thresholds,
+    count_below_thresholds_in_group,
     count_exceeding_ranks,
-    group_order,
-    merge_order,
-    merged_counts,
 )
 from losses.distance import check_inputs, pair_masks, pairwise_distance
 
@@ -41,16 +42,21 @@ def _hinge_mean(d: Tensor, weights: Tensor, count: Tensor, margin: Tensor | floa
     return (total / count.clamp_min(1)).to(d.dtype)
 
 
+def _negatives_ranked(d: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's negative distances ascending, +inf after them [B, R], and their column indices [B, R]."""
+    return d.detach().masked_fill(~neg, INF).sort(dim=1)
+
+
 def _triplet_weights(
-    d: Tensor, pos: Tensor, neg: Tensor, margin: Tensor | float
+    d: Tensor, pos: Tensor, ranked: tuple[Tensor, Tensor], margin: Tensor | float
 ) -> tuple[Tensor, Tensor]:
-    """Integer weights [B, B] and #active with Σ_active (d_ap − d_an + m) = Σ weights·d + m·#active.
+    """Integer weights [B, R] and #active with Σ_active (d_ap − d_an + m) = Σ weights·d + m·#active.
 
     A triplet is active when d_an < d_ap + m. Weight of a positive pair (a, p): its number of active
-    negatives; of a negative pair (a, n): minus its number of active positives.
+    negatives; of a negative pair (a, n): minus its number of active positives. ranked: _negatives_ranked(d, neg).
     """
     d = d.detach()
-    negatives_sorted, order = d.masked_fill(~neg, INF).sort(dim=1)
+    negatives_sorted, order = ranked
     per_positive = count_below_per_row(negatives_sorted, d + margin).masked_fill_(~pos, 0)
     per_negative_sorted = count_exceeding_ranks(per_positive, pos, d.shape[1])
     weights = per_positive.to(d.dtype).scatter_add_(1, order, -per_negative_sorted.to(d.dtype))
@@ -58,30 +64,38 @@ def _triplet_weights(
 
 
 def _quadruplet_weights(
-    d: Tensor, labels: Tensor, pos: Tensor, neg: Tensor, margin: Tensor | float
+    d: Tensor, labels: Tensor, pos: Tensor, neg: Tensor, ranked: tuple[Tensor, Tensor], margin: Tensor | float
 ) -> tuple[Tensor, Tensor]:
     """Integer weights [B, B] and #active for Σ [d_ij − d_kl + m]₊ over Chen et al.'s quadruplets.
 
-    Quadruplets: y_i = y_j, i ≠ j, y_k ≠ y_i, y_l ≠ y_i, y_l ≠ y_k; active when d_kl < d_ij + m. One merge
-    of the thresholds d_ij + m with the values d_kl counts, per positive pair, the active negative pairs
-    and, per negative pair, the active positive pairs; a second, by the class of the pair's first index,
-    counts those within one class. Per positive pair (i, j) of class c, the negative pairs that touch c
-    are twice those with y_k = c (d is symmetric and no negative pair has both ends in c); per negative
-    pair (k, l), the positive pairs to drop are those of class y_k, counted at (k, l), and of class y_l,
-    counted at (l, k).
+    Quadruplets: y_i = y_j, i ≠ j, y_k ≠ y_i, y_l ≠ y_i, y_l ≠ y_k; active when d_kl < d_ij + m. d is exactly
+    symmetric, so each unordered pair is taken once (k < l) and counts twice. One search ranks every negative
+    pair's distance among the sorted thresholds d_ij + m (rows' sorted negatives, ranked, shared with the triplet
+    term: ascending queries), and each rank is then counted within the class of either end. Per positive pair
+    (i, j) of class c, the active negative pairs are all those below it less twice those with y_k = c (no
+    negative pair has both ends in c); per negative pair (k, l), the active positive pairs are all those above
+    it less those of class y_k and of class y_l.
     """
     d = d.detach()
-    row_class = torch.unique(labels, return_inverse=True)[1][:, None].expand_as(d)
-    n_positive = int(pos.sum())
-    order = merge_order(d[pos] + margin, d[neg])
-    negatives_below, positives_above = merged_counts(order, n_positive)
-    group = torch.cat([row_class[pos], row_class[neg]])
-    class_negatives_below, class_positives_above = merged_counts(group_order(order, group), n_positive, group)
-    per_positive = negatives_below - 2 * class_negatives_below
-    same_class_above = torch.zeros_like(d).masked_scatter_(neg, class_positives_above.to(d.dtype))
-    per_negative = positives_above.to(d.dtype) - same_class_above[neg] - same_class_above.T[neg]
-    weights = torch.zeros_like(d).masked_scatter_(pos, per_positive.to(d.dtype))
-    return weights.masked_scatter_(neg, -per_negative), per_positive.sum()
+    negatives_sorted, order = ranked
+    classes = torch.unique(labels, return_inverse=True)[1]
+    i, j = torch.triu(pos, diagonal=1).nonzero(as_tuple=True)
+    index = torch.arange(d.shape[0], device=d.device)
+    k, rank_in_row = ((index < neg.sum(dim=1, keepdim=True)) & (order > index[:, None])).nonzero(as_tuple=True)
+    other = order[k, rank_in_row]
+    thresholds, by_value = (d[i, j] + margin).sort()
+    n = thresholds.numel()
+    ranks = count_at_most(thresholds, negatives_sorted[k, rank_in_row])  # ascending within each row k
+    ends = torch.stack([classes[k], classes[other]], dim=1)
+    class_ranks, by_class, per_class = count_at_most_in_group(ranks, ends, classes[i[by_value]])
+    below = count_below_thresholds(ranks, n) - count_below_thresholds_in_group(
+        class_ranks.flatten(), ends.flatten(), by_class, per_class)
+    per_positive = torch.empty_like(below).scatter_(0, by_value, 2 * below)  # per ordered pair, (i, j) or (j, i)
+    per_negative = 2 * (n - ranks) - 2 * (per_class[ends] - class_ranks).sum(dim=1)
+    weights = torch.zeros_like(d)  # upper triangle only, doubled: d is symmetric, so Σ weights·d is the same
+    weights[i, j] = 2 * per_positive.to(d.dtype)
+    weights[k, other] = -2 * per_negative.to(d.dtype)
+    return weights, 2 * per_positive.sum()
 
 
 def _adaptive_margin(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
@@ -99,15 +113,15 @@ def batch_all(embeddings: Tensor, labels: Tensor, margin: float, check_finite: b
 
 def batch_all_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: Tensor | float) -> Tensor:
     """Batch-all from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
-    return _hinge_mean(d, *_triplet_weights(d, pos, neg, margin), margin)
+    return _hinge_mean(d, *_triplet_weights(d, pos, _negatives_ranked(d, neg), margin), margin)
 
 
 def batch_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
     """Mean over anchors with a positive and a negative of [max_p d_ap − min_n d_an + m]₊.
 
-    Tied hardest distances share the gradient equally (amax/amin semantics). The hardest pairs are chosen on
-    pairwise_distance without gradient, and only they carry one (the distance of the difference of their two
-    embeddings), so that the backward pass costs O(B·D), not a B×B matrix product and chain of element-wise steps.
+    Tied hardest distances share the gradient equally (amax/amin semantics). The hardest pairs are chosen without
+    gradient, and only they carry one (the distance of the difference of their two embeddings), so that the
+    backward pass costs O(B·D), not a B×B matrix product and chain of element-wise steps.
     """
     gaps, anchors = _hardest_gaps(embeddings, labels, margin, check_finite)
     return torch.where(anchors, (gaps + margin).clamp_min(0), 0.0).sum() / anchors.sum().clamp_min(1)
@@ -120,28 +134,53 @@ def batch_hard_soft(embeddings: Tensor, labels: Tensor, margin: float, check_fin
     return torch.where(anchors, torch.nn.functional.softplus(gaps + margin), 0.0).sum() / anchors.sum().clamp_min(1)
 
 
+HARDEST_BLOCK = 1 << 20  # squared distances held at once while choosing the hardest pairs (4 MiB in float32)
+
+
 def _hardest_gaps(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool) -> tuple[Tensor, Tensor]:
-    """Per anchor max_p d_ap − min_n d_an [B] (batch_hard's selection and gradient) and whether it has both [B]."""
+    """Per anchor max_p d_ap − min_n d_an [B] (batch_hard's selection and gradient) and whether it has both [B].
+
+    The hardest pairs are chosen on squared distances ||a||² + ||b||² − 2a·b (the same order as the distances,
+    with no square root or B×B symmetrisation), a block of anchors at a time so that the block stays in cache.
+    """
     check_inputs(embeddings, labels, margin, check_finite)
-    pos, neg = pair_masks(labels)
+    b = embeddings.shape[0]
+    none = torch.zeros(0, dtype=torch.long, device=embeddings.device)
+    farthest, closest = [(none, none)], [(none, none)]
     with torch.no_grad():
-        d = pairwise_distance(embeddings)
-    hardest_positive = _hardest(embeddings, d, pos, d.masked_fill(~pos, -INF).amax(dim=1))
-    hardest_negative = _hardest(embeddings, d, neg, d.masked_fill(~neg, INF).amin(dim=1))
-    anchors = pos.any(dim=1) & neg.any(dim=1)
+        x = embeddings.detach()
+        sq_norms = x.pow(2).sum(dim=1)
+        step = max(1, HARDEST_BLOCK // max(b, 1))
+        for start in range(0, b, step):
+            squared = torch.addmm(sq_norms, x[start:start + step], x.T, alpha=-2)
+            same = labels[start:start + step, None] == labels[None, :]
+            positive = torch.where(same, squared, -INF)
+            positive.diagonal(offset=start).fill_(-INF)
+            negative = torch.where(same, INF, squared)
+            farthest.append(_ties(positive, positive.amax(dim=1, keepdim=True), start))
+            closest.append(_ties(negative, negative.amin(dim=1, keepdim=True), start))
+    hardest_positive, has_positive = _mean_distance(embeddings, *map(torch.cat, zip(*farthest, strict=True)))
+    hardest_negative, has_negative = _mean_distance(embeddings, *map(torch.cat, zip(*closest, strict=True)))
+    anchors = has_positive & has_negative
     return torch.where(anchors, hardest_positive - hardest_negative, 0.0), anchors
 
 
-def _hardest(embeddings: Tensor, d: Tensor, mask: Tensor, value: Tensor) -> Tensor:
-    """Each row's hardest distance `value` [B] among `mask` (±inf without one), with amax's gradient: that of the
-    mean distance of the row's tied hardest pairs, computed for those pairs alone (0 where a pair coincides)."""
-    rows, cols = (mask & (d == value[:, None])).nonzero(as_tuple=True)
-    ties = torch.zeros_like(value).index_add_(0, rows, torch.ones_like(rows, dtype=value.dtype))
-    gap = embeddings[rows] - embeddings[cols]
-    squared = gap.pow(2).sum(dim=1)
+def _ties(block: Tensor, best: Tensor, start: int) -> tuple[Tensor, Tensor]:
+    """Rows (offset by start) and columns [T] of a block's entries [R, B] equal to their row's finite best [R, 1]."""
+    rows, cols = ((block == best) & best.isfinite()).nonzero(as_tuple=True)
+    return rows + start, cols
+
+
+def _mean_distance(embeddings: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row, the mean distance of its chosen pairs [B] (0 where it has none, with amax's gradient) and whether it
+    has one [B]; each distance is that of the two embeddings' difference (0, and no NaN, where they coincide)."""
+    b = embeddings.shape[0]
+    ties = torch.zeros(b, dtype=embeddings.dtype, device=embeddings.device).index_add_(
+        0, rows, torch.ones_like(rows, dtype=embeddings.dtype))
+    squared = (embeddings[rows] - embeddings[cols]).pow(2).sum(dim=1)
     length = torch.where(squared > 0, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), 0.0)
-    mean = torch.zeros_like(value).index_add(0, rows, length) / ties.clamp_min(1)
-    return value + (mean - mean.detach())
+    total = torch.zeros(b, dtype=embeddings.dtype, device=embeddings.device).index_add(0, rows, length)
+    return total / ties.clamp_min(1), ties > 0
 
 
 def _hardest_gaps_from_distances(d: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,9 +241,10 @@ def quadruplet(embeddings: Tensor, labels: Tensor, margin: float, check_finite: 
     """Adaptive-mu term + mean of active [d_ij − d_kl + m_eff/2]₊ over Chen et al.'s quadruplets."""
     d, pos, neg = _prepare(embeddings, labels, margin, check_finite)
     m_eff = _adaptive_margin(d, pos, neg, margin)
-    triplet_term = _hinge_mean(d, *_triplet_weights(d, pos, neg, m_eff), m_eff)
+    ranked = _negatives_ranked(d, neg)
+    triplet_term = _hinge_mean(d, *_triplet_weights(d, pos, ranked, m_eff), m_eff)
     half = m_eff / 2
-    pair_term = _hinge_mean(d, *_quadruplet_weights(d, labels, pos, neg, half), half)
+    pair_term = _hinge_mean(d, *_quadruplet_weights(d, labels, pos, neg, ranked, half), half)
     return triplet_term + pair_term
 
 

@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from losses import LOSSES, mining_stats, pairwise_distance
+from losses import LOSSES, counting, mining_stats, pairwise_distance, triplet
 from losses.dense import DENSE_LOSSES, dense_adaptive_margin, dense_distance
 
 NAMES = list(LOSSES)
@@ -220,6 +220,46 @@ def test_fast_losses_match_dense_in_float64(batch) -> None:
         ref_value, ref_grad = value_and_grad(DENSE_LOSSES[name], embeddings, labels, margin)
         torch.testing.assert_close(value, ref_value, rtol=1e-9, atol=1e-12, msg=name)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_the_other_paths_are_exact_too(batch) -> None:
+    """Batch-hard's selection a row at a time, and quadruplet's in-class ranks by search instead of table lookup."""
+    embeddings, labels, margin = batch
+    blocked = {"batch-hard": ("HARDEST_BLOCK", 1), "batch-hard-soft": ("HARDEST_BLOCK", 1),
+               "quadruplet": ("TABLE_LIMIT", 0)}
+    for name, (constant, value) in blocked.items():
+        module = triplet if constant == "HARDEST_BLOCK" else counting
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, constant, value)
+            got = value_and_grad(LOSSES[name], embeddings, labels, margin)
+        expected = value_and_grad(DENSE_LOSSES[name], embeddings, labels, margin)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("table_limit", [0, 1 << 26])
+@pytest.mark.parametrize("seed", range(20))
+def test_in_group_counts_match_brute_force(seed: int, table_limit: int) -> None:
+    """count_at_most_in_group and count_below_thresholds_in_group against direct comparison, with ties."""
+    gen = torch.Generator().manual_seed(seed)
+    thresholds = torch.randint(0, 8, (int(torch.randint(0, 12, (1,), generator=gen)),), generator=gen).sort().values
+    threshold_groups = torch.randint(0, 4, thresholds.shape, generator=gen)
+    values = torch.randint(0, 9, (15,), generator=gen).double()
+    groups = torch.randint(0, 4, (15, 2), generator=gen)
+    ranks = counting.count_at_most(thresholds.double(), values)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(counting, "TABLE_LIMIT", table_limit)
+        in_group, by_group, per_group = counting.count_at_most_in_group(ranks, groups, threshold_groups)
+    same = groups[:, :, None] == threshold_groups  # [V, K, P]
+    assert torch.equal(in_group, (same & (thresholds <= values[:, None, None])).sum(-1))
+    below = counting.count_below_thresholds_in_group(in_group.flatten(), groups.flatten(), by_group, per_group)
+    flat_same = groups.flatten()[:, None] == threshold_groups  # [V·K, P]
+    expected = (flat_same & (values.repeat_interleave(2)[:, None] < thresholds)).sum(0)
+    assert torch.equal(below, expected)
+    assert torch.equal(counting.count_below_thresholds(ranks, thresholds.numel()),
+                       (values[:, None] < thresholds).sum(0))
 
 
 @SETTINGS
