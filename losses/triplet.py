@@ -134,14 +134,15 @@ def batch_hard_soft(embeddings: Tensor, labels: Tensor, margin: float, check_fin
     return torch.where(anchors, torch.nn.functional.softplus(gaps + margin), 0.0).sum() / anchors.sum().clamp_min(1)
 
 
-HARDEST_BLOCK = 1 << 20  # squared distances held at once while choosing the hardest pairs (4 MiB in float32)
+HARDEST_BLOCK = 1 << 20  # squared distances held at once on the CPU while choosing the hardest pairs (4 MiB, float32)
+HARDEST_BLOCK_ACCELERATOR = 1 << 28  # elsewhere (a GPU): one block up to B = 16384, since each block synchronises
 
 
 def _hardest_gaps(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool) -> tuple[Tensor, Tensor]:
     """Per anchor max_p d_ap − min_n d_an [B] (batch_hard's selection and gradient) and whether it has both [B].
 
     The hardest pairs are chosen on squared distances ||a||² + ||b||² − 2a·b (the same order as the distances,
-    with no square root or B×B symmetrisation), a block of anchors at a time so that the block stays in cache.
+    with no square root or B×B symmetrisation), on the CPU a block of anchors at a time so that it stays in cache.
     """
     check_inputs(embeddings, labels, margin, check_finite)
     b = embeddings.shape[0]
@@ -150,7 +151,8 @@ def _hardest_gaps(embeddings: Tensor, labels: Tensor, margin: float, check_finit
     with torch.no_grad():
         x = embeddings.detach()
         sq_norms = x.pow(2).sum(dim=1)
-        step = max(1, HARDEST_BLOCK // max(b, 1))
+        block = HARDEST_BLOCK if x.device.type == "cpu" else HARDEST_BLOCK_ACCELERATOR
+        step = max(1, block // max(b, 1))
         for start in range(0, b, step):
             squared = torch.addmm(sq_norms, x[start:start + step], x.T, alpha=-2)
             same = labels[start:start + step, None] == labels[None, :]
