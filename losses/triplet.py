@@ -47,6 +47,18 @@ def _negatives_ranked(d: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
     return d.detach().masked_fill(~neg, INF).sort(dim=1)
 
 
+def _positives_by_row(pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's positive columns, packed to the left [B, K] (K: the most positives of a row; 0 as padding), and
+    which of them are real [B, K]."""
+    counts = pos.sum(dim=1)
+    rows, columns = pos.nonzero(as_tuple=True)
+    slots = torch.arange(rows.numel(), device=pos.device) - (counts.cumsum(0) - counts)[rows]
+    packed = torch.zeros(pos.shape[0], int(counts.max()) if counts.numel() else 0, dtype=torch.long,
+                         device=pos.device)
+    packed[rows, slots] = columns
+    return packed, torch.arange(packed.shape[1], device=pos.device) < counts[:, None]
+
+
 def _triplet_weights(
     d: Tensor, pos: Tensor, ranked: tuple[Tensor, Tensor], margin: Tensor | float
 ) -> tuple[Tensor, Tensor]:
@@ -54,12 +66,15 @@ def _triplet_weights(
 
     A triplet is active when d_an < d_ap + m. Weight of a positive pair (a, p): its number of active
     negatives; of a negative pair (a, n): minus its number of active positives. ranked: _negatives_ranked(d, neg).
+    Only the positive pairs are searched, packed per row.
     """
     d = d.detach()
     negatives_sorted, order = ranked
-    per_positive = count_below_per_row(negatives_sorted, d + margin).masked_fill_(~pos, 0)
-    per_negative_sorted = count_exceeding_ranks(per_positive, pos, d.shape[1])
-    weights = per_positive.to(d.dtype).scatter_add_(1, order, -per_negative_sorted.to(d.dtype))
+    columns, real = _positives_by_row(pos)
+    per_positive = count_below_per_row(negatives_sorted, d.gather(1, columns) + margin).masked_fill_(~real, 0)
+    per_negative_sorted = count_exceeding_ranks(per_positive, real, d.shape[1])
+    weights = torch.zeros_like(d).scatter_add_(1, columns, per_positive.to(d.dtype))
+    weights.scatter_add_(1, order, -per_negative_sorted.to(d.dtype))
     return weights, per_positive.sum()
 
 
