@@ -526,6 +526,16 @@ def targets(table: pd.DataFrame, overhead: pd.DataFrame, device_type: str) -> li
     at_2048 = ours[ours["batch_size"] == 2048].assign(
         where=lambda rows: rows["loss"] + ", " + rows["classes"].astype(str) + " classes")
     worst("CPU: every loss at B=2048 < 3 GiB peak", at_2048, "peak_memory_mib", 3072, "{:.0f} MiB", cpu, "where")
+    hard = ours[ours["loss"] == "batch-hard"].assign(
+        time_ratio=lambda rows: 1 / rows["speedup_vs_pml_batch_hard"],
+        where=lambda rows: "B=" + rows["batch_size"].astype(str) + ", " + rows["classes"].astype(str) + " classes")
+    worst("CPU: batch-hard at or below pml-batch-hard's time at every B", hard[hard["time_ratio"].notna()],
+          "time_ratio", 1.0, "{:.2f}× its time", cpu, "where")
+    batch_all = ours[ours["loss"] == "batch-all"][["batch_size", "classes", "median_ms"]]
+    versus = quadruplet_4096.merge(batch_all, on=["batch_size", "classes"], suffixes=("", "_batch_all"))
+    worst("CPU: quadruplet at B=4096 within 2× batch-all's time", versus.assign(
+        time_ratio=lambda rows: rows["median_ms"] / rows["median_ms_batch_all"]), "time_ratio", 2.0,
+        "{:.2f}× its time", cpu, "where")
     at_8192 = ours[(ours["batch_size"] == 8192) & (ours["classes"] == first_classes)].assign(where=lambda r: r["loss"])
     worst(f"CUDA: every loss at B=8192 ({first_classes} classes) < 50 ms forward+backward", at_8192, "median_ms", 50,
           "{:.1f} ms", cuda, "where")

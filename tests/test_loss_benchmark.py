@@ -17,9 +17,11 @@ from bench.loss_benchmark import (
     PEERS,
     SMOKE,
     Point,
+    add_ratios,
     main,
     run_grid,
     st_loss,
+    targets,
 )
 from losses import LOSSES
 
@@ -122,3 +124,21 @@ def test_sentence_transformers_peers_compute_the_losses_they_stand_beside() -> N
         ours = LOSSES[loss](embeddings, labels, MARGIN)
         torch.testing.assert_close(st_loss(loss)(embeddings, labels), ours, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(st_loss("semi-hard")(embeddings, labels))
+
+
+@pytest.mark.parametrize("hard_ms,quadruplet_ms", [(9.0, 19.0), (11.0, 21.0)])
+def test_the_speed_targets_compare_the_matching_rows(hard_ms: float, quadruplet_ms: float) -> None:
+    """batch-hard against pml-batch-hard at every B (the worst B decides) and quadruplet against batch-all at 4096."""
+    rows = [("tripletbench", "batch-hard", 128, 5.0), ("pml-batch-hard", "pml-batch-hard", 128, 6.0),
+            ("tripletbench", "batch-hard", 4096, hard_ms), ("pml-batch-hard", "pml-batch-hard", 4096, 10.0),
+            ("tripletbench", "batch-all", 4096, 10.0), ("tripletbench", "quadruplet", 4096, quadruplet_ms)]
+    table = add_ratios(pd.DataFrame(
+        [{"impl": impl, "loss": loss, "batch_size": b, "classes": 10, "median_ms": ms, "peak_memory_mib": 1.0,
+          "status": "ok", "note": ""} for impl, loss, b, ms in rows]))
+    verdicts = {name: (measured, verdict) for name, measured, verdict in targets(table, table.iloc[:0], "cpu")}
+    hard = verdicts["CPU: batch-hard at or below pml-batch-hard's time at every B"]
+    quadruplet = verdicts["CPU: quadruplet at B=4096 within 2× batch-all's time"]
+    assert hard[0] == f"worst B=4096, 10 classes: {hard_ms / 10:.2f}× its time"
+    assert quadruplet[0] == f"worst 10 classes: {quadruplet_ms / 10:.2f}× its time"
+    assert hard[1].startswith("met" if hard_ms <= 10 else "**missed**")
+    assert quadruplet[1].startswith("met" if quadruplet_ms <= 20 else "**missed**")
