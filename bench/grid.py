@@ -49,6 +49,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -299,6 +300,7 @@ def run_ray(
     elif started_ray:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,  # "local": never a cluster
                  logging_level=logging.WARNING, log_to_driver=False)  # that an earlier `ray start` left running
+    terminate_as_interrupt()  # again: ray.init installs its own SIGTERM handler, which prints a stack trace
     try:
         gpus_here = ray.cluster_resources().get("GPU", 0)
         gpus = (1 if gpus_here else 0) if gpus_per_trial is None else gpus_per_trial
@@ -635,9 +637,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that stops the run as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM (`kill`, a scheduler's stop) end the run like Ctrl-C: one line, every record written kept."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: 0 when every trial has a record (whatever its status), 1 when some are left, 2 on bad input."""
     args = parse_args(argv)
+    terminate_as_interrupt()
     command = shlex.join(["python", "-m", "bench.grid", *(sys.argv[1:] if argv is None else argv)])
     options = {"experiment": args.experiment, "backend": args.backend, "cpus_per_trial": args.cpus_per_trial,
                "gpus_per_trial": args.gpus_per_trial, "command": command,

@@ -336,6 +336,28 @@ def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path,
 
 
 @pytest.mark.slow
+def test_sigterm_stops_a_ray_grid_in_one_line_and_the_rerun_completes(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """`kill` (SIGTERM) during the smoke grid on Ray: exit 130 and one line, no stack trace (Ray's own handler
+    prints one); the records already written stay, and the same command then completes the grid."""
+    argv = [sys.executable, "-m", "bench.grid", "--smoke", "--backend", "ray", "--results", str(tmp_path)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first finished trial
+        if line.startswith("[1/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted; re-run the same command to resume"], err
+    kept = {path.name: path.read_bytes() for path in (tmp_path / "smoke" / "records").iterdir()}
+    assert any(name.endswith(".npz") for name in kept)
+    rerun = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "grid smoke: 8 trials: " in rerun.stdout and "unfinished" not in rerun.stdout
+    assert {name: (tmp_path / "smoke" / "records" / name).read_bytes() for name in kept} == kept
+
+
+@pytest.mark.slow
 def test_failures_are_recorded_and_local_backend_writes_the_same_files(
     ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path
 ) -> None:
