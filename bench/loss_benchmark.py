@@ -31,7 +31,7 @@ memory fraction on CUDA), or the measured peak exceeds the cap, or the kernel ki
 `timeout`: the warm-up and timed calls ran past the time cap. `error`: anything else. An
 implementation that failed at some B is `skipped` at every larger B of the same class count.
 
-Defaults. CPU: B = 128…4096, 8 GiB memory cap, 120 s time cap, 5 repeats; the whole run took 8.7 min
+Defaults. CPU: B = 128…4096, 8 GiB memory cap, 120 s time cap, 5 repeats; the whole run took 10.1 min
 on 2 quiet cores (reports/loss_benchmark.md); B = 8192 is left out to keep it short (ask for it with
 --batch-sizes). CUDA: B = 128…8192, the GPU's memory as the cap, 20 repeats.
 
