@@ -34,17 +34,16 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
         caption = (f"{isolated.source}: {tables.systems_hardware(isolated)}, commit {isolated.info('git_commit')}, "
                    f"{isolated.info('date')}; median of {isolated.info('steps')} steps")
         points = (frame, caption)
-    for experiment in sorted(records.grids):
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    written = [tables.write_csv(summary, reports_dir / "summary.csv"),
+               systems.write_csv(isolated, reports_dir / "systems.csv")]
+    for experiment in sorted(records.grids):  # each experiment's figures saved (and closed) before the next's
         trials = records.checkpoints[records.checkpoints.experiment == experiment]
         cells = summary[summary.experiment == experiment]
         citation = stats.citation(records.grids[experiment], cells, trials[trials.kind == "trial"])
         figures[experiment] = plots.make_plots(trials, cells, tuple(LOSSES), citation, points)
+        written += plots.save(figures[experiment], reports_dir / "plots" / experiment)
     document = tables.document(records.checkpoints, records.grids, summary, figures, isolated)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    written = [tables.write_csv(summary, reports_dir / "summary.csv"),
-               systems.write_csv(isolated, reports_dir / "systems.csv")]
-    for experiment, made in figures.items():
-        written += plots.save(made, reports_dir / "plots" / experiment)
     written += tables.write_documents(document, reports_dir)
     tested = claims.claims(summary, stats.final_rows(records.checkpoints))
     text = claims.markdown(tested, records.checkpoints.trial_id.nunique(), summary)
