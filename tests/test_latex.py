@@ -118,15 +118,15 @@ def test_the_check_without_pdflatex_is_one_line(reports: Path, monkeypatch: pyte
 
 def test_long_text_columns_wrap_and_share_the_page(tmp_path: Path) -> None:
     """A lone very long column (a failure's reason) takes 0.3 \\linewidth; several long ones (a comparison of four
-    experiments, a variant's loss label) wrap at 10em each; short text stays l. With pdflatex: they compile."""
+    experiments, a variant's loss label) wrap at 7em each; short text stays l. With pdflatex: they compile."""
     reason = Table("reason", ["loss", "reason"], [["batch-all", "ray worker killed for memory at step 3; " * 2]])
     assert latex.columns(reason) == r"lp{0.3\linewidth}"
     cell = "0.4932 ± 0.0086 (n=3), m 0.1 B 64 [lr 0.001, normalize on]"
     comparison = Table("comparison", ["dataset", *(f"e{i}" for i in range(4))], [["cifar10", *[cell] * 4]])
-    assert latex.columns(comparison) == "l" + r"p{10em}" * 4
+    assert latex.columns(comparison) == "l" + r"p{7em}" * 4
     grid = Table("grid", ["loss", *(f"c{i}" for i in range(12))],
                  [["batch-hard-soft [lr 0.0001, normalize off]", *([Estimate(0.5, 0.01, 3)] * 12)]])
-    assert latex.columns(grid) == r"p{10em}" + "r" * 12
+    assert latex.columns(grid) == r"p{7em}" + "r" * 12
     if shutil.which("pdflatex") is None:
         return
     (tmp_path / "tex").mkdir()

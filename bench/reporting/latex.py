@@ -31,7 +31,7 @@ ASCII = {"±": "+/-", "≈": "~", "≥": ">=", "≤": "<=", "–": "-", "−": "
          "†": "+", "★": "*", "Δ": "Delta", "…": "..."}
 SLACK_PT = 3.0  # an overfull box wider than this fails the compile check
 LONG_TEXT = 48  # the one text column with a longer cell wraps in a p column of 0.3 \linewidth
-WRAP_TEXT = 24  # otherwise a text column with a longer cell (a variant's label, a comparison's cell) wraps at 10em
+WRAP_TEXT = 20  # otherwise a text column with a longer cell (a variant's label, a comparison's cell) wraps at 7em
 WIDE = 14  # a longtable of more columns is set in \tiny, else \scriptsize
 PREAMBLES = {  # per fragment kind: the article the compile check sets it in, as a user's paper would
     "table*": r"\documentclass[twocolumn,10pt]{article}\usepackage[letterpaper,margin=0.75in]{geometry}",
@@ -100,7 +100,7 @@ def _numeric(cell: Cell) -> bool:
 def columns(table: Table) -> str:
     """The column spec: r for numeric columns, l for short text; a text column with a cell over WRAP_TEXT characters
     wraps in a p column: of 0.3 \\linewidth when it is the only one and a cell passes LONG_TEXT (a failure's
-    reason), else of 10em, so that several such columns share the page."""
+    reason), else of 7em, so that several such columns share the page."""
     longest = [max((len(str(row[index])) for row in table.rows), default=0) for index in range(len(table.header))]
     numeric = [all(_numeric(row[index]) for row in table.rows) for index in range(len(table.header))]
     wrapped = [i for i, (width, number) in enumerate(zip(longest, numeric, strict=True))
@@ -114,7 +114,7 @@ def columns(table: Table) -> str:
         elif len(wrapped) == 1 and width > LONG_TEXT:
             spec.append(r"p{0.3\linewidth}")
         else:
-            spec.append(r"p{10em}")
+            spec.append(r"p{7em}")
     return "".join(spec)
 
 
