@@ -38,6 +38,22 @@ def test_train_step_is_one_update_at_the_given_lr_with_the_loss_in_fp32() -> Non
         torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_a_non_finite_embedding_makes_the_steps_loss_non_finite(name: str) -> None:
+    """The trial's divergence check reads the step's loss: a net that outputs NaN must show there, whatever the loss
+    makes of it (batch-all, for one, gives a finite value: its distances of NaN are 0)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    x, labels = torch.randn(8, 3, 2, 2), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    x[2] = float("nan")
+    _, loss = train_step(model, torch.optim.SGD(model.parameters()), LOSSES[name], x, labels, 0.2, "fp32", 1e-3)
+    assert not torch.isfinite(loss)
+    if name == "batch-all":
+        embeddings = torch.randn(8, 4)
+        embeddings[2] = float("nan")
+        assert torch.isfinite(LOSSES[name](embeddings, labels, 0.2, check_finite=False))  # what the step must catch
+
+
 def test_batch_input_is_normalised_channels_last_and_augments_only_when_asked() -> None:
     x_train = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     batch, mean, std = torch.tensor([3, 1, 4]), torch.full((3,), 0.4), torch.full((3,), 0.2)

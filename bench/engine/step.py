@@ -31,7 +31,8 @@ def train_step(forward: Callable[[Tensor], Tensor], optimizer: torch.optim.Optim
                labels: Tensor, margin: float, precision: str, lr: float) -> tuple[Tensor, Tensor]:
     """One update at `lr`: the forward pass under `precision` (bench.engine.precision), the loss in fp32 whatever ran in
     the forward pass, zero_grad, backward, optimiser step. Returns the embeddings [B, D] (fp32, graph attached)
-    and the loss (a detached scalar, left on the device)."""
+    and the loss (a detached scalar, left on the device), non-finite whenever an embedding is: the trial's divergence
+    check reads it, and a loss may map a NaN embedding to a finite value (its distances to 0, say)."""
     with autocast(precision, x.device):
         embeddings = forward(x)
     embeddings = embeddings.float()
@@ -41,4 +42,4 @@ def train_step(forward: Callable[[Tensor], Tensor], optimizer: torch.optim.Optim
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
-    return embeddings, loss.detach()
+    return embeddings, loss.detach() + embeddings.detach().sum() * 0
