@@ -234,13 +234,13 @@ def semi_hard(embeddings: Tensor, labels: Tensor, margin: float, check_finite: b
 
 def semi_hard_from_distances(d: Tensor, pos: Tensor, neg: Tensor, margin: float) -> Tensor:
     """Semi-hard from anchor-to-candidate distances d [B, R] and positive / negative masks [B, R]."""
-    detached = d.detach()
-    negatives_sorted, order = detached.masked_fill(~neg, INF).sort(dim=1, stable=True)
-    first_farther = torch.searchsorted(negatives_sorted, detached, right=True)
-    first_farther = first_farther.clamp_max(d.shape[1] - 1)
-    chosen = pos & (negatives_sorted.gather(1, first_farther) < detached + margin)
+    negatives_sorted, order = d.detach().masked_fill(~neg, INF).sort(dim=1, stable=True)
+    columns, real = _positives_by_row(pos)  # only the positive pairs are searched, packed per row
+    d_ap = d.gather(1, columns)
+    first_farther = torch.searchsorted(negatives_sorted, d_ap.detach(), right=True).clamp_max(d.shape[1] - 1)
+    chosen = real & (negatives_sorted.gather(1, first_farther) < d_ap.detach() + margin)
     d_an = d.gather(1, order.gather(1, first_farther))
-    terms = torch.where(chosen, d - d_an + margin, 0.0)
+    terms = torch.where(chosen, d_ap - d_an + margin, 0.0)
     return terms.sum() / chosen.sum().clamp_min(1)
 
 
