@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losses.distance import pair_masks
+from losses.distance import pair_masks, root
 
 INF = float("inf")
 
@@ -18,7 +18,7 @@ INF = float("inf")
 def dense_distance(embeddings: Tensor) -> Tensor:
     """Euclidean distances [B, B] from explicit differences [B, B, D]; gradient 0 where points meet."""
     squared = (embeddings[:, None, :] - embeddings[None, :, :]).pow(2).sum(-1)
-    return torch.where(squared > 0, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), 0.0)
+    return root(squared)
 
 
 def triplet_terms(embeddings: Tensor, labels: Tensor, margin: Tensor | float) -> tuple[Tensor, Tensor]:

@@ -42,9 +42,7 @@ def pairwise_distance(embeddings: Tensor) -> Tensor:
     gram = embeddings @ embeddings.T
     gram = (gram + gram.T) / 2
     sq_norms = gram.diagonal()
-    squared = (sq_norms[:, None] + sq_norms[None, :] - 2 * gram).clamp_min(0)
-    tiny = torch.finfo(squared.dtype).tiny
-    return torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), 0.0)
+    return root((sq_norms[:, None] + sq_norms[None, :] - 2 * gram).clamp_min(0))
 
 
 def cross_distance(queries: Tensor, references: Tensor) -> Tensor:
@@ -53,10 +51,14 @@ def cross_distance(queries: Tensor, references: Tensor) -> Tensor:
     ||q||² + ||r||² − 2q·r as in pairwise_distance, O(B·R) memory; the gradient where a query and a reference
     coincide exactly is 0, not NaN (near-coincident points round to a small positive distance).
     """
-    squared = (queries.pow(2).sum(1)[:, None] + references.pow(2).sum(1)[None, :] - 2 * queries @ references.T)
-    squared = squared.clamp_min(0)
-    tiny = torch.finfo(squared.dtype).tiny
-    return torch.where(squared > 0, squared.clamp_min(tiny).sqrt(), 0.0)
+    return root((queries.pow(2).sum(1)[:, None] + references.pow(2).sum(1)[None, :] - 2 * queries @ references.T)
+                .clamp_min(0))
+
+
+def root(squared: Tensor) -> Tensor:
+    """√squared elementwise (squared ≥ 0, any shape): 0 with gradient 0 (not NaN) where squared is 0, NaN where it
+    is NaN (a NaN embedding's distances stay NaN, so that a loss of them is not finite)."""
+    return torch.where(squared == 0, 0.0, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt())
 
 
 def pair_masks(labels: Tensor) -> tuple[Tensor, Tensor]:

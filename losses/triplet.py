@@ -23,7 +23,7 @@ from losses.counting import (
     count_below_thresholds_in_group,
     count_exceeding_ranks,
 )
-from losses.distance import check_inputs, pair_masks, pairwise_distance
+from losses.distance import check_inputs, pair_masks, pairwise_distance, root
 
 INF = float("inf")
 
@@ -194,8 +194,7 @@ def _mean_distance(embeddings: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tens
     b = embeddings.shape[0]
     ties = torch.zeros(b, dtype=embeddings.dtype, device=embeddings.device).index_add_(
         0, rows, torch.ones_like(rows, dtype=embeddings.dtype))
-    squared = (embeddings[rows] - embeddings[cols]).pow(2).sum(dim=1)
-    length = torch.where(squared > 0, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), 0.0)
+    length = root((embeddings[rows] - embeddings[cols]).pow(2).sum(dim=1))
     total = torch.zeros(b, dtype=embeddings.dtype, device=embeddings.device).index_add(0, rows, length)
     return total / ties.clamp_min(1), ties > 0
 

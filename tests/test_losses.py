@@ -299,6 +299,15 @@ def test_distance_is_exact_on_the_diagonal_symmetric_and_finite_at_coincident_po
     assert torch.isfinite(x.grad).all()
 
 
+def test_a_nan_embeddings_distances_stay_nan_and_so_do_the_losses_summing_over_all_pairs() -> None:
+    """A NaN embedding (check_finite=False, as the trial calls) must not read as distance 0."""
+    x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [math.nan, 0.0], [4.0, 6.0]])
+    d = pairwise_distance(x)
+    assert d[2].isnan().all() and d[:, 2].isnan().all() and d[0, 1] == 0 and d[0, 3] == pytest.approx(5.0)
+    for name in ("batch-all", "adaptive-mu", "quadruplet"):
+        assert LOSSES[name](x, torch.tensor([0, 0, 1, 2]), 0.2, check_finite=False).isnan(), name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_all_zero_embeddings_give_finite_loss_and_gradient(name: str) -> None:
     x = torch.zeros(8, 4, requires_grad=True)

@@ -41,14 +41,14 @@ def test_train_step_is_one_update_at_the_given_lr_with_the_loss_in_fp32() -> Non
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_a_non_finite_embedding_makes_the_steps_loss_non_finite(name: str) -> None:
     """The trial's divergence check reads the step's loss: a net that outputs NaN must show there, whatever the loss
-    makes of it (batch-all, for one, gives a finite value: its distances of NaN are 0)."""
+    makes of it (semi-hard, for one, gives a finite value: it sums only the terms it chooses)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
     x, labels = torch.randn(8, 3, 2, 2), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     x[2] = float("nan")
     _, loss = train_step(model, torch.optim.SGD(model.parameters()), LOSSES[name], x, labels, 0.2, "fp32", 1e-3)
     assert not torch.isfinite(loss)
-    if name == "batch-all":
+    if name == "semi-hard":
         embeddings = torch.randn(8, 4)
         embeddings[2] = float("nan")
         assert torch.isfinite(LOSSES[name](embeddings, labels, 0.2, check_finite=False))  # what the step must catch

@@ -32,7 +32,7 @@ def train_step(forward: Callable[[Tensor], Tensor], optimizer: torch.optim.Optim
     """One update at `lr`: the forward pass under `precision` (bench.engine.precision), the loss in fp32 whatever ran in
     the forward pass, zero_grad, backward, optimiser step. Returns the embeddings [B, D] (fp32, graph attached)
     and the loss (a detached scalar, left on the device), non-finite whenever an embedding is: the trial's divergence
-    check reads it, and a loss may map a NaN embedding to a finite value (its distances to 0, say)."""
+    check reads it, and a loss may map a NaN embedding to a finite value (by leaving its terms out, say)."""
     with autocast(precision, x.device):
         embeddings = forward(x)
     embeddings = embeddings.float()
