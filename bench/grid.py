@@ -18,8 +18,9 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
   default above (None when the preset sets it everywhere), "data" each dataset's fingerprint
   (bench/experiment/fingerprint.py). Running the same grid on other data under an existing experiment name is refused
   in one line, and so is a changed grid that would drop a recorded trial, so that two grids or two data sets
-  never mix. A changed grid that keeps every recorded trial as a point with the same config (`check_grid`:
-  an added margin, say, or a change where nothing was recorded yet) rewrites grid.json and runs its points.
+  never mix. A changed grid that keeps every recorded trial as a point with the same identity (`check_grid`:
+  an added margin, say, a new axis at the default, or a change where nothing was recorded yet) rewrites grid.json
+  and runs its points.
 - run.lock while a run is going on (bench/experiment/lock.py): a second run of the same experiment is refused.
 - records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
   records/<trial_id>.npz its test embeddings; trial_id = the first 12 hex characters of the sha1 of
@@ -434,19 +435,20 @@ def stored_spec(experiment_dir: Path) -> dict[str, Any] | None:
     return stored
 
 
-def recorded_configs(experiment_dir: Path, stored: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trial configs (threads filled in) of the stored grid's points that have a record."""
+def recorded_ids(experiment_dir: Path, stored: dict[str, Any]) -> list[str]:
+    """The trial ids (threads filled in) of the stored grid's points that have a record."""
     grid = stored_grid(stored)  # checked by stored_spec
     prints = stored.get("data") if isinstance(stored.get("data"), dict) else {}
     configs = [with_threads(grid.config(point), stored.get("threads")) for point in grid.points()]
-    return [config for config in configs if config["dataset"] in prints
-            and (experiment_dir / "records" / f"{trial_id(config, prints[config['dataset']])}.json").is_file()]
+    ids = [trial_id(config, prints[config["dataset"]]) for config in configs if config["dataset"] in prints]
+    return [tid for tid in ids if (experiment_dir / "records" / f"{tid}.json").is_file()]
 
 
 def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, grid: Grid, threads: int | None) -> list[str]:
     """The differences between the folder's grid and `grid` (the data aside), [] when they are the same grid.
-    A changed grid must keep every recorded trial as one of its points with the same config (an extension, or
-    a change where nothing was recorded yet); any other change is refused (GridError)."""
+    A changed grid must keep every recorded trial as one of its points with the same identity (an extension, a
+    new axis whose default stands for the old points, or a change where nothing was recorded yet); any other change
+    is refused (GridError)."""
     if stored is None:
         return []
     before, now = _flat(stored), _flat(json.loads(json.dumps(grid.spec("", threads, {}))))
@@ -454,9 +456,11 @@ def check_grid(experiment_dir: Path, stored: dict[str, Any] | None, grid: Grid, 
                for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     if not changed:
         return []
-    ours = {json.dumps(with_threads(grid.config(point), threads), sort_keys=True) for point in grid.points()}
-    dropped = [c for c in recorded_configs(experiment_dir, stored) if json.dumps(c, sort_keys=True) not in ours]
-    if dropped or not stored.get("data"):
+    prints = stored.get("data") if isinstance(stored.get("data"), dict) else {}
+    ours = {trial_id(with_threads(grid.config(point), threads), prints[point["dataset"]])
+            for point in grid.points() if point["dataset"] in prints}
+    dropped = [tid for tid in recorded_ids(experiment_dir, stored) if tid not in ours]
+    if dropped or not prints:
         why = (f"that would drop {len(dropped)} of its recorded trials" if dropped
                else "whose records cannot be matched (its grid.json names no data)")
         raise GridError(

@@ -56,13 +56,12 @@ from bench.engine.memory import TrainingPeak
 from bench.engine.models import build_optimizer, forward_flops, initial_model, model_settings
 from bench.engine.precision import resolve_precision
 from bench.engine.sampling import make_batches
-from bench.engine.step import batch_input, train_step
+from bench.engine.step import batch_input, train_step, training_loss
 from bench.engine.synthetic import write_synthetic
 from bench.experiment.gridspec import GridError
 from bench.experiment.presets import default_preset, load_preset
 from bench.experiment.provenance import provenance
 from bench.reporting.markdown import table as markdown_table
-from losses import LOSSES
 
 PRECISIONS = ("trial", "fp32", "bf16", "both")
 COMPILE_MODES = ("none", "default", "reduce-overhead")
@@ -111,9 +110,10 @@ def make_step(cfg: dict[str, Any], data: Data, device: torch.device, precision: 
     cuda = device.type == "cuda"
     model = initial_model(cfg, tuple(x_train.shape[1:]), device)
     lr = float(settings["lr"])
-    optimizer = build_optimizer(settings["optimizer"], model.parameters(), lr, fused=cuda)
+    loss_fn, loss_parameters = training_loss(cfg, int(y_train.max()) + 1, device)
+    optimizer = build_optimizer(settings["optimizer"], [*model.parameters(), *loss_parameters], lr, fused=cuda)
     forward = model if compile_mode == "none" else torch.compile(model, mode=compile_mode)
-    loss_fn, margin, batch_size = LOSSES[cfg["loss"]], float(cfg["margin"]), int(cfg["batch_size"])
+    margin, batch_size = float(cfg["margin"]), int(cfg["batch_size"])
     plan = make_batches(cfg["sampler"], y_train.cpu(), batch_size, int(cfg["samples_per_class"]), 64,
                         torch.Generator().manual_seed(int(cfg["seed"]))).to(device)
     augment_generator = torch.Generator(device).manual_seed(int(cfg["seed"]) + 1)

@@ -6,6 +6,9 @@
 Each entry of LOSSES is a Loss: the function and the facts about it that diagnostics and benchmarks need
 (whether it adapts its margin, its value when every distance is equal, whether it mines one hardest pair per
 anchor, the order of the tuples it sums over). A new loss is one function and one entry here.
+
+CONTROLS holds the losses with parameters of their own, the controls the triplet losses are measured against:
+name -> a module class built as cls(classes, dim, temperature, generator) and called as module(embeddings, labels).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from losses.distance import check_inputs, pair_masks, pairwise_distance
+from losses.softmax import NormalizedSoftmax
 from losses.triplet import (
     adaptive_mu,
     batch_all,
@@ -84,9 +88,13 @@ LOSSES: dict[str, Loss] = {
     "batch-hard-soft": Loss(batch_hard_soft, hardest=True, soft_margin=True),
 }
 
+CONTROLS: dict[str, type[nn.Module]] = {"normalized-softmax": NormalizedSoftmax}
+
 __all__ = [
+    "CONTROLS",
     "LOSSES",
     "Loss",
+    "NormalizedSoftmax",
     "adaptive_mu",
     "batch_all",
     "batch_hard",

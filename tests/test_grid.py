@@ -27,7 +27,7 @@ from bench.experiment.identity import trial_id
 from bench.experiment.lock import LOCK_NAME
 from bench.experiment.presets import load_preset, preset_names
 from bench.grid import MAX_NODE_FAILURES, pick_backend, quiet_ray, ray_param_space, run_grid
-from losses import LOSSES
+from losses import CONTROLS, LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {"trial_id", "kind", "experiment", "preset", "config", "status", "reason", "history", "final",
@@ -156,9 +156,9 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
         == {k: v for k, v in cpu.config(cpu.points()[-1]).items() if k not in (*AXES, "protocol")}
     assert len(load_preset("smoke").points()) <= 8
     losses = load_preset("cpu-losses")  # issue 24: every loss gets the same tuning budget
-    configs = Counter((p["loss"], p["margin"], p["lr"], p["normalize"]) for p in losses.points())
+    configs = Counter((p["loss"], p["margin"], p["lr"], p["normalize"], p["temperature"]) for p in losses.points())
     assert set(configs.values()) == {3} and set(Counter(loss for loss, *_ in configs).values()) == {6}
-    assert set(losses.axes["loss"]) == set(LOSSES) and not set(losses.fresh_seeds) & set(losses.seeds())
+    assert set(losses.axes["loss"]) == {*LOSSES, *CONTROLS} and not set(losses.fresh_seeds) & set(losses.seeds())
 
 
 def test_ray_starts_the_points_in_the_grid_order_dataset_by_dataset_seeds_innermost() -> None:

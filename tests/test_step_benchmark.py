@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench.step_benchmark
+import bench.engine.step
 from bench.experiment.presets import load_preset
 from bench.step_benchmark import COLUMNS, SMOKE, load_data, main, make_point, make_step, measure_step
 
@@ -91,7 +91,7 @@ def test_a_failing_point_is_a_row_not_the_end(tiny_data_dir: Path, monkeypatch: 
         return loss
 
     for error, status in ((MemoryError("no room"), "OOM"), (RuntimeError("broken\nsecond line"), "error")):
-        monkeypatch.setitem(bench.step_benchmark.LOSSES, "batch-all", fails(error))
+        monkeypatch.setitem(bench.engine.step.LOSSES, "batch-all", fails(error))
         row = measure_step(point, data, torch.device("cpu"), steps=1, warmup=0)
         assert row["status"] == status and "\n" not in row["note"] and type(error).__name__ in row["note"]
 

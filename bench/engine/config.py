@@ -6,13 +6,14 @@ Keys map one-to-one onto grid axes (presets) and report columns.
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bench.engine import plugins
 from bench.engine.datasets import DATASETS
-from losses import LOSSES
+from losses import CONTROLS, LOSSES
 
 SAMPLERS = ("random", "pk")
 PROTOCOLS = ("seen", "unseen")
@@ -20,6 +21,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MODELS = ("mnist-net", "resnet18", "cifar-net")
 LR_SCALINGS = ("none", "sqrt", "linear")
 LR_SCHEDULES = ("constant", "cosine")
+CONTROL_TEMPERATURE = 0.05  # Zhai & Wu's, and pytorch-metric-learning's default
 
 @dataclass(frozen=True)
 class Key:
@@ -40,8 +42,11 @@ class Key:
 KEYS: dict[str, Key] = {
     # grid axes
     "dataset": Key("mnist", str, "the data set (bench/engine/datasets.py, or a plugin's)", DATASETS),
-    "loss": Key("batch-hard", str, "the loss (losses/, or a plugin's)", LOSSES),
-    "margin": Key(0.2, float, "the loss's margin m >= 0"),
+    "loss": Key("batch-hard", str, "the loss (losses/, or a plugin's), or a control (losses.CONTROLS: "
+                "normalized-softmax)", ChainMap(CONTROLS, LOSSES)),
+    "margin": Key(0.2, float, "the loss's margin m >= 0 (0 for a control, which has none)"),
+    "temperature": Key(None, float, f"a control's softmax temperature > 0 (None: {CONTROL_TEMPERATURE}); a triplet "
+                       "loss has none"),
     "batch_size": Key(256, int, "images per training batch B"),
     "seed": Key(0, int, "fixes the initialisation, the batch plan and the augmentations"),
     # equal compute: whichever budget is reached first ends training
@@ -159,6 +164,15 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"threads must be >= 1, got {cfg['threads']}")
     if not float(cfg["margin"]) >= 0:
         raise ConfigError(f"margin must be >= 0, got {cfg['margin']}")
+    if cfg["loss"] in CONTROLS:
+        if float(cfg["margin"]) != 0:
+            raise ConfigError(f"margin must be 0 for {cfg['loss']} (a control has no margin), got {cfg['margin']}")
+        cfg["temperature"] = CONTROL_TEMPERATURE if cfg["temperature"] is None else cfg["temperature"]
+        if not float(cfg["temperature"]) > 0:
+            raise ConfigError(f"temperature must be > 0, got {cfg['temperature']}")
+    elif cfg["temperature"] is not None:
+        raise ConfigError(f"temperature is a control's setting (losses.CONTROLS: {', '.join(CONTROLS)}); "
+                          f"{cfg['loss']} has none, got {cfg['temperature']}")
     if int(cfg["batch_size"]) < 2:
         raise ConfigError(f"batch_size must be >= 2, got {cfg['batch_size']}")
     if int(cfg["samples_per_class"]) < 2:
@@ -168,7 +182,8 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
             f"batch_size {cfg['batch_size']} is not a multiple of samples_per_class "
             f"{cfg['samples_per_class']} (required by the pk sampler)"
         )
-    classes, needed = int(cfg["batch_size"]) // int(cfg["samples_per_class"]), LOSSES[cfg["loss"]].min_classes
+    needed = LOSSES[cfg["loss"]].min_classes if cfg["loss"] in LOSSES else 1
+    classes = int(cfg["batch_size"]) // int(cfg["samples_per_class"])
     if cfg["sampler"] == "pk" and classes < needed:
         raise ConfigError(
             f"batch_size {cfg['batch_size']} with samples_per_class {cfg['samples_per_class']} gives {classes} class"

@@ -1,6 +1,7 @@
 """The training step, shared by the trial's loop (bench/trial.py) and the step benchmark (bench/step_benchmark.py),
 so that both run and time the same code.
 
+    loss_fn, loss_parameters = training_loss(cfg, classes, device)   # the optimiser trains both
     x = batch_input(x_train, batch, mean, std, generator, augmenting)
     embeddings, loss = train_step(model, optimizer, loss_fn, x, labels, margin, precision, lr)
 """
@@ -8,14 +9,32 @@ so that both run and time the same code.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.engine.data import augment, normalize
+from bench.engine.models import model_settings
 from bench.engine.precision import autocast
+from losses import CONTROLS, LOSSES
 
 Loss = Callable[..., Tensor]
+
+
+def training_loss(cfg: dict[str, Any], classes: int, device: torch.device) -> tuple[Loss, list[nn.Parameter]]:
+    """The loss of a resolved config, f(embeddings [B, D], labels [B], margin, check_finite), and the parameters of
+    its own for the optimiser: none for a triplet loss (losses.LOSSES); for a control (losses.CONTROLS), its module
+    over labels 0 … classes − 1 at the config's embedding size and temperature, initialised from the config's seed."""
+    if cfg["loss"] not in CONTROLS:
+        return LOSSES[cfg["loss"]], []
+    head = CONTROLS[cfg["loss"]](classes, int(model_settings(cfg)["embedding_dim"]), float(cfg["temperature"]),
+                                 torch.Generator().manual_seed(int(cfg["seed"]))).to(device)
+
+    def loss_fn(embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
+        return head(embeddings, labels, check_finite)  # a control has no margin
+
+    return loss_fn, list(head.parameters())
 
 
 def batch_input(x_train: Tensor, batch: Tensor, mean: Tensor, std: Tensor, generator: torch.Generator,

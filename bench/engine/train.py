@@ -78,8 +78,8 @@ from bench.engine.models import build_optimizer, initial_model, model_settings
 from bench.engine.precision import autocast, resolve_precision
 from bench.engine.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
 from bench.engine.sampling import make_batches
-from bench.engine.step import batch_input, train_step
-from losses import LOSSES, mining_stats
+from bench.engine.step import batch_input, train_step, training_loss
+from losses import mining_stats
 
 CHECK_EVERY = 50
 # steps left out of samples_per_second: the first steps pay for allocator growth, cudnn.benchmark's autotuning
@@ -208,8 +208,8 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     precision = resolve_precision(cfg["precision"], device)
     lr = scaled_lr(float(settings["lr"]), batch_size, cfg["lr_scaling"], int(cfg["lr_reference_batch"]))
     model = initial_model(cfg, tuple(x_train.shape[1:]), device)
-    optimizer = build_optimizer(settings["optimizer"], model.parameters(), lr, fused=cuda)
-    loss_fn = LOSSES[cfg["loss"]]
+    loss_fn, loss_parameters = training_loss(cfg, int(y_train.max()) + 1, device)
+    optimizer = build_optimizer(settings["optimizer"], [*model.parameters(), *loss_parameters], lr, fused=cuda)
     steps = planned_steps(cfg)
     plan = make_batches(
         cfg["sampler"], y_train, batch_size, int(cfg["samples_per_class"]), steps,

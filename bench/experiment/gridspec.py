@@ -32,7 +32,10 @@ from bench.engine.config import KEYS, LOCATION_KEYS
 AXES = ("dataset", "loss", "margin", "batch_size", "seed")  # every preset lists these
 # settings a preset may put on an axis: the report keeps their values apart as the cell's "variant", and selection
 # chooses among them as it does among margins and batch sizes (each is one more configuration a loss is tuned over)
-VARIANT_AXES = ("lr", "lr_scaling", "normalize", "sampler", "samples_per_class", "budget_samples", "budget_steps")
+VARIANT_AXES = ("lr", "lr_scaling", "normalize", "temperature", "sampler", "samples_per_class", "budget_samples",
+                "budget_steps")
+UNSET_OMITTED = ("temperature",)  # variant axes whose None means the setting does not apply (a triplet loss has no
+# temperature): left out of the variant's label
 OPTIONAL_AXES = ("protocol", *VARIANT_AXES)  # a preset may list these too
 AXIS_ORDER = ("dataset", "protocol", "loss", "margin", "batch_size", *VARIANT_AXES, "seed")  # a point's axes, in order
 GRID_SECTIONS = ("axes", "fixed", "per_dataset", "blocks", "fresh_seeds")  # what a preset and a grid.json share
@@ -119,8 +122,11 @@ def _shown(value: Any) -> str:
 
 
 def variant(config: dict[str, Any], axes: Iterable[str]) -> str:
-    """The values in `config` of the VARIANT_AXES among `axes`, as "lr 0.0003, normalize off" ("" for none)."""
-    return ", ".join(f"{axis} {_shown(config.get(axis, KEYS[axis].default))}" for axis in VARIANT_AXES if axis in axes)
+    """The values in `config` of the VARIANT_AXES among `axes`, as "lr 0.0003, normalize off" ("" for none); an
+    axis of UNSET_OMITTED left out where it is None."""
+    values = {axis: config.get(axis, KEYS[axis].default) for axis in VARIANT_AXES if axis in axes}
+    return ", ".join(f"{axis} {_shown(value)}" for axis, value in values.items()
+                     if not (value is None and axis in UNSET_OMITTED))
 
 
 def with_threads(config: dict[str, Any], threads: int | None) -> dict[str, Any]:

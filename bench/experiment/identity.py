@@ -22,7 +22,7 @@ from typing import Any
 from bench.engine.config import DEFAULTS, LOCATION_KEYS, resolve
 from bench.engine.models import model_settings
 
-ADDED_KEYS = ("budget_steps",)  # config keys newer than committed records: in the identity only when set
+ADDED_KEYS = ("budget_steps", "temperature")  # config keys newer than committed records: in the identity only when set
 
 
 def _digest(obj: Any, chars: int) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 from bench.engine.files import write_text
 from bench.reporting import claims, plots, stats, systems, tables
 from bench.reporting.frame import Records, load_records, load_systems
-from losses import LOSSES
+from losses import CONTROLS, LOSSES
 
 
 def write_report(records: Records, reports_dir: Path | str, isolated: systems.Systems | None = None) -> list[Path]:
@@ -24,7 +24,7 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
     the paths written. `isolated` is the step benchmark (load_systems) behind the systems table; None states there
     is none."""
     reports_dir = Path(reports_dir)
-    summary = stats.summarize(records.checkpoints, records.grids, tuple(LOSSES))
+    summary = stats.summarize(records.checkpoints, records.grids, (*LOSSES, *CONTROLS))
     figures: dict[str, dict[str, Any]] = {}
     points = None
     if isolated is not None:
@@ -41,7 +41,7 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
         trials = records.checkpoints[records.checkpoints.experiment == experiment]
         cells = summary[summary.experiment == experiment]
         citation = stats.citation(records.grids[experiment], cells, trials[trials.kind == "trial"])
-        figures[experiment] = plots.make_plots(trials, cells, tuple(LOSSES), citation, points)
+        figures[experiment] = plots.make_plots(trials, cells, (*LOSSES, *CONTROLS), citation, points)
         written += plots.save(figures[experiment], reports_dir / "plots" / experiment)
     document = tables.document(records.checkpoints, records.grids, summary, figures, isolated)
     written += tables.write_documents(document, reports_dir)

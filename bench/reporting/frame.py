@@ -20,7 +20,7 @@ from bench.experiment.baselines import NET_KEYS
 from bench.experiment.gridspec import VARIANT_AXES, GridError, stored_grid, variant
 from bench.experiment.records import INITIAL_COLUMNS, REQUIRED
 from bench.reporting import stats, systems
-from losses import LOSSES
+from losses import CONTROLS, LOSSES
 
 PROVENANCE = ("date", "git_commit", "hardware", "device", "torch", "ray", "command", "concurrent_trials")
 # checkpoint key -> column, where the checkpoint's name would shadow a record-level one
@@ -147,7 +147,7 @@ def selected_cells(records: Records, experiment: str) -> list[dict[str, Any]]:
     grid's axes but seed, in the summary's order; from its selection seeds' records only."""
     grid = records.grids[experiment]
     summary = stats.summarize(records.checkpoints[records.checkpoints.experiment == experiment], {experiment: grid},
-                              tuple(LOSSES))
+                              (*LOSSES, *CONTROLS))
     axes = [axis for axis in grid["axes"] if axis not in ("seed", *VARIANT_AXES)]
     return [{**{axis: int(row[axis]) if axis == "batch_size" else row[axis] for axis in axes},
              **json.loads(row["variant_values"])} for _, row in summary[summary.selected].iterrows()]
@@ -238,6 +238,6 @@ def load_systems(reports_dir: Path | str, explicit: Path | str | None = None) ->
     if explicit is None and not path.is_file():
         return None
     try:
-        return systems.load(path, tuple(LOSSES))
+        return systems.load(path, (*LOSSES, *CONTROLS))
     except systems.SystemsError as err:
         raise ReportError(str(err)) from None
