@@ -227,3 +227,20 @@ def test_expected_cells_from_the_grid(tmp_path: Path) -> None:
     cells = stats.expected_cells(grid, "x")
     pairs = set(zip(cells.dataset, cells.protocol, strict=True))
     assert len(cells) == 4 and pairs == {("mnist", "seen"), ("cifar10", "unseen")}
+
+
+def test_the_margin_check_does_not_apply_to_a_control(tmp_path: Path) -> None:
+    """A control has no margin: mostly easy triplets at the start flag a triplet loss's cell, never the control's."""
+    from bench.reporting.tables import margin_table
+
+    easy = {"initial_fraction_easy": 0.9, "initial_fraction_semihard": 0.05, "initial_fraction_hard": 0.05}
+    records = [trial_record("e", loss, margin, 8, seed, values=easy)
+               for loss, margin in (("batch-all", 0.2), ("normalized-softmax", 0.0)) for seed in SEEDS]
+    write_experiment(tmp_path, "e", records, {"dataset": ["mnist"], "loss": ["batch-all", "normalized-softmax"],
+                                              "margin": [0.0, 0.2], "batch_size": [8], "seed": SEEDS})
+    loaded = load_records(tmp_path)
+    cells = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    check = stats.margin_check(cells).set_index("loss")
+    assert check.loc["batch-all", "too_easy"] and not check.loc["normalized-softmax", "too_easy"]
+    rows = {row[2]: row[-1] for row in margin_table("m", cells).rows}
+    assert rows == {"batch-all": "> 50% easy", "normalized-softmax": "none: no margin (a control)"}

@@ -42,6 +42,7 @@ from scipy.optimize import brentq
 from bench.engine.config import DEFAULTS, STATUSES
 from bench.engine.diagnostics import INITIAL_KEYS
 from bench.experiment.gridspec import stored_grid, variant
+from losses import CONTROLS
 
 IN_MEAN = ("ok", "collapsed")
 BASELINES = ("pixels", "untrained")
@@ -365,9 +366,11 @@ def missing_cells(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def margin_check(summary: pd.DataFrame) -> pd.DataFrame:
-    """Trial cells with initial (step-0) statistics, and `too_easy` = mean initial fraction easy > EASY_LIMIT."""
+    """Trial cells with initial (step-0) statistics, `too_easy` = mean initial fraction easy > EASY_LIMIT, and
+    `control` = the loss is a control (losses.CONTROLS): it has no margin, so the check does not apply to it."""
     cells = summary[~summary.loss.isin(BASELINES) & (summary.n_initial > 0)].copy()
-    cells["too_easy"] = cells.initial_fraction_easy_mean > EASY_LIMIT
+    cells["control"] = cells.loss.isin(CONTROLS)
+    cells["too_easy"] = (cells.initial_fraction_easy_mean > EASY_LIMIT) & ~cells.control
     return cells
 
 

@@ -374,7 +374,8 @@ def margin_table(name: str, cells: pd.DataFrame) -> Table:
     rows = [[*_cell_text(row), number(row.effective_margin_mean, 3), number(row.initial_fraction_easy_mean, 3),
              number(row.initial_fraction_semihard_mean, 3), number(row.initial_fraction_hard_mean, 3),
              number(row.initial_active_anchors_mean, 3), str(row.n_initial),
-             f"> {stats.EASY_LIMIT:.0%} easy" if row.too_easy else "ok"]
+             "none: no margin (a control)" if row.control
+             else f"> {stats.EASY_LIMIT:.0%} easy" if row.too_easy else "ok"]
             for row in stats.margin_check(cells).itertuples()]
     return Table(name, header, rows)
 
