@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -146,13 +147,16 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
     cpu = load_preset("cpu")
     assert cpu.axes["dataset"] == ["mnist", "cifar10"] and len(cpu.axes["seed"]) == 3
     assert all(isinstance(margin, float) for margin in cpu.axes["margin"])
-    unseen = load_preset("cpu-unseen")  # cpu's CIFAR-10 cells under the other protocol
+    unseen = load_preset("cpu-unseen")  # cpu's CIFAR-10 cells under the other protocol, and the control
 
-    def cells(grid: Grid, dataset: str) -> set[tuple]:
-        return {tuple(v for k, v in p.items() if k != "protocol") for p in grid.points() if p["dataset"] == dataset}
+    def cells(grid: Grid, dataset: str, losses: Any = LOSSES) -> set[tuple]:
+        return {tuple(v for k, v in p.items() if k not in ("protocol", "temperature")) for p in grid.points()
+                if p["dataset"] == dataset and p["loss"] in losses}
 
     assert cells(unseen, "cifar10") == cells(cpu, "cifar10") and len(cells(cpu, "mnist")) == 114
-    assert {k: v for k, v in unseen.config(unseen.points()[0]).items() if k not in (*AXES, "protocol")} \
+    control = [p for p in unseen.points() if p["loss"] in CONTROLS]
+    assert len(control) == 12 and {p["temperature"] for p in control} == {0.05, 0.1} and unseen.fresh_seeds
+    assert {k: v for k, v in unseen.config(unseen.points()[0]).items() if k not in (*AXES, "protocol", "temperature")} \
         == {k: v for k, v in cpu.config(cpu.points()[-1]).items() if k not in (*AXES, "protocol")}
     assert len(load_preset("smoke").points()) <= 8
     losses = load_preset("cpu-losses")  # issue 24: every loss gets the same tuning budget
