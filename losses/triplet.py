@@ -176,8 +176,10 @@ def _hardest_gaps(embeddings: Tensor, labels: Tensor, margin: float, check_finit
             negative = torch.where(same, INF, squared)
             farthest.append(_ties(positive, positive.amax(dim=1, keepdim=True), start))
             closest.append(_ties(negative, negative.amin(dim=1, keepdim=True), start))
-    hardest_positive, has_positive = _mean_distance(embeddings, *map(torch.cat, zip(*farthest, strict=True)))
-    hardest_negative, has_negative = _mean_distance(embeddings, *map(torch.cat, zip(*closest, strict=True)))
+    hardest_positive, has_positive = _chosen_distance(embeddings, *map(torch.cat, zip(*farthest, strict=True)),
+                                                      "amax")
+    hardest_negative, has_negative = _chosen_distance(embeddings, *map(torch.cat, zip(*closest, strict=True)),
+                                                      "amin")
     anchors = has_positive & has_negative
     return torch.where(anchors, hardest_positive - hardest_negative, 0.0), anchors
 
@@ -188,15 +190,16 @@ def _ties(block: Tensor, best: Tensor, start: int) -> tuple[Tensor, Tensor]:
     return rows + start, cols
 
 
-def _mean_distance(embeddings: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-    """Per row, the mean distance of its chosen pairs [B] (0 where it has none, with amax's gradient) and whether it
-    has one [B]; each distance is that of the two embeddings' difference (0, and no NaN, where they coincide)."""
-    b = embeddings.shape[0]
-    ties = torch.zeros(b, dtype=embeddings.dtype, device=embeddings.device).index_add_(
-        0, rows, torch.ones_like(rows, dtype=embeddings.dtype))
+def _chosen_distance(embeddings: Tensor, rows: Tensor, cols: Tensor, reduce: str) -> tuple[Tensor, Tensor]:
+    """Per row, the `reduce` ("amax" or "amin") of its chosen pairs' distances [B] (0 where it has none), the
+    gradient shared equally by the pairs that attain it (amax's semantics), and whether it has one [B]. Each distance
+    is that of the two embeddings' difference (0, and no NaN, where they coincide). A reduction, not a mean of the
+    tied pairs: equal distances give exactly their value, so that a hinge the dense reference finds at exactly 0 is
+    at 0 here too (a mean of T equal values can round above them, and the hinge's gradient then flows)."""
     length = root((embeddings[rows] - embeddings[cols]).pow(2).sum(dim=1))
-    total = torch.zeros(b, dtype=embeddings.dtype, device=embeddings.device).index_add(0, rows, length)
-    return total / ties.clamp_min(1), ties > 0
+    chosen = torch.zeros(embeddings.shape[0], dtype=embeddings.dtype, device=embeddings.device)
+    has = torch.zeros(embeddings.shape[0], dtype=torch.bool, device=embeddings.device)
+    return chosen.scatter_reduce(0, rows, length, reduce=reduce, include_self=False), has.index_fill(0, rows, True)
 
 
 def _hardest_gaps_from_distances(d: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:

@@ -239,6 +239,23 @@ def test_the_other_paths_are_exact_too(batch) -> None:
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("block", [1, 1 << 20])
+def test_batch_hard_at_a_hinge_of_exactly_zero_on_tied_distances_matches_dense(block: int,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hypothesis's find: anchor 8's hardest negatives are 7 tied zero vectors, and its gap is exactly 0. A mean of
+    the 7 equal distances rounded above them, so the gap came out as +1e-16 and the hinge's gradient flowed where
+    the dense reference's [0]₊ has none."""
+    monkeypatch.setattr(triplet, "HARDEST_BLOCK", block)
+    embeddings = torch.zeros(9, 3, dtype=torch.float64)
+    embeddings[8] = 0.5
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1, 1])
+    for name in ("batch-hard", "batch-hard-soft"):
+        got = value_and_grad(LOSSES[name], embeddings, labels, 0.0)
+        expected = value_and_grad(DENSE_LOSSES[name], embeddings, labels, 0.0)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("table_limit", [0, 1 << 26])
 @pytest.mark.parametrize("seed", range(20))
 def test_in_group_counts_match_brute_force(seed: int, table_limit: int) -> None:
