@@ -178,3 +178,43 @@ def test_the_semi_hard_claim_weighs_it_against_the_best_loss_and_batch_hard(tmp_
     assert found.verdict == verdict, found
     assert found.numbers.startswith("cpu-losses: semi-hard m 0.2 test MAP@R 0.") and "batch-hard" in found.numbers
     assert "against the best triplet loss on validation (batch-all): Δ" in found.numbers
+
+
+def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_side(tmp_path: Path) -> None:
+    """cpu and cpu-unseen (with the control, unseen only): each loss's selected cell, its test MAP@R and its rank
+    under each protocol; the fresh seeds' numbers once they are complete; pending until cpu-unseen is complete."""
+    def cells(experiment: str, levels: dict[str, float], seeds: list[int], protocol: str) -> list[dict]:
+        return [trial_record(experiment, loss, 0.0 if loss == "normalized-softmax" else 0.2, 16, seed,
+                             dataset="cifar10", protocol=protocol,
+                             values={"map_at_r": level + seed / 1000, "val_map_at_r": level})
+                for loss, level in levels.items() for seed in seeds]
+
+    axes = {"dataset": ["cifar10"], "loss": ["batch-all", "batch-hard"], "margin": [0.2], "batch_size": [16],
+            "seed": SEEDS}
+    write_experiment(tmp_path, "cpu", cells("cpu", {"batch-all": 0.5, "batch-hard": 0.1}, SEEDS, "seen"), axes,
+                     citable=True)
+    unseen = {"batch-all": 0.3, "batch-hard": 0.05, "normalized-softmax": 0.4}
+    partial = cells("cpu-unseen", unseen, SEEDS, "unseen")[:-1]  # one seed short: pending
+    unseen_axes = {**axes, "loss": list(unseen), "margin": [0.0, 0.2]}
+    folder = write_experiment(tmp_path, "cpu-unseen", partial, unseen_axes, {"protocol": "unseen"}, citable=True)
+    import json
+
+    spec = json.loads((folder / "grid.json").read_text())
+    spec["blocks"] = [{"loss": ["batch-all", "batch-hard"], "margin": [0.2]},
+                      {"loss": ["normalized-softmax"], "margin": [0.0]}]
+    (folder / "grid.json").write_text(json.dumps(spec))
+
+    def table() -> list[list[str]]:
+        loaded = load_records(tmp_path)
+        return claims.protocol_table(stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES)))[2]
+
+    assert table() == []
+    write_experiment(tmp_path, "cpu-unseen", cells("cpu-unseen", unseen, SEEDS, "unseen"), unseen_axes,
+                     {"protocol": "unseen"}, citable=True)
+    (folder / "grid.json").write_text(json.dumps(spec))
+    rows = table()
+    assert [row[0] for row in rows] == ["normalized-softmax", "batch-all", "batch-hard"]
+    assert rows[0][1:4] == ["–", "–", "–"] and rows[0][6] == "1"
+    assert rows[1][1] == "m 0.2, B 16" and rows[1][2].startswith("0.5010 ± ") and rows[1][3] == "1"
+    assert rows[1][5].startswith("0.3010 ± ") and rows[1][6] == "2"
+    assert rows[2][3] == "2" and rows[2][6] == "3"

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from bench.reporting import stats, tables
+from bench.reporting.frame import FRESH
 from bench.reporting.markdown import table
 from losses import LOSSES
 
@@ -369,6 +370,37 @@ def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     return claim._replace(numbers=numbers, verdict=verdict)
 
 
+def _cited(summary: pd.DataFrame, experiment: str) -> tuple[str, pd.DataFrame]:
+    """The experiment whose test numbers are cited for `experiment` (its fresh seeds' once those are complete, else
+    its own) and that experiment's selected CIFAR-10 cells."""
+    name = f"{experiment}{FRESH}" if _complete(summary, f"{experiment}{FRESH}") else experiment
+    return name, summary[(summary.experiment == name) & summary.selected & (summary.dataset == "cifar10")]
+
+
+def protocol_table(summary: pd.DataFrame) -> tuple[str, str, list[list[str]]]:
+    """Per loss, its selected CIFAR-10 cell's test MAP@R on the classes it trained on (cpu) and on classes it never
+    saw (cpu-unseen), with the rank at each: (the seen experiment, the unseen one, rows); no rows until cpu-unseen is
+    complete."""
+    seen_name, seen = _cited(summary, "cpu")
+    unseen_name, unseen = _cited(summary, "cpu-unseen")
+    if not _complete(summary, "cpu-unseen") or unseen.empty:
+        return seen_name, unseen_name, []
+    ranks = {name: {loss: i + 1 for i, loss in enumerate(_ranking(cells))} for name, cells in
+             (("seen", seen), ("unseen", unseen))}
+
+    def cell(cells: pd.DataFrame, loss: str, rank: dict[str, int]) -> list[str]:
+        rows = cells[cells.loss == loss]
+        if rows.empty:
+            return ["–", "–", "–"]
+        row = rows.iloc[0]
+        return [f"m {row.margin:g}, B {row.batch_size:g}" + (f" [{row.variant}]" if row.variant else ""),
+                str(tables.interval(row, "map_at_r")), str(rank[loss])]
+
+    order = [*_ranking(unseen), *(loss for loss in _ranking(seen) if loss not in set(unseen.loss))]
+    return seen_name, unseen_name, [[loss, *cell(seen, loss, ranks["seen"]), *cell(unseen, loss, ranks["unseen"])]
+                                    for loss in order]
+
+
 CLAIMS: tuple[Callable[[pd.DataFrame, pd.DataFrame], Claim], ...] = (
     margin_rule, larger_batches, batch_hard_unstable, semi_hard, normalisation, quadruplet_compactness,
     three_seeds, budget_ranking,
@@ -399,4 +431,13 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame) -> str:
                "the cpu budget (200,000 samples) and at 1,000,000, with each loss's rank.", "",
                *table(["loss", "margin", "200k samples", "rank", "1M samples", "rank"], budgets)]
               if budgets else [_pending("cpu-budget", summary).capitalize() + "."])
+    seen_name, unseen_name, protocols = protocol_table(summary)
+    lines += ["", "## Seen and unseen classes (cpu, cpu-unseen)", ""]
+    lines += ([f"Test MAP@R, mean ± 95% t half-width over seeds, of each loss's validation-selected CIFAR-10 cell, "
+               f"with its rank: on held-out images of the classes it trained on ({seen_name}) and on classes it "
+               f"never saw ({unseen_name}: trained on 4 classes, tested on 4 others; its own selection on its own "
+               "validation classes). The control is in cpu-unseen only (its seen numbers are cpu-losses').", "",
+               *table(["loss", "seen: cell", "MAP@R (test)", "rank", "unseen: cell", "MAP@R (test)", "rank"],
+                      protocols)]
+              if protocols else [_pending("cpu-unseen", summary).capitalize() + "."])
     return "\n".join([*lines, ""])
