@@ -159,9 +159,12 @@ def batch_hard_unstable(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     trials = final[final.kind == "trial"]
     if trials.empty:
         return claim._replace(verdict="not measured yet")
-    parts, unstable = [], False
+    parts, unstable, pending = [], False, []
     for (experiment, dataset), group in trials.groupby(["experiment", "dataset"], sort=True):
-        if experiment.endswith("-fresh"):
+        if experiment.endswith(FRESH) or experiment not in ("cpu", "cpu-losses"):
+            continue
+        if not _complete(summary, experiment):  # only experiments with every seed recorded count
+            pending.append(_pending(experiment, summary).removeprefix("not measured yet (").removesuffix(")"))
             continue
         counts = {}
         for loss in ("batch-hard", "batch-all", "batch-hard-soft"):
@@ -173,9 +176,12 @@ def batch_hard_unstable(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
         unstable |= counts["batch-hard"][0] > 0 and counts.get("batch-all", (0, 0))[0] == 0
         parts.append(f"{experiment} {dataset}: " + ", ".join(f"{loss} {c}/{n} collapsed"
                                                              for loss, (c, n) in counts.items()))
-    remedies = _remedies(final)
+    remedies = _remedies(final) if _complete(summary, "cpu-losses") else ""
     rule = "Rule: supported where batch-hard collapses and batch-all, in the same settings, never does."
-    return claim._replace(numbers="; ".join(parts) + (f"; {remedies}" if remedies else "") + f". {rule}",
+    waiting = f" Not counted yet: {'; '.join(sorted(set(pending)))}." if pending else ""
+    if not parts:
+        return claim._replace(numbers=waiting.strip(), verdict="not measured yet")
+    return claim._replace(numbers="; ".join(parts) + (f"; {remedies}" if remedies else "") + f". {rule}{waiting}",
                           verdict="supported" if unstable else "not detected at this n")
 
 
