@@ -122,18 +122,22 @@ def test_the_report_writes_claims_md(tmp_path: Path) -> None:
     assert "not measured yet (preset cpu-budget not run)" in text
 
 
-def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -> None:
+def write_cpu_batch(root: Path, steps_gain: float = 0.01, samples_gain: float = 0.01) -> None:
+    """A 'cpu-batch' grid on B 16 and 32: equal steps (30) and equal samples (480, lr × √(B / 16)); B 32 is better
+    by steps_gain and samples_gain per 16 images, with paired noise."""
     import json
 
     records = []
     for size in (16, 32):
         for seed in SEEDS:
+            noise = 0.002 * ((seed * 7 + size) % 3)
             records.append(trial_record("cpu-batch", "batch-all", 0.2, size, seed, steps=30, values={
-                "map_at_r": 0.5 + size / 100, "lr": 1e-3}, config={"budget_samples": 960, "budget_steps": 30}))
+                "map_at_r": 0.5 + steps_gain * size / 16 + noise + seed / 100, "lr": 1e-3},
+                config={"budget_samples": 960, "budget_steps": 30}))
             records.append(trial_record("cpu-batch", "batch-all", 0.2, size, seed, steps=480 // size, values={
-                "map_at_r": 0.4 + size / 100, "lr": 1e-3 * (size / 16) ** 0.5},
+                "map_at_r": 0.4 + samples_gain * size / 16 + noise + seed / 100, "lr": 1e-3 * (size / 16) ** 0.5},
                 config={"budget_samples": 480, "budget_steps": None, "lr_scaling": "sqrt"}))
-    folder = write_experiment(tmp_path, "cpu-batch", records, {
+    folder = write_experiment(root, "cpu-batch", records, {
         "dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [16, 32],
         "budget_samples": [960, 480], "budget_steps": [30, None], "lr_scaling": ["none", "sqrt"], "seed": SEEDS},
         citable=True)
@@ -141,12 +145,29 @@ def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -
     spec["blocks"] = [{"budget_samples": [960], "budget_steps": [30], "lr_scaling": ["none"]},
                       {"budget_samples": [480], "budget_steps": [None], "lr_scaling": ["sqrt"]}]
     (folder / "grid.json").write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize(("steps_gain", "samples_gain", "verdict"), [
+    (0.05, 0.0, "at equal steps: supported / at equal samples (√-scaled lr): not detected at this n"),
+    (-0.05, 0.05, "at equal steps: contradicted / at equal samples (√-scaled lr): supported")])
+def test_the_batch_size_claim_reads_cpu_batch_at_equal_steps_and_samples(tmp_path: Path, steps_gain: float,
+                                                                         samples_gain: float, verdict: str) -> None:
+    write_cpu(tmp_path, 0.05)
+    write_cpu_batch(tmp_path, steps_gain, samples_gain)
+    found = report_claims(tmp_path)["larger batches (512) improve online mining"]
+    assert found.verdict == f"at equal samples mnist: supported; cpu-batch {verdict}", found
+    assert "at equal steps: test MAP@R (B 32 − B 16) Δ " in found.numbers and "n = 3 pairs" in found.numbers
+    assert "not measured yet" not in found.numbers
+
+
+def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -> None:
+    write_cpu_batch(tmp_path)
     loaded = load_records(tmp_path)
     summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
     rows = claims.batch_table(summary)
     assert [row[0] for row in rows] == ["16", "32"]
-    assert rows[1][1] == "960 samples, 30 steps, lr 0.001" and rows[1][2].startswith("0.8200 ± ")
-    assert rows[1][3] == "480 samples, 15 steps, lr 0.0014" and rows[1][4].startswith("0.7200 ± ")
+    assert rows[1][1] == "960 samples, 30 steps, lr 0.001" and rows[1][2].startswith("0.5320 ± ")
+    assert rows[1][3] == "480 samples, 15 steps, lr 0.0014" and rows[1][4].startswith("0.4320 ± ")
     text = claims.markdown([], 1, summary)
     assert "| B | equal steps | MAP@R (test) | equal samples | MAP@R (test) |" in text
     assert "Not measured yet (preset cpu-budget not run)." in text

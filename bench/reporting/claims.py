@@ -146,10 +146,32 @@ def larger_batches(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     parts = [_paired_text(r, f"{d} test MAP@R (B {large} − B {small}, equal samples: B {small} takes "
                              f"{large // small}× the updates)") for d, r in zip(datasets, results, strict=True)]
     verdicts = [_direction(r, +1, p) for r, p in zip(results, stats.holm([r.p for r in results]), strict=True)]
-    equal_steps = ("equal steps: " + _pending("cpu-batch", summary)) if not _complete(summary, "cpu-batch") else ""
-    verdict = " / ".join(f"{d}: {v}" for d, v in zip(datasets, verdicts, strict=True))
-    return claim._replace(numbers="; ".join(parts) + (f"; {equal_steps}" if equal_steps else "")
-                          + ". Holm over the datasets.", verdict=f"at equal samples {verdict}")
+    verdict = "at equal samples " + " / ".join(f"{d}: {v}" for d, v in zip(datasets, verdicts, strict=True))
+    if not _complete(summary, "cpu-batch"):
+        return claim._replace(numbers="; ".join(parts) + "; equal steps: " + _pending("cpu-batch", summary)
+                              + ". Holm over the datasets.", verdict=verdict)
+    batch_parts, batch_verdicts = _batch_size_tests(_trials(final, "cpu-batch"))
+    return claim._replace(numbers="; ".join(parts) + ". Holm over the datasets; " + "; ".join(batch_parts)
+                          + ". Holm over cpu-batch's two.", verdict=f"{verdict}; cpu-batch {batch_verdicts}")
+
+
+def _batch_size_tests(trials: pd.DataFrame) -> tuple[list[str], str]:
+    """cpu-batch's largest batch against its smallest, paired over seeds, in each of its blocks: at equal steps
+    (budget_steps set) and at equal samples (no step limit, the lr scaled by √B): the numbers and the verdicts."""
+    blocks = (("at equal steps", trials[trials.budget_steps.notna()]),
+              ("at equal samples (√-scaled lr)", trials[trials.budget_steps.isna()]))
+    results, labels = [], []
+    for name, block in blocks:
+        small, large = int(block.batch_size.min()), int(block.batch_size.max())
+        results.append(paired(block, block.batch_size == large, block.batch_size == small,
+                              ["dataset", "loss", "margin"], "map_at_r"))
+        labels.append((name, f"{name}: test MAP@R (B {large} − B {small})"))
+    adjusted = stats.holm([r.p for r in results])
+    parts = [_paired_text(r, label) + f", Holm {_p(p)}" for r, (_, label), p in zip(results, labels, adjusted,
+                                                                                     strict=True)]
+    verdicts = " / ".join(f"{name}: {_direction(r, +1, p)}" for r, (name, _), p in zip(results, labels, adjusted,
+                                                                                        strict=True))
+    return parts, verdicts
 
 
 def batch_hard_unstable(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
