@@ -243,3 +243,34 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
     assert rows[1][1] == "m 0.2, B 16" and rows[1][2].startswith("0.5010 ± ") and rows[1][3] == "1"
     assert rows[1][5].startswith("0.3010 ± ") and rows[1][6] == "2"
     assert rows[2][3] == "2" and rows[2][6] == "3"
+
+
+@pytest.mark.parametrize(("gap", "verdict"), [(0.006, "contradicted (n = 3 missed batch-all − quadruplet)"),
+                                              (0.0, "supported (n = 10 detects no gap that n = 3 missed)")])
+def test_the_seeds_claim_weighs_ten_seeds_against_three_on_the_same_cells(tmp_path: Path, gap: float,
+                                                                          verdict: str) -> None:
+    """A gap of 0.006 MAP@R under paired noise of ±0.008: n = 3 (cpu's fresh seeds) misses it, n = 10 (cpu-seeds)
+    detects it, so three seeds were not enough; no gap, nothing to miss."""
+    import json
+
+    def records(experiment: str, seeds: list[int]) -> list[dict]:
+        return [trial_record(experiment, loss, 0.2, 16, seed, dataset="cifar10", values={
+            "map_at_r": 0.5 + (gap if loss == "batch-all" else 0.0) + (0.008 * (seed % 3 - 1) if loss == "batch-all"
+                                                                       else 0.0),
+            "val_map_at_r": 0.5 + (0.01 if loss == "batch-all" else 0.0)})
+            for loss in ("batch-all", "quadruplet") for seed in seeds]
+
+    axes = {"dataset": ["cifar10"], "loss": ["batch-all", "quadruplet"], "margin": [0.2], "batch_size": [16],
+            "seed": SEEDS}
+    folder = write_experiment(tmp_path, "cpu", records("cpu", [*SEEDS, 3, 4, 5]), axes, citable=True)
+    spec = json.loads((folder / "grid.json").read_text())
+    (folder / "grid.json").write_text(json.dumps({**spec, "fresh_seeds": [3, 4, 5]}))
+    found = report_claims(tmp_path)["3 seeds are enough to rank the losses"]
+    assert found.numbers.endswith("n = 10: not measured yet (preset cpu-seeds not run).")
+    write_experiment(tmp_path, "cpu-seeds", records("cpu-seeds", list(range(6, 16))),
+                     {**axes, "seed": list(range(6, 16))}, citable=True)
+    found = report_claims(tmp_path)["3 seeds are enough to rank the losses"]
+    assert found.verdict == verdict, found
+    pair = "batch-all − quadruplet" if gap else "quadruplet − batch-all"  # the better at n = 10 first
+    assert f"n = 10 (cpu-seeds, test MAP@R): {pair} Δ " in found.numbers and "n = 10 pairs" in found.numbers
+    assert f"n = 3 (cpu-fresh, the same cells): {pair} Δ " in found.numbers and "n = 3 pairs" in found.numbers

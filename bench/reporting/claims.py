@@ -303,7 +303,8 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """n = 3 seeds rank the losses."""
     claim = Claim("3 seeds are enough to rank the losses", "common practice (both sources report one run)",
                   "every complete experiment's headline tables: the minimal detectable MAP@R difference (80% power) "
-                  "and which comparisons survive Holm", "", "")
+                  "and which comparisons survive Holm; and cpu-seeds (n = 10) against cpu-fresh (n = 3) on the same "
+                  "cells", "", "")
     complete = [name for name in summary.experiment.unique() if _complete(summary, name)]
     selected = summary[summary.selected & summary.experiment.isin(complete)]
     if selected.empty:
@@ -317,9 +318,38 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
         parts.append(f"{where}: detects {group.mdd_map_at_r.max():.3f}, {len(detected)} of "
                      f"{len(compared)} differences from the best detected")
     rule = "Rule: supported if every difference from the best is detected in every table."
-    return claim._replace(numbers="; ".join(parts) + f". {rule}",
-                          verdict="supported" if ranked_all else "not detected at this n (some gaps are below what "
-                                                                  "n = 3 resolves)")
+    verdict = "supported" if ranked_all else "not detected at this n (some gaps are below what n = 3 resolves)"
+    cited = f"cpu{FRESH}"  # the cpu grid's selected cells on seeds 3-5: the cells cpu-seeds runs on seeds 6-15
+    if not (_complete(summary, "cpu-seeds") and _complete(summary, cited)):
+        waiting = _pending("cpu-seeds" if _complete(summary, cited) else cited, summary)
+        return claim._replace(numbers="; ".join(parts) + f". {rule} n = 10: {waiting}.", verdict=verdict)
+    ten = _trials(final, "cpu-seeds")
+    three = _trials(final, cited)
+    three = three[three.dataset.isin(set(ten.dataset)) & three.protocol.isin(set(ten.protocol))]
+    order = list(ten.groupby("loss").map_at_r.mean().sort_values(ascending=False).index)  # the better first
+    many, few = _seed_pairs(ten, order), _seed_pairs(three, order)
+    missed = [f"{a} − {b}" for (a, b), result in many.items()
+              if result.p < stats.ALPHA and not (few.get((a, b), result).p < stats.ALPHA)]
+    flipped = [f"{a} − {b}" for (a, b), result in many.items() if (a, b) in few and result.p < stats.ALPHA
+               and few[(a, b)].p < stats.ALPHA and math.copysign(1, result.mean) != math.copysign(1, few[(a, b)].mean)]
+    texts = [f"{label}: " + "; ".join(_paired_text(r, f"{a} − {b}") + f", Holm {_p(r.p)}" for (a, b), r in
+                                      pairs.items())
+             for label, pairs in (("n = 10 (cpu-seeds, test MAP@R)", many), (f"n = 3 ({cited}, the same cells)", few))]
+    rule = ("Rule, on the cells both ran: contradicted if n = 10 detects a gap that n = 3 did not, or the opposite "
+            "sign; supported otherwise (Holm over each n's pairs).")
+    return claim._replace(numbers="; ".join(parts) + ". " + ". ".join(texts) + f". {rule}",
+                          verdict=(f"contradicted (n = 3 missed {', '.join(missed + flipped)})" if missed or flipped
+                                   else "supported (n = 10 detects no gap that n = 3 missed)"))
+
+
+def _seed_pairs(trials: pd.DataFrame, order: list[str]) -> dict[tuple[str, str], Paired]:
+    """Every pair (a, b) of `order`'s losses (a first) that `trials` holds (one cell each per dataset): a − b paired
+    over seeds, with Holm's p over the pairs in place of the raw p."""
+    order = [loss for loss in order if loss in set(trials.loss)]
+    pairs = {(a, b): paired(trials, trials.loss == a, trials.loss == b, ["dataset"], "map_at_r")
+             for i, a in enumerate(order) for b in order[i + 1:]}
+    adjusted = stats.holm([r.p for r in pairs.values()])
+    return {key: r._replace(p=p) for (key, r), p in zip(pairs.items(), adjusted, strict=True)}
 
 
 def batch_table(summary: pd.DataFrame) -> list[list[str]]:
