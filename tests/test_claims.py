@@ -168,7 +168,7 @@ def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -
     assert [row[0] for row in rows] == ["16", "32"]
     assert rows[1][1] == "960 samples, 30 steps, lr 0.001" and rows[1][2].startswith("0.5320 ± ")
     assert rows[1][3] == "480 samples, 15 steps, lr 0.0014" and rows[1][4].startswith("0.4320 ± ")
-    text = claims.markdown([], 1, summary)
+    text = claims.markdown([], 1, summary, stats.final_rows(loaded.checkpoints))
     assert "| B | equal steps | MAP@R (test) | equal samples | MAP@R (test) |" in text
     assert "Not measured yet (preset cpu-budget not run)." in text
 
@@ -274,3 +274,34 @@ def test_the_seeds_claim_weighs_ten_seeds_against_three_on_the_same_cells(tmp_pa
     pair = "batch-all − quadruplet" if gap else "quadruplet − batch-all"  # the better at n = 10 first
     assert f"n = 10 (cpu-seeds, test MAP@R): {pair} Δ " in found.numbers and "n = 10 pairs" in found.numbers
     assert f"n = 3 (cpu-fresh, the same cells): {pair} Δ " in found.numbers and "n = 3 pairs" in found.numbers
+
+
+def test_the_sampler_table_pairs_random_batches_with_pk_per_loss(tmp_path: Path) -> None:
+    """batch-all loses 0.05 MAP@R with random batches (detected), quadruplet nothing (not detected); pending until
+    every seed is recorded."""
+    loss_of = {"batch-all": 0.2, "quadruplet": 0.05}
+    drop = {"batch-all": 0.05, "quadruplet": 0.0}
+    records = [trial_record("cpu-sampler", loss, margin, 16, seed, dataset="cifar10", config={"sampler": sampler},
+                            values={"map_at_r": 0.5 - (drop[loss] if sampler == "random" else 0.0)
+                                    + 0.003 * ((seed + len(sampler)) % 3), "val_map_at_r": 0.5})
+               for loss, margin in loss_of.items() for sampler in ("pk", "random") for seed in SEEDS]
+    axes = {"dataset": ["cifar10"], "loss": list(loss_of), "margin": [0.05, 0.2], "batch_size": [16],
+            "sampler": ["pk", "random"], "seed": SEEDS}
+
+    def rows(recorded: list[dict]) -> list[list[str]]:
+        import json
+        import shutil
+
+        shutil.rmtree(tmp_path / "cpu-sampler", ignore_errors=True)
+        folder = write_experiment(tmp_path, "cpu-sampler", recorded, axes, citable=True)
+        spec = json.loads((folder / "grid.json").read_text())
+        spec["blocks"] = [{"loss": [loss], "margin": [margin]} for loss, margin in loss_of.items()]
+        (folder / "grid.json").write_text(json.dumps(spec))
+        loaded = load_records(tmp_path)
+        summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+        return claims.sampler_table(summary, stats.final_rows(loaded.checkpoints))
+
+    assert rows(records[:-1]) == []
+    found = {row[0]: row for row in rows(records)}
+    assert found["batch-all"][1] == "0.2" and found["batch-all"][4].startswith("−0.050 [")
+    assert found["batch-all"][6] == "detected" and found["quadruplet"][6] == "not detected at this n"

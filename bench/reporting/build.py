@@ -45,8 +45,8 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
         written += plots.save(figures[experiment], reports_dir / "plots" / experiment)
     document = tables.document(records.checkpoints, records.grids, summary, figures, isolated)
     written += tables.write_documents(document, reports_dir)
-    tested = claims.claims(summary, stats.final_rows(records.checkpoints))
-    text = claims.markdown(tested, records.checkpoints.trial_id.nunique(), summary)
+    final = stats.final_rows(records.checkpoints)
+    text = claims.markdown(claims.claims(summary, final), records.checkpoints.trial_id.nunique(), summary, final)
     written.append(write_text(reports_dir / "claims.md", text))
     return written
 

@@ -459,6 +459,28 @@ def protocol_table(summary: pd.DataFrame) -> tuple[str, str, list[list[str]]]:
                                     for loss in order]
 
 
+def sampler_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]:
+    """Per loss of cpu-sampler: test MAP@R with P×K batches and with uniformly random ones, and random − P×K paired
+    over seeds (same initialisation), Holm over the losses; no rows until cpu-sampler is complete."""
+    if not _complete(summary, "cpu-sampler"):
+        return []
+    cells = summary[(summary.experiment == "cpu-sampler") & ~summary.loss.isin(stats.BASELINES)]
+    trials = _trials(final, "cpu-sampler")
+    losses = _ranking(cells[cells.variant == "sampler pk"])
+    results = [paired(trials, (trials.loss == loss) & (trials.sampler == "random"),
+                      (trials.loss == loss) & (trials.sampler == "pk"), ["dataset", "margin", "batch_size"],
+                      "map_at_r") for loss in losses]
+    rows = []
+    for loss, result, p in zip(losses, results, stats.holm([r.p for r in results]), strict=True):
+        by = {sampler: cells[(cells.loss == loss) & (cells.variant == f"sampler {sampler}")].iloc[0]
+              for sampler in ("pk", "random")}
+        rows.append([loss, f"{by['pk'].margin:g}", str(tables.interval(by["pk"], "map_at_r")),
+                     str(tables.interval(by["random"], "map_at_r")),
+                     f"{_fmt(result.mean)} [{_fmt(result.lo)}, {_fmt(result.hi)}]", _p(p),
+                     "detected" if p < stats.ALPHA else "not detected at this n"])
+    return rows
+
+
 CLAIMS: tuple[Callable[[pd.DataFrame, pd.DataFrame], Claim], ...] = (
     margin_rule, larger_batches, batch_hard_unstable, semi_hard, normalisation, quadruplet_compactness,
     three_seeds, budget_ranking,
@@ -470,8 +492,9 @@ def claims(summary: pd.DataFrame, final: pd.DataFrame) -> list[Claim]:
     return [test(summary, final) for test in CLAIMS]
 
 
-def markdown(rows: list[Claim], records: int, summary: pd.DataFrame) -> str:
-    """claims.md: the rule, one table row per claim, then the batch-size and budget tables behind two of them."""
+def markdown(rows: list[Claim], records: int, summary: pd.DataFrame, final: pd.DataFrame) -> str:
+    """claims.md: the rule, one table row per claim, then the tables behind them (batch size, budget, sampler, seen
+    and unseen classes), from the summary (stats.summarize) and the trials' final rows."""
     header: list[Any] = ["claim", "source", "cells that test it", "numbers", "verdict"]
     lines = ["# Claims of the sources, tested", "",
              f"Made by `python -m bench.report` (`make report`) from {records} records of the reference runs. "
@@ -489,6 +512,14 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame) -> str:
                "the cpu budget (200,000 samples) and at 1,000,000, with each loss's rank.", "",
                *table(["loss", "margin", "200k samples", "rank", "1M samples", "rank"], budgets)]
               if budgets else [_pending("cpu-budget", summary).capitalize() + "."])
+    samplers = sampler_table(summary, final)
+    lines += ["", "## P×K against random batches (cpu-sampler)", ""]
+    lines += (["Test MAP@R, mean ± 95% t half-width over seeds 0-2, of the cpu grid's selected CIFAR-10 cells with "
+               "P×K batches (K = 4) and with uniformly random ones; Δ = random − P×K paired over seeds (the same "
+               "initialisation; the batches differ by construction), its 95% t-interval and Holm's p over the "
+               "losses.", "",
+               *table(["loss", "margin", "P×K", "random", "Δ (random − P×K)", "Holm p", "difference"], samplers)]
+              if samplers else [_pending("cpu-sampler", summary).capitalize() + "."])
     seen_name, unseen_name, protocols = protocol_table(summary)
     lines += ["", "## Seen and unseen classes (cpu, cpu-unseen)", ""]
     lines += ([f"Test MAP@R, mean ± 95% t half-width over seeds, of each loss's validation-selected CIFAR-10 cell, "
