@@ -305,3 +305,29 @@ def test_the_sampler_table_pairs_random_batches_with_pk_per_loss(tmp_path: Path)
     found = {row[0]: row for row in rows(records)}
     assert found["batch-all"][1] == "0.2" and found["batch-all"][4].startswith("−0.050 [")
     assert found["batch-all"][6] == "detected" and found["quadruplet"][6] == "not detected at this n"
+
+
+@pytest.mark.parametrize(("control", "verdict"), [(0.9, "cpu-losses: contradicted"), (0.7, "cpu-losses: supported"),
+                                                  (0.8, "cpu-losses: not detected at this n")])
+def test_the_control_claim_weighs_the_best_triplet_loss_against_the_normalised_softmax(
+        tmp_path: Path, control: float, verdict: str) -> None:
+    """The best triplet loss on validation (batch-all, 0.8 MAP@R) against the control at `control`, paired over
+    seeds; cpu-unseen not run yet is named."""
+    level = {"batch-all": 0.8, "semi-hard": 0.6, "normalized-softmax": control}
+    records = [trial_record("cpu-losses", loss, 0.0 if loss == "normalized-softmax" else 0.2, 16, seed,
+                            dataset="cifar10", values={"map_at_r": score + 0.004 * ((seed * len(loss)) % 3),
+                                                       "val_map_at_r": score if loss != "normalized-softmax" else 0.5})
+               for loss, score in level.items() for seed in SEEDS]
+    import json
+
+    folder = write_experiment(tmp_path, "cpu-losses", records, {"dataset": ["cifar10"], "loss": list(level),
+                                                                "margin": [0.0, 0.2], "batch_size": [16],
+                                                                "seed": SEEDS}, citable=True)
+    spec = json.loads((folder / "grid.json").read_text())
+    spec["blocks"] = [{"loss": ["batch-all", "semi-hard"], "margin": [0.2]},
+                      {"loss": ["normalized-softmax"], "margin": [0.0]}]
+    (folder / "grid.json").write_text(json.dumps(spec))
+    found = report_claims(tmp_path)["online triplet mining learns better embeddings than a classification loss"]
+    assert found.verdict == verdict, found
+    assert found.numbers.startswith("cpu-losses: batch-all − normalized-softmax, test MAP@R Δ ")
+    assert "not measured yet (preset cpu-unseen not run)" in found.numbers
