@@ -510,3 +510,21 @@ def test_the_comparison_says_when_a_loss_is_in_the_grid_but_not_recorded_yet(tmp
     assert rows["untrained"][1] == "0.2000 (n=1) [normalize off]; 0.2000 (n=1) [normalize on]"  # one per variant
     labels = [row[0] for row in tables.headline("h", summary[summary.experiment == "going"])[0].rows[:2]]
     assert labels == ["untrained [normalize off]", "untrained [normalize on]"]
+
+
+def test_running_time_is_the_union_of_the_trials_spans() -> None:
+    """Two overlapping trials (09:50-10:00, 09:55-10:05) and one after a pause (11:55-12:00): 20 minutes with a
+    trial running; a baseline and a trial without its elapsed time are left out."""
+    import pandas as pd
+
+    from bench.reporting.tables import running_time
+
+    final = pd.DataFrame({
+        "kind": ["trial", "trial", "trial", "baseline", "trial"],
+        "provenance_date": ["2026-12-06T10:00:00Z", "2026-12-06T10:05:00Z", "2026-12-06T12:00:00Z",
+                            "2026-12-06T13:00:00Z", "2026-12-06T14:00:00Z"],
+        "elapsed_seconds": [600.0, 600.0, 300.0, 5000.0, float("nan")],
+    })
+    assert running_time(final) == ("20 min of wall time with a trial running (3 trials, 0.4 trial-hours; pauses "
+                                   "between sittings left out)")
+    assert running_time(final[final.kind == "baseline"]) == "no trial with its times recorded"

@@ -514,6 +514,28 @@ def systems_blocks(systems: Systems | None) -> list[Block]:
 # ---- the document -------------------------------------------------------------------------------
 
 
+def running_time(final: pd.DataFrame) -> str:
+    """How long the experiment's trials ran: the wall time during which at least one ran (the union over trials of
+    [end − elapsed_seconds, end], a record's provenance date being its end; pauses between sittings left out),
+    and their own times summed."""
+    trials = final[(final.kind == "trial") & final.provenance_date.notna() & final.elapsed_seconds.notna()]
+    if trials.empty:
+        return "no trial with its times recorded"
+    ends = pd.to_datetime(trials.provenance_date.astype(str), utc=True).map(pd.Timestamp.timestamp).to_numpy()
+    spans = sorted(zip(ends - trials.elapsed_seconds.to_numpy(float), ends, strict=True))
+    covered, (start, stop) = 0.0, spans[0]
+    for begin, end in spans[1:]:
+        if begin > stop:
+            covered, start, stop = covered + stop - start, begin, end
+        else:
+            stop = max(stop, end)
+    covered += stop - start
+    hours = f"{covered / 3600:.1f} h" if covered >= 3600 else f"{covered / 60:.0f} min"
+    trial_hours = trials.elapsed_seconds.sum() / 3600
+    return (f"{hours} of wall time with a trial running ({len(trials)} trials, {trial_hours:.1f} trial-hours; pauses "
+            "between sittings left out)")
+
+
 def _provenance(final: pd.DataFrame, grid: dict[str, Any]) -> list[tuple[str, str]]:
     trials = final[final.kind == "trial"]
     dates = sorted(final.provenance_date.dropna().astype(str))
@@ -535,6 +557,7 @@ def _provenance(final: pd.DataFrame, grid: dict[str, Any]) -> list[tuple[str, st
         ("lr rule", lr_rule(final)),
         ("evaluation sizes", eval_sizes(final)),
         ("seeds", f"{trials.seed.nunique()} ({_joined(trials.seed)})"),
+        ("running time", running_time(final)),
         ("trials", f"{len(trials)} of {expected} in the grid: "
                    + (", ".join(f"{counts[s]} {s}" for s in counts.index.sort_values()) or "none")),
         ("baselines", f"{int((final.kind == 'baseline').sum())} records" if (final.kind == "baseline").any()
