@@ -46,6 +46,8 @@ class Loss:
     - order: the tuples it sums over, 3 (triplets) or 4 (quadruplets): its dense reference builds B**order terms.
     - min_classes: the distinct classes a batch needs for one valid tuple (a negative needs a second class; a
       quadruplet's negative pair a third): with fewer, the loss is 0 at every step and nothing is learnt.
+    - has_margin: false for a control (CONTROLS, whose facts are facts(name)): its effective margin is the config's
+      (0) and it is never pinned at one.
     """
 
     fn: Callable[..., Tensor]
@@ -55,6 +57,7 @@ class Loss:
     hardest: bool = False
     order: int = 3
     min_classes: int = 2
+    has_margin: bool = True
 
     def __call__(self, embeddings: Tensor, labels: Tensor, margin: float, check_finite: bool = True) -> Tensor:
         """The loss of embeddings [B, D] with labels [B] at `margin`: a scalar attached to the graph."""
@@ -70,7 +73,7 @@ class Loss:
     def can_pin(self, mu_neg: float, effective_margin: float) -> bool:
         """Whether a batch with mean negative distance mu_neg can sit at pinned_loss: under a hinge only while
         mu_neg < m_eff (past it the hinge lets go); a soft margin has no hinge, so always."""
-        return self.soft_margin or mu_neg < effective_margin
+        return self.has_margin and (self.soft_margin or mu_neg < effective_margin)
 
     def pinned_loss(self, effective_margin: float) -> float:
         """Its value when every pair distance is (nearly) equal, at `effective_margin`."""
@@ -90,6 +93,18 @@ LOSSES: dict[str, Loss] = {
 
 CONTROLS: dict[str, type[nn.Module]] = {"normalized-softmax": NormalizedSoftmax}
 
+
+def _module_only(*args: object) -> Tensor:
+    raise TypeError("a control has parameters of its own: build it with losses.CONTROLS[name](classes, dim, "
+                    "temperature, generator)")
+
+
+def facts(name: str) -> Loss:
+    """The facts of loss or control `name` that diagnostics and config checks read: LOSSES[name], or for a control
+    a Loss with no margin, no hardest pairs and one class enough (its function refuses to be called)."""
+    return LOSSES[name] if name in LOSSES else Loss(_module_only, has_margin=False, min_classes=1)
+
+
 __all__ = [
     "CONTROLS",
     "LOSSES",
@@ -100,6 +115,7 @@ __all__ = [
     "batch_hard",
     "batch_hard_soft",
     "check_inputs",
+    "facts",
     "mining_stats",
     "pair_masks",
     "pairwise_distance",

@@ -18,7 +18,7 @@ from bench.engine.synthetic import write_synthetic
 from bench.engine.train import run_trial
 from bench.experiment.gridspec import variant
 from bench.experiment.identity import trial_id
-from losses import CONTROLS, LOSSES, NormalizedSoftmax
+from losses import CONTROLS, LOSSES, NormalizedSoftmax, facts
 
 
 def by_loop(embeddings: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -179,3 +179,9 @@ def test_every_control_is_a_module_built_from_classes_dim_temperature_and_a_gene
         assert name not in LOSSES
         head = cls(3, 5, 0.1, torch.Generator().manual_seed(0))
         assert isinstance(head, torch.nn.Module) and sum(p.numel() for p in head.parameters()) == 15
+        known = facts(name)  # what diagnostics and config checks read
+        assert not known.has_margin and not known.hardest and known.min_classes == 1
+        assert known.effective_margin(0.0, 0.1, 0.9) == 0.0 and not known.can_pin(-1.0, 0.0)
+        with pytest.raises(TypeError, match="parameters of its own"):
+            known(torch.zeros(2, 3), torch.tensor([0, 1]), 0.0)
+    assert facts("batch-all") is LOSSES["batch-all"]

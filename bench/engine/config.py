@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.engine import plugins
 from bench.engine.datasets import DATASETS
-from losses import CONTROLS, LOSSES
+from losses import CONTROLS, LOSSES, facts
 
 SAMPLERS = ("random", "pk")
 PROTOCOLS = ("seen", "unseen")
@@ -182,8 +182,7 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
             f"batch_size {cfg['batch_size']} is not a multiple of samples_per_class "
             f"{cfg['samples_per_class']} (required by the pk sampler)"
         )
-    needed = LOSSES[cfg["loss"]].min_classes if cfg["loss"] in LOSSES else 1
-    classes = int(cfg["batch_size"]) // int(cfg["samples_per_class"])
+    classes, needed = int(cfg["batch_size"]) // int(cfg["samples_per_class"]), facts(cfg["loss"]).min_classes
     if cfg["sampler"] == "pk" and classes < needed:
         raise ConfigError(
             f"batch_size {cfg['batch_size']} with samples_per_class {cfg['samples_per_class']} gives {classes} class"

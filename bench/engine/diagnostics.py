@@ -10,8 +10,8 @@
 - pinned_at_margin: the training loss is within PINNED_TOLERANCE (relative) of its value when all distances
   are equal (losses.Loss.pinned_loss: the effective margin; 1.5 × it for quadruplet) and μ_neg is
   below the effective margin: every hinge stays active and the net only shrinks or holds the embeddings.
-  A control (losses.CONTROLS) has no margin: its effective margin is the config's (0), it mines no hardest pairs
-  and is never pinned; its mining statistics are those of triplets at margin 0 (which are easy, which violated).
+  A control (losses.CONTROLS; its facts are losses.facts(name)) has no margin: its effective margin is the config's
+  (0), it mines no hardest pairs and is never pinned; its mining statistics are those of triplets at margin 0.
 - spread: the RMS pairwise distance of a set of embeddings, √(2 · mean ‖x − x̄‖²): its size. Its reference is the
   margin check's `initial_spread`: the untrained net's spread on the first planned batches, in the state training
   sees, so that the rule is the same for L2-normalised and unnormalised embeddings and for any output scale.
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from losses import LOSSES, mining_stats, pair_masks, pairwise_distance
+from losses import facts, mining_stats, pair_masks, pairwise_distance
 
 INITIAL_BATCHES = 8
 PINNED_TOLERANCE = 0.05
@@ -65,16 +65,6 @@ def active_anchors(embeddings: Tensor, labels: Tensor, margin: float) -> tuple[i
     return int((anchors & (hinge > 0)).sum()), int(anchors.sum())
 
 
-def effective_margin(loss: str, margin: float, mu_pos: float, mu_neg: float) -> float:
-    """losses.Loss.effective_margin of `loss` on a batch with mean pair distances mu_pos, mu_neg; a control's margin."""
-    return LOSSES[loss].effective_margin(margin, mu_pos, mu_neg) if loss in LOSSES else margin
-
-
-def hardest(loss: str) -> bool:
-    """Whether `loss` mines one hardest positive and negative per anchor (losses.Loss.hardest; a control does not)."""
-    return loss in LOSSES and LOSSES[loss].hardest
-
-
 def initial_statistics(batches: Iterable[tuple[Tensor, Tensor]], loss: str, margin: float) -> dict[str, Any]:
     """INITIAL_KEYS from (embeddings [B, D], labels [B]) of the first batches, each at its effective margin.
 
@@ -87,19 +77,19 @@ def initial_statistics(batches: Iterable[tuple[Tensor, Tensor]], loss: str, marg
         embeddings = embeddings.float()
         spreads.append(spread(embeddings))
         nominal = mining_stats(embeddings, labels, margin)
-        m_eff = effective_margin(loss, margin, nominal["mu_pos"], nominal["mu_neg"])
+        m_eff = facts(loss).effective_margin(margin, nominal["mu_pos"], nominal["mu_neg"])
         stats = nominal if m_eff == margin else mining_stats(embeddings, labels, m_eff)
         for kind in counts:
             if stats["valid_triplets"]:
                 counts[kind] += round(stats[f"fraction_{kind}"] * stats["valid_triplets"])
         margins.append(m_eff)
-        if hardest(loss):
+        if facts(loss).hardest:
             batch_active, batch_anchors = active_anchors(embeddings, labels, m_eff)
             active, anchors = active + batch_active, anchors + batch_anchors
     valid = sum(counts.values())
     return {
         **{f"initial_fraction_{kind}": count / valid if valid else math.nan for kind, count in counts.items()},
-        "initial_active_anchors": (active / anchors if anchors else math.nan) if hardest(loss) else None,
+        "initial_active_anchors": (active / anchors if anchors else math.nan) if facts(loss).hardest else None,
         "effective_margin": math.fsum(margins) / len(margins) if margins else math.nan,
         "initial_spread": math.fsum(spreads) / len(spreads) if spreads else math.nan,
     }
@@ -151,10 +141,8 @@ def class_distances(embeddings: Tensor, labels: Tensor, block: int = 1024) -> di
 def is_pinned(loss: str, loss_mean: float, m_eff: float, mu_neg: float) -> bool:
     """Whether the training loss sits at its all-distances-equal value (± PINNED_TOLERANCE) where the loss can be
     pinned there (losses.Loss.can_pin: μ_neg < m_eff under a hinge)."""
-    if loss not in LOSSES:
-        return False  # a control has no margin to be pinned at
-    pinned = LOSSES[loss].pinned_loss(m_eff)
-    return abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned and LOSSES[loss].can_pin(mu_neg, m_eff)
+    pinned = facts(loss).pinned_loss(m_eff)
+    return facts(loss).can_pin(mu_neg, m_eff) and abs(loss_mean - pinned) <= PINNED_TOLERANCE * pinned
 
 
 def is_collapsed(knn_accuracy: float, n_classes: int, rank: float, size: float, reference: float) -> bool:
@@ -174,7 +162,7 @@ def checkpoint_diagnostics(
     the mean training loss since the previous checkpoint; knn_accuracy, n_classes and embeddings [N, D] are
     those of the evaluated split; initial_spread is the margin check's (module docstring).
     """
-    m_eff = effective_margin(loss, margin, mining["mu_pos"], mining["mu_neg"])
+    m_eff = facts(loss).effective_margin(margin, mining["mu_pos"], mining["mu_neg"])
     rank, size = effective_rank(embeddings), spread(embeddings)
     return {
         "pinned_at_margin": is_pinned(loss, loss_mean, m_eff, mining["mu_neg"]),
