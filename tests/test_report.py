@@ -216,6 +216,23 @@ def test_headline_marks_an_edge_margin_and_reports_the_plateau_gap(tmp_path: Pat
     assert rows["batch-all"][-1].rstrip(" |") == f"{interval.mean:.4f} ± {interval.ci95:.4f} (n=3)"
 
 
+def test_headline_marks_a_tuned_lr_at_the_edge_of_its_axis(tmp_path: Path) -> None:
+    """batch-all is best at the largest of its 3 lrs (edge), batch-hard at the middle one (interior); normalize, not
+    a tuned value, is never marked."""
+    best = {"batch-all": 1e-3, "batch-hard": 3e-4}
+    records = [trial_record("lrs", loss, 0.2, 8, seed, config={"lr": lr},
+                            values={"val_map_at_r": 0.9 if lr == best[loss] else 0.5})
+               for loss in best for lr in (1e-4, 3e-4, 1e-3) for seed in range(3)]
+    write_experiment(tmp_path / "results", "lrs", records, {"dataset": ["mnist"], "loss": list(best), "margin": [0.2],
+                                                            "batch_size": [8], "seed": [0, 1, 2],
+                                                            "lr": [1e-4, 3e-4, 1e-3]})
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    headline = markdown.split("### Headline")[1].split("### Full grid")[0]
+    assert "| batch-all [lr 0.001 (edge)] | 0.2 |" in headline
+    assert "| batch-hard [lr 0.0003] | 0.2 |" in headline
+
+
 def _write_small(folder: Path, reverse: bool) -> Path:
     """2 losses × 2 margins × 2 batch sizes × 2 seeds with embeddings and a baseline, records written in
     creation order or its reverse."""

@@ -7,6 +7,7 @@ Numbers are formatted here only; every statistic comes from bench.reporting.stat
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -168,8 +169,9 @@ HEADLINE_RULE = (
     "Each loss's cell selected on validation MAP@R among eligible cells (every seed recorded and finished); "
     "test metrics of the selected cells, mean ± 95% t half-width (n seeds); vs best: the paired difference over "
     "seeds from the loss that is best on validation, its 95% t-interval, p and Holm's p (detected: Holm p < "
-    f"{stats.ALPHA}). margin (edge): the "
-    "selected margin is the smallest or largest of its loss's margin axis. plateau gap: the final checkpoint's "
+    f"{stats.ALPHA}). (edge): the "
+    "selected margin, lr or temperature is the smallest or largest of the 3 or more its loss was run at (the optimum "
+    "may lie outside the axis). plateau gap: the final checkpoint's "
     "validation MAP@R minus the previous checkpoint's, on the same evaluation subsets (under 0.01: at the plateau). "
     + BASELINE_RULE)
 
@@ -226,13 +228,37 @@ def _versus(row: Any, metric: str) -> str:
             f"Holm {p_clause(holm)}")
 
 
+TUNED_VARIANTS = ("lr", "temperature")  # the variant axes that are tuned choices, marked "(edge)" like the margin
+
+
+def _at_edge(value: Any, values: pd.Series) -> bool:
+    """Whether `value` is the smallest or largest of an axis of 3 or more values (the optimum may lie outside)."""
+    values = values.dropna().unique()
+    return len(values) >= 3 and value in (values.min(), values.max())
+
+
+def _loss_cells(row: Any, trials: pd.DataFrame) -> pd.DataFrame:
+    """The cells of `row`'s loss in its dataset and protocol."""
+    return trials[(trials.dataset == row.dataset) & (trials.protocol == row.protocol) & (trials.loss == row.loss)]
+
+
 def margin_text(row: Any, trials: pd.DataFrame) -> str:
     """The selected cell's margin, marked "(edge)" when it is the smallest or largest margin its loss was run at
     (on a margin axis of 3 or more values: the optimum may lie outside the axis)."""
-    margins = trials[(trials.dataset == row.dataset) & (trials.protocol == row.protocol)
-                     & (trials.loss == row.loss)].margin.dropna().unique()
-    edge = len(margins) >= 3 and row.margin in (margins.min(), margins.max())
-    return plain(row.margin) + (" (edge)" if edge else "")
+    return plain(row.margin) + (" (edge)" if _at_edge(row.margin, _loss_cells(row, trials).margin) else "")
+
+
+def selected_loss_text(row: Any, trials: pd.DataFrame) -> str:
+    """loss_text, with each tuned variant value (TUNED_VARIANTS: lr, temperature) marked "(edge)" when it is the
+    smallest or largest its loss was run at, on an axis of 3 or more values."""
+    if not getattr(row, "variant", ""):
+        return loss_text(row)
+    chosen = json.loads(row.variant_values)
+    ran = pd.DataFrame([json.loads(values) for values in _loss_cells(row, trials).variant_values])
+    edges = {axis for axis in TUNED_VARIANTS if axis in chosen and chosen[axis] is not None
+             and _at_edge(chosen[axis], ran[axis])}
+    parts = [part + (" (edge)" if part.split(" ")[0] in edges else "") for part in row.variant.split(", ")]
+    return f"{row.loss} [{', '.join(parts)}]"
 
 
 def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
@@ -248,7 +274,8 @@ def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
     trials = cells[~cells.loss.isin(stats.BASELINES)]
     selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
     for row in selected.itertuples():
-        rows.append([loss_text(row), margin_text(row, trials), plain(row.batch_size), plain(row.planned_steps),
+        rows.append([selected_loss_text(row, trials), margin_text(row, trials), plain(row.batch_size),
+                     plain(row.planned_steps),
                      plain(row.images_per_class), interval(row, "map_at_r"), _versus(row, "map_at_r"),
                      interval(row, "knn_accuracy"), _versus(row, "knn_accuracy"), interval(row, "precision_at_1"),
                      interval(row, "val_map_at_r"), interval(row, "plateau_gap")])
@@ -268,7 +295,8 @@ PAPER_RULE = (
     "loss best on validation; every other loss is compared with it in a paired t-test over seeds (Holm-adjusted "
     f"over the table's comparisons); † marks a detected difference in MAP@R or k-NN accuracy (Holm p < "
     f"{stats.ALPHA}), and an unmarked one is within the noise at this n. Bold: the highest mean of a column among "
-    "the losses. (edge): the selected margin is at an edge of its loss's margin axis. " + BASELINE_RULE)
+    "the losses. (edge): the selected margin, lr or temperature is the smallest or largest of the 3 or more its loss "
+    "was run at. " + BASELINE_RULE)
 
 
 def paper_headline(name: str, cells: pd.DataFrame) -> Table:
@@ -289,7 +317,8 @@ def paper_headline(name: str, cells: pd.DataFrame) -> Table:
                 value = replace(value, bold=round(value.mean, 4) == best[metric],
                                 marked=not _missing(holm) and holm < stats.ALPHA)
             values.append(value)
-        rows.append([loss_text(row) + (" (ref.)" if row.best else ""), margin_text(row, trials), plain(row.batch_size),
+        rows.append([selected_loss_text(row, trials) + (" (ref.)" if row.best else ""), margin_text(row, trials),
+                     plain(row.batch_size),
                      *values])
     rows += [[f"{loss} (no eligible cell)", ABSENT, ABSENT, ABSENT, ABSENT, ABSENT]
              for loss in trials[~trials.loss.isin(selected.loss)].loss.unique()]
