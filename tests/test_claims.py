@@ -108,10 +108,31 @@ def test_normalisation_and_quadruplet_claims_follow_their_paired_differences(tmp
                       {"loss": ["quadruplet", "adaptive-mu"], "normalize": [True]}]
     grid.write_text(json.dumps(spec))
     found = report_claims(tmp_path)
-    normal = found["L2 normalisation stabilises training"]
-    assert normal.verdict == verdict and "n = 3 pairs" in normal.numbers
+    normal = found["L2 normalisation stabilises training"]  # no trial failed: a score gap is not stability
+    assert normal.verdict == "not detected at this n" and "on 0/3, off 0/3 paired trials" in normal.numbers
     compact = found["quadruplet gives smaller intra-class and larger inter-class distances"]
     assert compact.verdict == verdict and "intra/inter ratio (quadruplet − adaptive-mu): Δ " in compact.numbers
+
+
+@pytest.mark.parametrize(("on", "off", "verdict"), [
+    ("ok", "collapsed", "supported"), ("collapsed", "ok", "contradicted"),
+    ("collapsed", "collapsed", "not detected at this n")])  # the last: every trial collapsed, normalised ones higher
+def test_the_normalisation_claim_reads_failures_not_scores(tmp_path: Path, on: str, off: str, verdict: str) -> None:
+    """Soft-margin batch-hard over 3 lrs x 3 seeds, normalize on always scoring 0.02 higher: the verdict follows
+    which trials fail (collapse), never the MAP@R gap between collapsed trials."""
+    lrs = [1e-4, 3e-4, 1e-3]
+    records = [trial_record("cpu-losses", "batch-hard-soft", 0.0, 16, seed, config={"normalize": normalize, "lr": lr},
+                            status=on if normalize else off, collapsed=[(on if normalize else off) == "collapsed"] * 3,
+                            values={"map_at_r": 0.03 + 0.02 * normalize + lr, "val_map_at_r": 0.03})
+               for normalize in (True, False) for lr in lrs for seed in SEEDS]
+    write_experiment(tmp_path, "cpu-losses", records, {"dataset": ["mnist"], "loss": ["batch-hard-soft"],
+                                                       "margin": [0.0], "batch_size": [16], "lr": lrs,
+                                                       "normalize": [True, False], "seed": SEEDS}, citable=True)
+    normal = report_claims(tmp_path)["L2 normalisation stabilises training"]
+    assert normal.verdict == verdict
+    failed = {"ok": 0, "collapsed": 9}
+    assert f"on {failed[on]}/9, off {failed[off]}/9 paired trials" in normal.numbers
+    assert "test MAP@R (on − off), every lr pooled: Δ +0.020" in normal.numbers
 
 
 def test_the_report_writes_claims_md(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 One row per claim: the cells that test it, the numbers (generated here from the records, with their intervals) and a
 verdict by a stated rule. The verdict words:
 - *supported*: the effect the claim predicts is detected (two-sided paired t-test over seeds, p < ALPHA; Holm over
-  the claim's comparisons where it makes several);
+  the claim's comparisons where it makes several; a claim about failures, an exact sign test over the pairs where
+  only one trial failed);
 - *contradicted*: the opposite effect is detected, or the rule fails where the claim says it holds;
 - *not detected at this n*: no effect is detected either way; at this n that is not evidence of no effect;
 - *not measured yet*: no complete record tests it (the preset that will is named).
@@ -13,11 +14,13 @@ settings; the differences of several cells are pooled into one test where a clai
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from bench.reporting import stats, tables
 from bench.reporting.frame import FRESH
@@ -26,7 +29,8 @@ from losses import LOSSES
 
 RULES = (
     f"Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < {stats.ALPHA}, "
-    "Holm-adjusted over a claim's comparisons); *contradicted*, the opposite is detected or the stated rule fails; "
+    "Holm-adjusted over a claim's comparisons; for a claim about failures, an exact sign test over the pairs where "
+    "only one trial failed); *contradicted*, the opposite is detected or the stated rule fails; "
     "*not detected at this n*, neither (not evidence of no effect); *not measured yet*, no complete record tests "
     "it. Numbers: means with 95% t-intervals over seeds; Δ is a paired difference over seeds (same initialisation "
     "and batches).")
@@ -263,22 +267,35 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
 
 
 def normalisation(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
-    """L2 normalisation stabilises training."""
+    """L2 normalisation stabilises training: normalised soft-margin batch-hard trials fail (collapse or diverge) less
+    often than unnormalised ones of the same lr and seed (an exact sign test over the pairs where one failed)."""
     claim = Claim("L2 normalisation stabilises training", "tutorial",
                   "cpu-losses: soft-margin batch-hard with L2 normalisation on against off (same lr and seed)", "", "")
     trials = _trials(final, "cpu-losses")
     soft = trials[trials.loss == "batch-hard-soft"]
     if not _complete(summary, "cpu-losses") or soft.empty:
         return claim._replace(verdict=_pending("cpu-losses", summary))
+    keys = ["dataset", "margin", "batch_size", "setting", "seed"]  # setting: the cell's variant but normalize
+    soft = soft.assign(failed=soft.status != "ok", setting=[
+        json.dumps({k: v for k, v in json.loads(values).items() if k != "normalize"}, sort_keys=True)
+        for values in soft.variant_values])
+    flags = soft[[*keys, "normalize", "failed"]]
+    pairs = flags[flags.normalize.eq(True)].merge(flags[flags.normalize.eq(False)], on=keys, suffixes=("_on", "_off"))
+    only_off = int((pairs.failed_off & ~pairs.failed_on).sum())  # pairs that normalisation kept from failing
+    only_on = int((pairs.failed_on & ~pairs.failed_off).sum())
+    p = scipy_stats.binomtest(only_off, only_off + only_on).pvalue if only_off + only_on else math.nan
+    verdict = ("not detected at this n" if not math.isfinite(p) or p >= stats.ALPHA
+               else "supported" if only_off > only_on else "contradicted")
     on, off = soft.normalize.eq(True), soft.normalize.eq(False)
-    result = paired(soft, on, off, ["dataset", "loss", "margin", "batch_size", "lr"], "map_at_r")
-    collapsed = {name: f"{int((soft[mask].status == 'collapsed').sum())}/{int(mask.sum())}"
-                 for name, mask in (("on", on), ("off", off))}
+    score = paired(soft, on, off, ["dataset", "loss", "margin", "batch_size", "setting"], "map_at_r")
     return claim._replace(
-        numbers=(_paired_text(result, "test MAP@R (on − off), every lr pooled:")
-                 + f"; collapsed: on {collapsed['on']}, off {collapsed['off']}."
-                 + " Rule: supported if normalised trials score higher."),
-        verdict=_direction(result, +1))
+        numbers=(f"failed (collapsed or diverged): on {int(pairs.failed_on.sum())}/{len(pairs)}, off "
+                 f"{int(pairs.failed_off.sum())}/{len(pairs)} paired trials; only off failed in {only_off}, only on "
+                 f"in {only_on}, exact sign test {_p(p)}; "
+                 + _paired_text(score, "test MAP@R (on − off), every lr pooled:")
+                 + " (not the rule: a collapsed trial's MAP@R says nothing of stability). Rule: supported if "
+                   "normalised trials fail less often (exact sign test over the pairs where only one failed)."),
+        verdict=verdict)
 
 
 def quadruplet_compactness(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
