@@ -730,7 +730,8 @@ def test_fresh_seeds_rerun_the_selected_cells_once_the_grid_is_complete(fake_set
     assert ("- **fresh seeds:** selection used seeds 0, 1; the test numbers to cite are experiment fake-fresh's "
             "(seeds 5, 6)") in markdown
     assert ("## Experiment fake-fresh" in markdown and "- **fresh seeds:** fake's validation-selected cells re-run on "
-            "seeds 5, 6, which took no part in selection: these are the test numbers to cite") in markdown
+            "seeds 5, 6, which took no part in selection (the best loss, too, is fake's): these are the test numbers "
+            "to cite") in markdown
 
 
 def lr_trial(config: dict, report) -> dict:

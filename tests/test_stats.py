@@ -145,6 +145,28 @@ def test_paired_tests_on_the_selected_cells(summary) -> None:
     assert cells[~cells.selected].p_vs_best_map_at_r.isna().all() and not cells[~cells.selected].best.any()
 
 
+def test_a_fresh_experiment_takes_its_best_loss_from_the_selection_seeds(tmp_path: Path) -> None:
+    """On seeds 0-2 batch-all is best on validation (0.9 against 0.8); on the fresh seeds 3-5 quadruplet's validation
+    is higher (0.7 against 0.5): e-fresh's reference is still batch-all, and quadruplet is compared with it."""
+    import json
+
+    val = {("batch-all", False): 0.9, ("quadruplet", False): 0.8, ("batch-all", True): 0.5, ("quadruplet", True): 0.7}
+    records = [trial_record("e", loss, 0.2, 8, seed, values={
+        "val_map_at_r": val[(loss, seed >= 3)], "map_at_r": 0.6 + 0.01 * seed + 0.02 * (loss == "quadruplet")})
+               for loss in ("batch-all", "quadruplet") for seed in range(6)]
+    folder = write_experiment(tmp_path, "e", records, {"dataset": ["mnist"], "loss": ["batch-all", "quadruplet"],
+                                                       "margin": [0.2], "batch_size": [8], "seed": [0, 1, 2]})
+    grid = json.loads((folder / "grid.json").read_text())
+    (folder / "grid.json").write_text(json.dumps({**grid, "fresh_seeds": [3, 4, 5]}))
+    loaded = load_records(tmp_path)
+    cells = stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
+    fresh = cells[(cells.experiment == "e-fresh") & cells.selected].set_index("loss")
+    assert fresh.loc["batch-all"].best and not fresh.loc["quadruplet"].best
+    assert fresh.loc["quadruplet"].diff_map_at_r == pytest.approx(0.02)
+    parent = cells[(cells.experiment == "e") & cells.selected].set_index("loss")
+    assert parent.loc["batch-all"].best and not parent.loc["quadruplet"].best
+
+
 def test_holm_against_its_definition() -> None:
     """Holm's adjusted p-values on fixed numbers (step-down, monotone, capped at 1, NaN left out)."""
     got = stats.holm([0.01, 0.04, 0.03, math.nan, 0.005])

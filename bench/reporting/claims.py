@@ -227,6 +227,14 @@ def _headline_row(summary: pd.DataFrame, experiment: str, loss: str) -> pd.Serie
     return rows.iloc[0] if len(rows) else None
 
 
+def _top_triplet(summary: pd.DataFrame, chooser: str, cells: pd.DataFrame) -> pd.Series:
+    """Of `cells` (one experiment's selected cells), the triplet loss's that is best on validation in experiment
+    `chooser`, the selection seeds' (so a fresh-seed experiment's own seeds choose nothing)."""
+    chosen = summary[(summary.experiment == chooser) & summary.selected & summary.loss.isin(LOSSES)
+                     & summary.dataset.isin(cells.dataset)]
+    return cells[cells.loss == chosen.loc[chosen.val_map_at_r_mean.idxmax()].loss].iloc[0]
+
+
 def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """FaceNet's semi-hard negatives: a good balance between easy and hardest."""
     claim = Claim("semi-hard mining gives a good balance (FaceNet)", "tutorial",
@@ -239,8 +247,7 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     hard = _headline_row(summary, experiment, "batch-hard")
     if row is None:
         return claim._replace(verdict="not measured yet (no eligible semi-hard cell)")
-    triplets = summary[(summary.experiment == experiment) & summary.selected & summary.loss.isin(LOSSES)]
-    top = triplets.loc[triplets.val_map_at_r_mean.idxmax()]
+    top = _top_triplet(summary, "cpu-losses", summary[(summary.experiment == experiment) & summary.selected])
     trials = _trials(final, experiment)
     none = Paired(math.nan, math.nan, math.nan, math.nan, 0)
 
@@ -374,7 +381,7 @@ def control_baseline(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
         triplets, control = cells[cells.loss.isin(LOSSES)], cells[cells.loss == "normalized-softmax"]
         if triplets.empty or control.empty:
             continue
-        top, baseline = triplets.loc[triplets.val_map_at_r_mean.idxmax()], control.iloc[0]
+        top, baseline = _top_triplet(summary, name, triplets), control.iloc[0]
         trials = _trials(final, cited)
         results.append(paired(trials, stats.in_cell(trials, top), stats.in_cell(trials, baseline), ["dataset"],
                               "map_at_r"))

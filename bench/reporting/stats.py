@@ -16,12 +16,13 @@ checkpoint of every trial and baseline record) and of each experiment's grid.jso
   highest mean val_map_at_r (ties: higher val_knn_accuracy, then smaller margin, then smaller batch).
 - *The best loss* per experiment × dataset × protocol is chosen on validation too: the selected cell with the
   highest mean val_map_at_r (`best`; cells whose mean equals it exactly are tied and all `best`; the first of
-  them in loss order is the reference). Every other selected cell is compared with the reference on each test
-  metric of TESTED over the seeds both have (the same seed means the same initialisation and the same batches):
-  `diff_<metric>` (mean of cell − reference), its 95% paired t-interval `diff_lo_<metric>`, `diff_hi_<metric>`,
-  the two-sided paired t-test `p_vs_best_<metric>` and `p_holm_<metric>`, Holm-adjusted over the comparisons of
-  that table and metric. NaN for the reference and when fewer than 2 seeds pair; identical per-seed values give
-  p = 1.
+  them in loss order is the reference). A fresh-seed experiment E-fresh takes E's best losses (chosen on E's
+  selection seeds), so that no choice reads the seeds whose test numbers are cited. Every other selected cell is
+  compared with the reference on each test metric of TESTED over the seeds both have (the same seed means the
+  same initialisation and the same batches): `diff_<metric>` (mean of cell − reference), its 95% paired
+  t-interval `diff_lo_<metric>`, `diff_hi_<metric>`, the two-sided paired t-test `p_vs_best_<metric>` and
+  `p_holm_<metric>`, Holm-adjusted over the comparisons of that table and metric. NaN for the reference and when
+  fewer than 2 seeds pair; identical per-seed values give p = 1.
 - *mdd_<metric>*: the table's minimal detectable difference, the true mean difference that a two-sided paired
   t-test at ALPHA over its n pairs detects with POWER (80%), for the pooled SD of its paired differences: a
   difference "not detected" is one below what the table can see, never evidence of equivalence.
@@ -206,7 +207,8 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
     summary = summary.sort_values(["experiment", "dataset", "protocol", "_rank", "margin", "batch_size", "variant"],
                                   na_position="first", kind="stable", ignore_index=True).drop(columns="_rank")
     summary = inherit_tuning_budget(select(summary), grids)
-    return paired_tests(summary, final)
+    return paired_tests(summary, final, {name: grid["fresh_of"] for name, grid in grids.items()
+                                         if grid.get("fresh_of")})
 
 
 def inherit_tuning_budget(summary: pd.DataFrame, grids: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -327,8 +329,11 @@ def t_test_power(nc: float, df: int, critical: float) -> float:
     return float(quad(integrand, 0, math.inf, limit=200)[0])
 
 
-def paired_tests(summary: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
-    """Add best, the comparisons with the reference and mdd_<metric> to the selected rows (module docstring)."""
+def paired_tests(summary: pd.DataFrame, final: pd.DataFrame, parents: dict[str, str] | None = None) -> pd.DataFrame:
+    """Add best, the comparisons with the reference and mdd_<metric> to the selected rows (module docstring); a
+    fresh-seed experiment (`parents`: its name to its parent's) takes its best losses from its parent's selection
+    seeds, so that its own seeds take no part in any choice."""
+    parents = parents or {}
     summary = summary.copy()
     summary["best"] = False
     for metric in TESTED:
@@ -337,9 +342,13 @@ def paired_tests(summary: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
                               (f"p_holm_{metric}", math.nan), (f"mdd_{metric}", math.nan), (f"n_pairs_{metric}", 0)):
             summary[column] = value
     selected = summary[summary.selected & has_validation(summary)]
-    for _, group in selected.groupby(["experiment", "dataset", "protocol"], sort=True):
-        top = group.val_map_at_r_mean.max()
-        tied = group[group.val_map_at_r_mean == top]
+    for (experiment, dataset, protocol), group in selected.groupby(["experiment", "dataset", "protocol"], sort=True):
+        chooser = selected[(selected.experiment == parents.get(experiment, experiment))
+                           & (selected.dataset == dataset) & (selected.protocol == protocol)]
+        chosen = chooser[chooser.val_map_at_r_mean == chooser.val_map_at_r_mean.max()].loss
+        tied = group[group.loss.isin(chosen)]
+        if tied.empty:  # the parent has no selected cell here: the group's own validation decides
+            tied = group[group.val_map_at_r_mean == group.val_map_at_r_mean.max()]
         summary.loc[tied.index, "best"] = True
         reference = tied.iloc[0]
         for metric in TESTED:

@@ -599,8 +599,8 @@ def _fresh(experiment: str, grid: dict[str, Any]) -> list[tuple[str, str]]:
     """The line that says which of an experiment and its fresh seeds gives the test numbers to cite."""
     if grid.get("fresh_of"):
         return [("fresh seeds", f"{grid['fresh_of']}'s validation-selected cells re-run on seeds "
-                                f"{', '.join(map(str, grid['axes']['seed']))}, which took no part in selection: "
-                                "these are the test numbers to cite")]
+                                f"{', '.join(map(str, grid['axes']['seed']))}, which took no part in selection "
+                                f"(the best loss, too, is {grid['fresh_of']}'s): these are the test numbers to cite")]
     if grid.get("fresh_seeds"):
         seeds = ", ".join(map(str, sorted(stats.expected_cells(grid, "").seed.unique())))
         fresh = ", ".join(map(str, grid["fresh_seeds"]))
