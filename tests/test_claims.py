@@ -53,7 +53,7 @@ def test_the_batch_size_claim_follows_the_paired_difference(tmp_path: Path, gain
     write_cpu(tmp_path, gain)
     found = report_claims(tmp_path)["larger batches (512) improve online mining"]
     assert found.verdict == f"at equal samples mnist: {verdict}" + (" at this n" if verdict == "not detected" else "")
-    assert "n = 12 pairs" in found.numbers
+    assert "n = 3 seeds (12 paired trials averaged per seed)" in found.numbers
     assert "equal steps: not measured yet (preset cpu-batch not run)" in found.numbers
 
 
@@ -76,6 +76,35 @@ def test_the_margin_rule_and_batch_hard_claims_on_a_cpu_grid(tmp_path: Path) -> 
     assert unstable.numbers.endswith("Not counted yet: cpu-losses: 2 cells still lack seeds.")
     for claim in ("semi-hard mining gives a good balance (FaceNet)", "L2 normalisation stabilises training"):
         assert found[claim].verdict == "not measured yet (cpu-losses: 2 cells still lack seeds)"
+
+
+FRESH = [3, 4, 5]
+
+
+def with_fresh(folder: Path, blocks: list[dict] | None = None) -> None:
+    """Give the experiment in `folder` fresh seeds 3-5 (and `blocks`), as cpu-losses and cpu-unseen have."""
+    import json
+
+    spec = json.loads((folder / "grid.json").read_text())
+    (folder / "grid.json").write_text(json.dumps({**spec, "fresh_seeds": FRESH, **({"blocks": blocks} if blocks
+                                                                                   else {})}))
+
+
+@pytest.mark.parametrize(("collapses", "verdict"), [(1, "not detected at this n"), (3, "supported")])
+def test_batch_hard_instability_needs_a_detected_difference_in_failure_rates(tmp_path: Path, collapses: int,
+                                                                            verdict: str) -> None:
+    """Batch-hard collapses at margin 0.1 on `collapses` of the 3 seeds, batch-all never: one collapse in 6 trials is
+    no detected instability (each seed's rate, paired over seeds), one on every seed is."""
+    records = [trial_record("cpu", loss, margin, 16, seed,
+                            status="collapsed" if loss == "batch-hard" and margin == 0.1 and seed < collapses else "ok",
+                            values={"val_map_at_r": 0.5})
+               for loss in ("batch-all", "batch-hard") for margin in (0.1, 0.2) for seed in SEEDS]
+    write_experiment(tmp_path, "cpu", records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
+                                                "margin": [0.1, 0.2], "batch_size": [16], "seed": SEEDS}, citable=True)
+    found = report_claims(tmp_path)["batch-hard alone may be unstable"]
+    assert found.verdict == verdict, found
+    assert f"cpu mnist: batch-hard {collapses}/6 collapsed, batch-all 0/6 collapsed" in found.numbers
+    assert "failure rate (batch-hard − batch-all) in the settings both ran: Δ " in found.numbers
 
 
 def losses_records(on_gain: float, ratio_gap: float) -> list[dict]:
@@ -109,7 +138,7 @@ def test_normalisation_and_quadruplet_claims_follow_their_paired_differences(tmp
     grid.write_text(json.dumps(spec))
     found = report_claims(tmp_path)
     normal = found["L2 normalisation stabilises training"]  # no trial failed: a score gap is not stability
-    assert normal.verdict == "not detected at this n" and "on 0/3, off 0/3 paired trials" in normal.numbers
+    assert normal.verdict == "not detected at this n" and "on: 0/3 collapsed; off: 0/3 collapsed" in normal.numbers
     compact = found["quadruplet gives smaller intra-class and larger inter-class distances"]
     assert compact.verdict == verdict and "intra/inter ratio (quadruplet − adaptive-mu): Δ " in compact.numbers
 
@@ -131,8 +160,12 @@ def test_the_normalisation_claim_reads_failures_not_scores(tmp_path: Path, on: s
     normal = report_claims(tmp_path)["L2 normalisation stabilises training"]
     assert normal.verdict == verdict
     failed = {"ok": 0, "collapsed": 9}
-    assert f"on {failed[on]}/9, off {failed[off]}/9 paired trials" in normal.numbers
-    assert "test MAP@R (on − off), every lr pooled: Δ +0.020" in normal.numbers
+    assert f"on: {failed[on]}/9 collapsed; off: {failed[off]}/9 collapsed" in normal.numbers
+    if on == off:  # two collapsed trials' gap is left out of the score line too
+        assert "every lr pooled: Δ – [–, –], p n/a, n = 0 seeds, 9 pairs of two collapsed trials left out" \
+            in normal.numbers
+    else:
+        assert "test MAP@R (on − off), every lr pooled: Δ +0.020" in normal.numbers
 
 
 def test_the_report_writes_claims_md(tmp_path: Path) -> None:
@@ -177,7 +210,7 @@ def test_the_batch_size_claim_reads_cpu_batch_at_equal_steps_and_samples(tmp_pat
     write_cpu_batch(tmp_path, steps_gain, samples_gain)
     found = report_claims(tmp_path)["larger batches (512) improve online mining"]
     assert found.verdict == f"at equal samples mnist: supported; cpu-batch {verdict}", found
-    assert "at equal steps: test MAP@R (B 32 − B 16) Δ " in found.numbers and "n = 3 pairs" in found.numbers
+    assert "at equal steps: test MAP@R (B 32 − B 16) Δ " in found.numbers and "n = 3 seeds" in found.numbers
     assert "not measured yet" not in found.numbers
 
 
@@ -217,12 +250,17 @@ def test_the_semi_hard_claim_weighs_it_against_the_best_loss_and_batch_hard(tmp_
     level = {"batch-all": 0.8, "semi-hard": 0.8 + semi, "batch-hard": 0.4, "normalized-softmax": 1.2}
     records = [trial_record("cpu-losses", loss, 0.2, 16, seed, values={
         "map_at_r": score + 0.003 * ((seed * len(loss)) % 3), "val_map_at_r": score + 0.003 * ((seed + len(loss)) % 3)})
-        for loss, score in level.items() for seed in SEEDS]
-    write_experiment(tmp_path, "cpu-losses", records, {"dataset": ["mnist"], "loss": list(level), "margin": [0.2],
-                                                       "batch_size": [16], "seed": SEEDS}, citable=True)
+        for loss, score in level.items() for seed in [*SEEDS, *FRESH]]
+    with_fresh(write_experiment(tmp_path, "cpu-losses", records[:-1], {
+        "dataset": ["mnist"], "loss": list(level), "margin": [0.2], "batch_size": [16], "seed": SEEDS}, citable=True))
+    found = report_claims(tmp_path)["semi-hard mining gives a good balance (FaceNet)"]  # a fresh seed short
+    assert found.verdict == "not measured yet (the fresh seeds of cpu-losses, the test numbers to cite, are not " \
+                            "complete)"
+    with_fresh(write_experiment(tmp_path, "cpu-losses", records, {
+        "dataset": ["mnist"], "loss": list(level), "margin": [0.2], "batch_size": [16], "seed": SEEDS}, citable=True))
     found = report_claims(tmp_path)["semi-hard mining gives a good balance (FaceNet)"]
     assert found.verdict == verdict, found
-    assert found.numbers.startswith("cpu-losses: semi-hard m 0.2 test MAP@R 0.") and "batch-hard" in found.numbers
+    assert found.numbers.startswith("cpu-losses-fresh: semi-hard m 0.2 test MAP@R 0.") and "batch-hard" in found.numbers
     assert "against the best triplet loss on validation (batch-all): Δ" in found.numbers
 
 
@@ -267,11 +305,12 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
 
 
 @pytest.mark.parametrize(("gap", "verdict"), [(0.006, "contradicted (n = 3 missed batch-all − quadruplet)"),
-                                              (0.0, "supported (n = 10 detects no gap that n = 3 missed)")])
+                                              (0.05, "supported (n = 3 found every gap that n = 10 detects)"),
+                                              (0.0, "not detected at this n (n = 10 detects no gap either)")])
 def test_the_seeds_claim_weighs_ten_seeds_against_three_on_the_same_cells(tmp_path: Path, gap: float,
                                                                           verdict: str) -> None:
     """A gap of 0.006 MAP@R under paired noise of ±0.008: n = 3 (cpu's fresh seeds) misses it, n = 10 (cpu-seeds)
-    detects it, so three seeds were not enough; no gap, nothing to miss."""
+    detects it, so three seeds were not enough; a gap of 0.05 both detect; no gap, nothing to rank by either."""
     import json
 
     def records(experiment: str, seeds: list[int]) -> list[dict]:
@@ -293,8 +332,8 @@ def test_the_seeds_claim_weighs_ten_seeds_against_three_on_the_same_cells(tmp_pa
     found = report_claims(tmp_path)["3 seeds are enough to rank the losses"]
     assert found.verdict == verdict, found
     pair = "batch-all − quadruplet" if gap else "quadruplet − batch-all"  # the better at n = 10 first
-    assert f"n = 10 (cpu-seeds, test MAP@R): {pair} Δ " in found.numbers and "n = 10 pairs" in found.numbers
-    assert f"n = 3 (cpu-fresh, the same cells): {pair} Δ " in found.numbers and "n = 3 pairs" in found.numbers
+    assert f"n = 10 (cpu-seeds, test MAP@R): {pair} Δ " in found.numbers and "n = 10 seeds" in found.numbers
+    assert f"n = 3 (cpu-fresh, the same cells): {pair} Δ " in found.numbers and "n = 3 seeds" in found.numbers
 
 
 def test_the_sampler_table_pairs_random_batches_with_pk_per_loss(tmp_path: Path) -> None:
@@ -338,17 +377,13 @@ def test_the_control_claim_weighs_the_best_triplet_loss_against_the_normalised_s
     records = [trial_record("cpu-losses", loss, 0.0 if loss == "normalized-softmax" else 0.2, 16, seed,
                             dataset="cifar10", values={"map_at_r": score + 0.004 * ((seed * len(loss)) % 3),
                                                        "val_map_at_r": score if loss != "normalized-softmax" else 0.5})
-               for loss, score in level.items() for seed in SEEDS]
-    import json
-
+               for loss, score in level.items() for seed in [*SEEDS, *FRESH]]
     folder = write_experiment(tmp_path, "cpu-losses", records, {"dataset": ["cifar10"], "loss": list(level),
                                                                 "margin": [0.0, 0.2], "batch_size": [16],
                                                                 "seed": SEEDS}, citable=True)
-    spec = json.loads((folder / "grid.json").read_text())
-    spec["blocks"] = [{"loss": ["batch-all", "semi-hard"], "margin": [0.2]},
-                      {"loss": ["normalized-softmax"], "margin": [0.0]}]
-    (folder / "grid.json").write_text(json.dumps(spec))
+    with_fresh(folder, blocks=[{"loss": ["batch-all", "semi-hard"], "margin": [0.2]},
+                               {"loss": ["normalized-softmax"], "margin": [0.0]}])
     found = report_claims(tmp_path)["online triplet mining learns better embeddings than a classification loss"]
-    assert found.verdict == verdict, found
-    assert found.numbers.startswith("cpu-losses: batch-all − normalized-softmax, test MAP@R Δ ")
+    assert found.verdict == verdict.replace("cpu-losses", "cpu-losses-fresh"), found
+    assert found.numbers.startswith("cpu-losses-fresh: batch-all − normalized-softmax, test MAP@R Δ ")
     assert "not measured yet (preset cpu-unseen not run)" in found.numbers

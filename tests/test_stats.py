@@ -167,6 +167,46 @@ def test_a_fresh_experiment_takes_its_best_loss_from_the_selection_seeds(tmp_pat
     assert parent.loc["batch-all"].best and not parent.loc["quadruplet"].best
 
 
+def test_a_fresh_experiment_whose_best_loss_failed_compares_nothing(tmp_path: Path) -> None:
+    """batch-all, best on the selection seeds, diverges on a fresh seed: e-fresh has no reference, and quadruplet is
+    not compared with a reference chosen on the fresh seeds."""
+    import json
+
+    records = [trial_record("e", loss, 0.2, 8, seed, status="diverged" if (loss, seed) == ("batch-all", 4) else "ok",
+                            values={"val_map_at_r": 0.9 if loss == "batch-all" else 0.8})
+               for loss in ("batch-all", "quadruplet") for seed in range(6)]
+    folder = write_experiment(tmp_path, "e", records, {"dataset": ["mnist"], "loss": ["batch-all", "quadruplet"],
+                                                       "margin": [0.2], "batch_size": [8], "seed": [0, 1, 2]})
+    grid = json.loads((folder / "grid.json").read_text())
+    (folder / "grid.json").write_text(json.dumps({**grid, "fresh_seeds": [3, 4, 5]}))
+    loaded = load_records(tmp_path)
+    cells = stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
+    fresh = cells[cells.experiment == "e-fresh"]
+    assert fresh[fresh.loss == "quadruplet"].selected.all() and not fresh.best.any()
+    assert fresh.p_vs_best_map_at_r.isna().all()
+
+
+def test_the_tables_detectable_difference_is_at_holms_strictest_level(tmp_path: Path) -> None:
+    """Three losses compared with the best: the MDD is the 80%-power difference of a paired t-test at 0.05 / 3 for
+    the pooled SD of the three comparisons' differences (at 0.05 it would promise power Holm does not give)."""
+    maps = {"batch-all": [0.60, 0.63, 0.61], "batch-hard": [0.50, 0.55, 0.52], "adaptive-mu": [0.58, 0.57, 0.59],
+            "quadruplet": [0.40, 0.41, 0.45]}
+    records = [trial_record("m", loss, 0.2, 8, seed, values={"map_at_r": maps[loss][seed],
+                                                             "val_map_at_r": 0.9 if loss == "batch-all" else 0.5})
+               for loss in maps for seed in range(3)]
+    write_experiment(tmp_path, "m", records, {"dataset": ["mnist"], "loss": list(maps), "margin": [0.2],
+                                              "batch_size": [8], "seed": [0, 1, 2]})
+    loaded = load_records(tmp_path)
+    cells = stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
+    sds = [statistics.stdev(a - b for a, b in zip(maps[loss], maps["batch-all"], strict=True))
+           for loss in maps if loss != "batch-all"]
+    pooled = math.sqrt(statistics.fmean(sd * sd for sd in sds))
+    expected = stats.min_detectable_difference(pooled, 3, stats.ALPHA / 3)
+    got = cells[cells.selected].mdd_map_at_r
+    assert got.nunique() == 1 and got.iloc[0] == pytest.approx(expected, rel=1e-9)
+    assert expected > 1.5 * stats.min_detectable_difference(pooled, 3)
+
+
 def test_holm_against_its_definition() -> None:
     """Holm's adjusted p-values on fixed numbers (step-down, monotone, capped at 1, NaN left out)."""
     got = stats.holm([0.01, 0.04, 0.03, math.nan, 0.005])

@@ -24,8 +24,10 @@ checkpoint of every trial and baseline record) and of each experiment's grid.jso
   `p_holm_<metric>`, Holm-adjusted over the comparisons of that table and metric. NaN for the reference and when
   fewer than 2 seeds pair; identical per-seed values give p = 1.
 - *mdd_<metric>*: the table's minimal detectable difference, the true mean difference that a two-sided paired
-  t-test at ALPHA over its n pairs detects with POWER (80%), for the pooled SD of its paired differences: a
-  difference "not detected" is one below what the table can see, never evidence of equivalence.
+  t-test at ALPHA / m over its n pairs detects with POWER (80%), for the pooled SD of its paired differences, m the
+  table's comparisons: ALPHA / m is Holm's strictest step (a Bonferroni bound), so that every comparison, whatever
+  its place in Holm's order, is detected with at least POWER; a difference "not detected" is one below what the
+  table can see, never evidence of equivalence.
 """
 
 from __future__ import annotations
@@ -347,8 +349,8 @@ def paired_tests(summary: pd.DataFrame, final: pd.DataFrame, parents: dict[str, 
                            & (selected.dataset == dataset) & (selected.protocol == protocol)]
         chosen = chooser[chooser.val_map_at_r_mean == chooser.val_map_at_r_mean.max()].loss
         tied = group[group.loss.isin(chosen)]
-        if tied.empty:  # the parent has no selected cell here: the group's own validation decides
-            tied = group[group.val_map_at_r_mean == group.val_map_at_r_mean.max()]
+        if tied.empty:  # a fresh experiment whose parent's best failed on a fresh seed: no reference to test
+            continue  # against, rather than one chosen on the seeds whose test numbers are cited
         summary.loc[tied.index, "best"] = True
         reference = tied.iloc[0]
         for metric in TESTED:
@@ -365,7 +367,8 @@ def paired_tests(summary: pd.DataFrame, final: pd.DataFrame, parents: dict[str, 
             sds = [r.sd for r in results.values() if math.isfinite(r.sd)]
             pairs = min((r.n for r in results.values()), default=0)
             pooled = math.sqrt(statistics.fmean([sd * sd for sd in sds])) if sds else math.nan
-            summary.loc[group.index, f"mdd_{metric}"] = min_detectable_difference(pooled, pairs)
+            summary.loc[group.index, f"mdd_{metric}"] = min_detectable_difference(pooled, pairs,
+                                                                                 ALPHA / max(len(results), 1))
     return summary
 
 

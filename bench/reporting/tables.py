@@ -158,7 +158,8 @@ SELECTION_RULE = (
     "the paired difference from it over seeds (the same seed is the same initialisation and the same batches) "
     "with its 95% t-interval, the two-sided paired t-test's p and Holm's adjusted p over the table's comparisons; "
     f"a difference counts as detected when the Holm p is below {stats.ALPHA}, and 'not detected' means below what "
-    "the table can see (its minimal detectable difference at 80% power is stated), not equivalence.")
+    "the table can see (its minimal detectable difference at 80% power is stated, at Holm's strictest level "
+    f"{stats.ALPHA} / m for m comparisons), not equivalence.")
 
 
 BASELINE_RULE = (
@@ -344,8 +345,8 @@ def noise_sentence(selected: pd.DataFrame, cells: pd.DataFrame) -> str:
         label = METRIC_NAMES[metric]
         mdd, pairs = reference[f"mdd_{metric}"].iloc[0], int(others[f"n_pairs_{metric}"].min())
         power = (f"; at n = {pairs} paired seeds the table detects a difference of {number(mdd, 4)} with "
-                 f"{stats.POWER:.0%} power, so a smaller one is not detected rather than absent" if not _missing(mdd)
-                 else "")
+                 f"{stats.POWER:.0%} power (at Holm's strictest level, {stats.ALPHA} / {len(others)}), so a smaller "
+                 "one is not detected rather than absent" if not _missing(mdd) else "")
         if holm.isna().all():
             sentences.append(f"On test {label}, no difference is testable (fewer than 2 paired seeds): the order is "
                              "not a ranking.")
