@@ -53,7 +53,7 @@ def test_the_batch_size_claim_follows_the_paired_difference(tmp_path: Path, gain
     write_cpu(tmp_path, gain)
     found = report_claims(tmp_path)["larger batches (512) improve online mining"]
     assert found.verdict == f"at equal samples mnist: {verdict}" + (" at this n" if verdict == "not detected" else "")
-    assert "n = 3 seeds (12 paired trials averaged per seed)" in found.numbers
+    assert "n = 3 seeds (12 paired trials, averaged within each seed)" in found.numbers
     assert "equal steps: not measured yet (preset cpu-batch not run)" in found.numbers
 
 
@@ -90,21 +90,28 @@ def with_fresh(folder: Path, blocks: list[dict] | None = None) -> None:
                                                                                    else {})}))
 
 
-@pytest.mark.parametrize(("collapses", "verdict"), [(1, "not detected at this n"), (3, "supported")])
-def test_batch_hard_instability_needs_a_detected_difference_in_failure_rates(tmp_path: Path, collapses: int,
-                                                                            verdict: str) -> None:
-    """Batch-hard collapses at margin 0.1 on `collapses` of the 3 seeds, batch-all never: one collapse in 6 trials is
-    no detected instability (each seed's rate, paired over seeds), one on every seed is."""
+@pytest.mark.parametrize(("collapses", "identical", "verdict"), [
+    (1, False, "not detected at this n"), (3, False, "supported"), (3, True, "not detected at this n")])
+def test_batch_hard_instability_needs_a_detected_difference_in_failures(tmp_path: Path, collapses: int,
+                                                                        identical: bool, verdict: str) -> None:
+    """Batch-hard collapses at every margin on `collapses` of the 3 seeds, batch-all never: 3 failed runs against
+    none is not detected (exact McNemar p = 0.25), 9 is; 9 collapsed trials that are the same run at 3 margins
+    (identical metrics, as batch-hard's are when every hinge is active) count as 3 runs."""
+    margins = (0.1, 0.2, 0.4)
     records = [trial_record("cpu", loss, margin, 16, seed,
-                            status="collapsed" if loss == "batch-hard" and margin == 0.1 and seed < collapses else "ok",
-                            values={"val_map_at_r": 0.5})
-               for loss in ("batch-all", "batch-hard") for margin in (0.1, 0.2) for seed in SEEDS]
+                            status="collapsed" if loss == "batch-hard" and seed < collapses else "ok",
+                            values={"val_map_at_r": 0.5 if identical and loss == "batch-hard" else 0.5 + margin,
+                                    **({"map_at_r": 0.03 + seed / 100} if identical and loss == "batch-hard" else {})})
+               for loss in ("batch-all", "batch-hard") for margin in margins for seed in SEEDS]
     write_experiment(tmp_path, "cpu", records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
-                                                "margin": [0.1, 0.2], "batch_size": [16], "seed": SEEDS}, citable=True)
+                                                "margin": list(margins), "batch_size": [16], "seed": SEEDS},
+                     citable=True)
     found = report_claims(tmp_path)["batch-hard alone may be unstable"]
     assert found.verdict == verdict, found
-    assert f"cpu mnist: batch-hard {collapses}/6 collapsed, batch-all 0/6 collapsed" in found.numbers
-    assert "failure rate (batch-hard − batch-all) in the settings both ran: Δ " in found.numbers
+    assert f"cpu mnist: batch-hard {3 * collapses}/9 collapsed, batch-all 0/9 collapsed" in found.numbers
+    runs = 3 if identical else 9
+    assert (f"failed in {runs} matched distinct runs: batch-hard {runs * collapses // 3}, batch-all 0"
+            in found.numbers), found.numbers
 
 
 def losses_records(on_gain: float, ratio_gap: float) -> list[dict]:

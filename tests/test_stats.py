@@ -183,7 +183,7 @@ def test_a_fresh_experiment_whose_best_loss_failed_compares_nothing(tmp_path: Pa
     cells = stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
     fresh = cells[cells.experiment == "e-fresh"]
     assert fresh[fresh.loss == "quadruplet"].selected.all() and not fresh.best.any()
-    assert fresh.p_vs_best_map_at_r.isna().all()
+    assert fresh.p_vs_best_map_at_r.isna().all() and fresh[fresh.selected].reference_failed.all()
 
 
 def test_the_tables_detectable_difference_is_at_holms_strictest_level(tmp_path: Path) -> None:

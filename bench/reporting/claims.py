@@ -4,8 +4,9 @@ One row per claim: the cells that test it, the numbers (generated here from the 
 verdict by a stated rule. The verdict words:
 - *supported*: the effect the claim predicts is detected (two-sided paired t-test over seeds, p < ALPHA; Holm over
   the claim's comparisons where it makes several; the seed is the unit, a seed's pairs over several cells averaged
-  first, since a seed fixes every cell's initialisation and batches; a claim about failures compares each seed's
-  failure rate, collapsed or diverged, over the settings);
+  first, since a seed fixes every cell's initialisation and batches; a claim about failures, collapsed or
+  diverged runs, an exact McNemar test over runs matched on setting and seed, each distinct run a separate
+  training: a t-test over 3 seeds' failure rates would give p = 0 whenever every seed shows the same rate);
 - *contradicted*: the opposite effect is detected, or the rule fails where the claim says it holds;
 - *not detected at this n*: no effect is detected either way; at this n that is not evidence of no effect;
 - *not measured yet*: no complete record tests it (the preset that will is named).
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from bench.reporting import stats, tables
 from bench.reporting.frame import FRESH
@@ -30,7 +32,8 @@ from losses import LOSSES
 RULES = (
     f"Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < {stats.ALPHA}, "
     "Holm-adjusted over a claim's comparisons; the seed is the unit: a seed's pairs over several cells are "
-    "averaged first; a claim about failures compares each seed's failure rate); *contradicted*, the opposite "
+    "averaged first; a claim about failures, an exact McNemar test over matched distinct runs); *contradicted*, the "
+    "opposite "
     "is detected or the stated rule fails; *not detected at this n*, neither (not evidence of no effect); "
     "*not measured yet*, no complete record tests it. Numbers: means with 95% t-intervals over seeds; Δ is a "
     "paired difference over seeds (same initialisation and batches).")
@@ -68,7 +71,7 @@ def _p(p: float) -> str:
 
 
 def _paired_text(result: Paired, what: str, digits: int = 3) -> str:
-    pooled = f" ({result.trials} paired trials averaged per seed)" if result.trials > result.n else ""
+    pooled = f" ({result.trials} paired trials, averaged within each seed)" if result.trials > result.n else ""
     dropped = f", {result.dropped} pairs of two collapsed trials left out" if result.dropped else ""
     return (f"{what} Δ {_fmt(result.mean, digits)} [{_fmt(result.lo, digits)}, {_fmt(result.hi, digits)}], "
             f"{_p(result.p)}, n = {result.n} seeds{pooled}{dropped}")
@@ -101,18 +104,50 @@ def paired(final: pd.DataFrame, first: pd.Series, second: pd.Series, on: list[st
     return Paired(diff.mean, diff.lo, diff.hi, diff.p, diff.n, len(merged), dropped)
 
 
-def failure_rates(final: pd.DataFrame, first: pd.Series, second: pd.Series, on: list[str]) -> Paired:
-    """The failure rate (collapsed or diverged) of the first trials minus the second's, matched on `on` and seed,
-    each seed's rate over its matched settings, paired over seeds; OOM and error trials (the machine's failures,
-    not the training's) are left out."""
+class Failures(NamedTuple):
+    """Matched runs of two sides: how many failed on each, the pairs where only one failed, and the exact McNemar
+    p over those (NaN when no pair is discordant)."""
+
+    first: int
+    second: int
+    pairs: int
+    only_first: int
+    only_second: int
+    p: float
+
+
+def failures(final: pd.DataFrame, first: pd.Series, second: pd.Series, on: list[str]) -> Failures:
+    """Failed (collapsed or diverged) runs of the first trials against the second's, matched on `on` and seed; OOM
+    and error trials (the machine's failures, not the training's) are left out. A run identical to another of its
+    side and seed but for the margin (batch-hard's gradient does not depend on m while every hinge is active, so
+    its collapsed runs are the same computation at every margin) is counted once: the test is the exact McNemar
+    test over distinct runs, each a separate training."""
     trained = final.status.isin(("ok", "collapsed", "diverged"))
     keys = [*on, "seed"]
-    flags = final.assign(failed=final.status.isin(("collapsed", "diverged")).astype(float))
-    merged = flags[first & trained][[*keys, "failed"]].merge(flags[second & trained][[*keys, "failed"]], on=keys,
-                                                             suffixes=("_a", "_b"))
-    per_seed = merged.groupby("seed")[["failed_a", "failed_b"]].mean()
-    diff = stats.paired_difference(per_seed.failed_a.to_dict(), per_seed.failed_b.to_dict())
-    return Paired(diff.mean, diff.lo, diff.hi, diff.p, diff.n, len(merged))
+    same = [key for key in keys if key != "margin"] + ["map_at_r", "val_map_at_r"]
+    flags = final.assign(failed=final.status.isin(("collapsed", "diverged")))
+    sides = [flags[mask & trained].drop_duplicates(subset=same)[[*keys, "failed"]] for mask in (first, second)]
+    merged = sides[0].merge(sides[1], on=keys, suffixes=("_a", "_b"))
+    only_first = int((merged.failed_a & ~merged.failed_b).sum())
+    only_second = int((merged.failed_b & ~merged.failed_a).sum())
+    discordant = only_first + only_second
+    p = scipy_stats.binomtest(only_first, discordant).pvalue if discordant else math.nan
+    return Failures(int(merged.failed_a.sum()), int(merged.failed_b.sum()), len(merged), only_first, only_second,
+                    float(p))
+
+
+def _failures_text(result: Failures, first: str, second: str) -> str:
+    return (f"failed in {result.pairs} matched distinct runs: {first} {result.first}, {second} {result.second}; only "
+            f"{first} failed in {result.only_first}, only {second} in {result.only_second}, exact McNemar "
+            f"{_p(result.p)}")
+
+
+def _failure_direction(result: Failures, predicted: int, p: float | None = None) -> str:
+    """The verdict of a failure comparison whose predicted sign (first fails more: +1) is `predicted`."""
+    p = result.p if p is None else p
+    if not math.isfinite(p) or p >= stats.ALPHA:
+        return "not detected at this n"
+    return "supported" if (result.only_first > result.only_second) == (predicted > 0) else "contradicted"
 
 
 def _counts(final: pd.DataFrame, mask: pd.Series) -> str:
@@ -207,7 +242,7 @@ def _batch_size_tests(trials: pd.DataFrame) -> tuple[list[str], str]:
     for name, block in blocks:
         small, large = int(block.batch_size.min()), int(block.batch_size.max())
         results.append(paired(block, block.batch_size == large, block.batch_size == small,
-                              ["dataset", "loss", "margin"], "map_at_r"))
+                              ["dataset", "loss", "margin"], "map_at_r", both_collapsed=False))
         labels.append((name, f"{name}: test MAP@R (B {large} − B {small})"))
     adjusted = stats.holm([r.p for r in results])
     parts = [_paired_text(r, label) + f", Holm {_p(p)}" for r, (_, label), p in zip(results, labels, adjusted,
@@ -218,8 +253,8 @@ def _batch_size_tests(trials: pd.DataFrame) -> tuple[list[str], str]:
 
 
 def batch_hard_unstable(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
-    """Batch-hard alone fails (collapses or diverges) where batch-all, in the same settings, does not: the failure
-    rates of the settings both ran, per seed, paired over seeds."""
+    """Batch-hard alone fails (collapses or diverges) where batch-all, in the same settings, does not: the runs of
+    the settings both ran, matched on setting and seed (an exact McNemar test)."""
     claim = Claim("batch-hard alone may be unstable", "tutorial",
                   "cpu and cpu-losses: failed (collapsed or diverged) trials of batch-hard against batch-all in the "
                   "settings both ran (dataset, margin, batch size, lr, seed)", "", "")
@@ -237,18 +272,17 @@ def batch_hard_unstable(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
             continue
         counts = ", ".join(f"{loss} {_counts(group, group.loss == loss)}"
                            for loss in ("batch-hard", "batch-all", "batch-hard-soft") if loss in set(group.loss))
-        result = failure_rates(group, group.loss == "batch-hard", group.loss == "batch-all",
-                               ["dataset", "margin", "batch_size", "variant"])
+        result = failures(group, group.loss == "batch-hard", group.loss == "batch-all",
+                          ["dataset", "margin", "batch_size", "variant"])
         tests.append(result)
         parts.append((f"{experiment} {dataset}: {counts}", result))
     adjusted = stats.holm([r.p for r in tests])
-    texts = [f"{where}; " + _paired_text(result, "failure rate (batch-hard − batch-all) in the settings both ran:",
-                                         digits=2) + f", Holm {_p(p)}"
+    texts = [f"{where}; " + _failures_text(result, "batch-hard", "batch-all") + f", Holm {_p(p)}"
              for (where, result), p in zip(parts, adjusted, strict=True)]
-    verdicts = [_direction(result, +1, p) for result, p in zip(tests, adjusted, strict=True)]
+    verdicts = [_failure_direction(result, +1, p) for result, p in zip(tests, adjusted, strict=True)]
     remedies = _remedies(final) if _complete(summary, "cpu-losses") else ""
     rule = ("Rule: supported where batch-hard fails detectably more often than batch-all in the same settings "
-            "(each seed's failure rate, paired t-test over seeds, Holm over the experiments and datasets); "
+            "(exact McNemar test over matched distinct runs, Holm over the experiments and datasets); "
             "contradicted where it fails detectably less often and nowhere more.")
     waiting = f" Not counted yet: {'; '.join(sorted(set(pending)))}." if pending else ""
     if not texts:
@@ -309,8 +343,9 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     row = _headline_row(summary, experiment, "semi-hard")
     hard = _headline_row(summary, experiment, "batch-hard")
     top = _top_triplet(summary, "cpu-losses", summary[(summary.experiment == experiment) & summary.selected])
-    if row is None or top is None:
-        return claim._replace(verdict="not measured yet (semi-hard's or the best triplet loss's fresh seeds failed)")
+    if row is None or top is None or hard is None:
+        return claim._replace(verdict="not measured yet (the fresh seeds of semi-hard, batch-hard or the best triplet "
+                                      "loss failed)")
     trials = _trials(final, experiment)
     none = Paired(math.nan, math.nan, math.nan, math.nan, 0)
 
@@ -338,7 +373,7 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
 
 def normalisation(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """L2 normalisation stabilises training: normalised soft-margin batch-hard trials fail (collapse or diverge) less
-    often than unnormalised ones of the same lr and seed (each seed's failure rate, paired over seeds)."""
+    often than unnormalised ones of the same lr and seed (an exact McNemar test over the matched runs)."""
     claim = Claim("L2 normalisation stabilises training", "tutorial",
                   "cpu-losses: soft-margin batch-hard with L2 normalisation on against off (same lr and seed)", "", "")
     trials = _trials(final, "cpu-losses")
@@ -350,16 +385,15 @@ def normalisation(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
         for values in soft.variant_values])
     on, off = soft.normalize.eq(True), soft.normalize.eq(False)
     keys = ["dataset", "margin", "batch_size", "setting"]
-    rates = failure_rates(soft, on, off, keys)
+    result = failures(soft, on, off, keys)
     score = paired(soft, on, off, keys, "map_at_r", both_collapsed=False)
     return claim._replace(
-        numbers=(f"on: {_counts(soft, on)}; off: {_counts(soft, off)}; "
-                 + _paired_text(rates, "failure rate (on − off):", digits=2) + "; "
+        numbers=(f"on: {_counts(soft, on)}; off: {_counts(soft, off)}; " + _failures_text(result, "on", "off") + "; "
                  + _paired_text(score, "test MAP@R (on − off), every lr pooled:")
                  + " (not the rule: a collapsed trial's MAP@R says nothing of stability). Rule: supported if "
-                   "normalised trials fail detectably less often (each seed's failure rate over the lrs, paired "
-                   "t-test over seeds)."),
-        verdict=_direction(rates, -1))
+                   "normalised runs fail detectably less often (exact McNemar test over runs matched on lr and "
+                   "seed)."),
+        verdict=_failure_direction(result, -1))
 
 
 def quadruplet_compactness(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
@@ -399,7 +433,9 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
         parts.append(f"{where}: detects {group.mdd_map_at_r.max():.3f}, {len(detected)} of "
                      f"{len(compared)} differences from the best detected")
     rule = "Rule: supported if every difference from the best is detected in every table."
-    verdict = "supported" if ranked_all else "not detected at this n (some gaps are below what n = 3 resolves)"
+    tested = selected.p_holm_map_at_r.notna().any()
+    verdict = ("not measured yet (no table has a comparison)" if not tested else "supported" if ranked_all
+               else "not detected at this n (some gaps are below what n = 3 resolves)")
     cited = f"cpu{FRESH}"  # the cpu grid's selected cells on seeds 3-5: the cells cpu-seeds runs on seeds 6-15
     if not (_complete(summary, "cpu-seeds") and _complete(summary, cited)):
         waiting = _pending("cpu-seeds" if _complete(summary, cited) else cited, summary)
@@ -455,7 +491,8 @@ def control_baseline(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     verdicts = [_direction(r, +1, p) for r, p in zip(results, adjusted, strict=True)]
     numbers = "; ".join(_paired_text(r, label) + f", Holm {_p(p)}"
                         for r, label, p in zip(results, labels, adjusted, strict=True))
-    waiting = "" if len(done) == 2 else f"; {_fresh_pending(summary, 'cpu-unseen')}"
+    waiting = "".join(f"; {_fresh_pending(summary, name)}" for name in ("cpu-losses", "cpu-unseen")
+                      if name not in done)
     return claim._replace(numbers=numbers + waiting + ". Rule: supported if the best triplet loss is detected "
                           "better than the control, contradicted if detected worse (Holm over the protocols).",
                           verdict=" / ".join(f"{label.split(':')[0]}: {v}" for label, v in zip(labels, verdicts,

@@ -341,6 +341,7 @@ def paired_tests(summary: pd.DataFrame, final: pd.DataFrame, parents: dict[str, 
     parents = parents or {}
     summary = summary.copy()
     summary["best"] = False
+    summary["reference_failed"] = False  # a fresh experiment whose parent's best loss has no finished cell
     for metric in TESTED:
         for column, value in ((f"diff_{metric}", math.nan), (f"diff_lo_{metric}", math.nan),
                               (f"diff_hi_{metric}", math.nan), (f"p_vs_best_{metric}", math.nan),
@@ -353,7 +354,8 @@ def paired_tests(summary: pd.DataFrame, final: pd.DataFrame, parents: dict[str, 
         chosen = chooser[chooser.val_map_at_r_mean == chooser.val_map_at_r_mean.max()].loss
         tied = group[group.loss.isin(chosen)]
         if tied.empty:  # a fresh experiment whose parent's best failed on a fresh seed: no reference to test
-            continue  # against, rather than one chosen on the seeds whose test numbers are cited
+            summary.loc[group.index, "reference_failed"] = True  # against, rather than one chosen on the cited seeds
+            continue
         summary.loc[tied.index, "best"] = True
         reference = tied.iloc[0]
         for metric in TESTED:
@@ -370,8 +372,9 @@ def paired_tests(summary: pd.DataFrame, final: pd.DataFrame, parents: dict[str, 
             sds = [r.sd for r in results.values() if math.isfinite(r.sd)]
             pairs = min((r.n for r in results.values()), default=0)
             pooled = math.sqrt(statistics.fmean([sd * sd for sd in sds])) if sds else math.nan
+            tested = sum(math.isfinite(r.p) for r in results.values())  # Holm's m
             summary.loc[group.index, f"mdd_{metric}"] = min_detectable_difference(pooled, pairs,
-                                                                                 ALPHA / max(len(results), 1))
+                                                                                 ALPHA / max(tested, 1))
     return summary
 
 

@@ -216,6 +216,8 @@ def _versus(row: Any, metric: str) -> str:
     """'best on val.' for the reference, else the paired difference from it with its 95% interval, the raw and the
     Holm-adjusted p, and the verdict by the Holm p: 'worse', 'better' or 'not detected'."""
     p = getattr(row, f"p_vs_best_{metric}")
+    if getattr(row, "reference_failed", False):
+        return "no reference (the best loss's fresh seeds did not finish)"
     if row.best and _missing(p):
         return "best on val."
     if _missing(p):
@@ -331,6 +333,9 @@ def noise_sentence(selected: pd.DataFrame, cells: pd.DataFrame) -> str:
     if selected.empty and not stats.has_validation(cells).any():
         return ("Selection not possible: the records have no validation metrics, so no cell is selected and no "
                 "loss is compared; the full grid shows every cell's test metrics, none of them selected.")
+    if "reference_failed" in selected and selected.reference_failed.any():
+        return ("The loss best on the selection seeds has no finished cell on these fresh seeds (a seed failed): "
+                "nothing is compared, rather than a reference chosen on the seeds whose test numbers are cited.")
     if len(selected) < 2:
         return "Fewer than two losses have a selected cell: nothing to compare."
     reference = selected[selected.best & selected["p_vs_best_map_at_r"].isna()]
@@ -345,8 +350,8 @@ def noise_sentence(selected: pd.DataFrame, cells: pd.DataFrame) -> str:
         label = METRIC_NAMES[metric]
         mdd, pairs = reference[f"mdd_{metric}"].iloc[0], int(others[f"n_pairs_{metric}"].min())
         power = (f"; at n = {pairs} paired seeds the table detects a difference of {number(mdd, 4)} with "
-                 f"{stats.POWER:.0%} power (at Holm's strictest level, {stats.ALPHA} / {len(others)}), so a smaller "
-                 "one is not detected rather than absent" if not _missing(mdd) else "")
+                 f"{stats.POWER:.0%} power (at Holm's strictest level, {stats.ALPHA} / {int(holm.notna().sum())}), "
+                 "so a smaller one is not detected rather than absent" if not _missing(mdd) else "")
         if holm.isna().all():
             sentences.append(f"On test {label}, no difference is testable (fewer than 2 paired seeds): the order is "
                              "not a ranking.")
