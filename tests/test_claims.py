@@ -148,6 +148,7 @@ def test_normalisation_and_quadruplet_claims_follow_their_paired_differences(tmp
     assert normal.verdict == "not detected at this n" and "on: 0/3 collapsed; off: 0/3 collapsed" in normal.numbers
     compact = found["quadruplet gives smaller intra-class and larger inter-class distances"]
     assert compact.verdict == verdict and "intra/inter ratio (quadruplet − adaptive-mu): Δ " in compact.numbers
+    assert "; intra-class distance: Δ " in compact.numbers and "; inter-class distance: Δ +0.000" in compact.numbers
 
 
 @pytest.mark.parametrize(("on", "off", "verdict"), [

@@ -406,11 +406,15 @@ def quadruplet_compactness(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
         return claim._replace(verdict=_pending("cpu-losses", summary))
     trials = trials.assign(class_ratio=trials.intra_class_distance / trials.inter_class_distance)
     on = ["dataset", "margin", "batch_size", "variant"]
-    ratio = paired(trials, trials.loss == "quadruplet", trials.loss == "adaptive-mu", on, "class_ratio")
-    score = paired(trials, trials.loss == "quadruplet", trials.loss == "adaptive-mu", on, "map_at_r")
+    ratio, intra, inter, score = (paired(trials, trials.loss == "quadruplet", trials.loss == "adaptive-mu", on, metric)
+                                  for metric in ("class_ratio", "intra_class_distance", "inter_class_distance",
+                                                 "map_at_r"))
     return claim._replace(
         numbers=(_paired_text(ratio, "intra/inter ratio (quadruplet − adaptive-mu):") + "; "
-                 + _paired_text(score, "test MAP@R:") + ". Rule: supported if quadruplet's ratio is lower."),
+                 + _paired_text(intra, "intra-class distance:") + "; " + _paired_text(inter, "inter-class distance:")
+                 + "; " + _paired_text(score, "test MAP@R:")
+                 + ". Rule: supported if quadruplet's ratio is lower (the ratio is what 'tighter and further apart' "
+                   "means whatever the embeddings' scale; the two distances are shown for the reader)."),
         verdict=_direction(ratio, -1))
 
 
