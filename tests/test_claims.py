@@ -247,7 +247,19 @@ def test_the_budget_claim_compares_the_rankings_at_both_budgets(tmp_path: Path, 
         write_experiment(tmp_path, experiment, records, axes, citable=True)
     found = report_claims(tmp_path)["the ranking at 200k samples holds at 1M samples"]
     assert found.verdict == verdict, found
-    assert "at 200k: batch-all > batch-hard" in found.numbers
+    assert "at 200k: batch-all > batch-hard" in found.numbers and "other than cpu's selection" not in found.numbers
+
+
+def test_the_budget_claim_names_a_cell_that_is_not_cpus_selection(tmp_path: Path) -> None:
+    """cpu selected batch-hard at m 0.1; a cpu-budget run at m 0.2 is named, not silently compared."""
+    for experiment, margin in (("cpu", 0.1), ("cpu-budget", 0.2)):
+        records = [trial_record(experiment, loss, margin, 32, seed, values={"val_map_at_r": 0.8})
+                   for loss in ("batch-all", "batch-hard") for seed in SEEDS]
+        write_experiment(tmp_path, experiment, records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
+                                                         "margin": [margin], "batch_size": [32], "seed": SEEDS},
+                         citable=True)
+    found = report_claims(tmp_path)["the ranking at 200k samples holds at 1M samples"]
+    assert "(cells other than cpu's selection: batch-all m 0.2 B 32, batch-hard m 0.2 B 32)" in found.numbers
 
 
 @pytest.mark.parametrize(("semi", "verdict"), [(0.0, "supported"), (-0.2, "contradicted")])

@@ -455,7 +455,8 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                if few[(a, b)].p < stats.ALPHA and math.copysign(1, result.mean) != math.copysign(1, few[(a, b)].mean)]
     texts = [f"{label}: " + "; ".join(_paired_text(r, f"{a} − {b}").replace(_p(r.p), f"Holm {_p(r.p)}")
                                       for (a, b), r in pairs.items())
-             for label, pairs in (("n = 10 (cpu-seeds, test MAP@R)", many), (f"n = 3 ({cited}, the same cells)", few))]
+             for label, pairs in (("n = 10 (cpu-seeds, test MAP@R)" + _off_selection(summary, "cpu-seeds"), many),
+                                  (f"n = 3 ({cited}, the same cells)", few))]
     rule = ("Rule, on the cells both ran (once cpu-seeds is complete, this decides): contradicted if n = 10 detects "
             "a gap that n = 3 did not, or the opposite sign; supported if n = 10 detects gaps and n = 3 found each "
             "with the same sign; not detected if n = 10 detects none (Holm over each n's pairs).")
@@ -540,6 +541,17 @@ def _ranking(cells: pd.DataFrame) -> list[str]:
     return list(cells.sort_values("map_at_r_mean", ascending=False, kind="stable").loss)
 
 
+def _off_selection(summary: pd.DataFrame, experiment: str) -> str:
+    """' (cells other than cpu's selection: …)' when a loss's cell in `experiment` (cpu-budget, cpu-seeds: run on
+    cpu's validation-selected CIFAR-10 cells) has another margin or batch size than cpu selected; else ''."""
+    chosen = summary[(summary.experiment == "cpu") & summary.selected]
+    cells = summary[(summary.experiment == experiment) & ~summary.loss.isin(stats.BASELINES)]
+    wrong = [f"{row.loss} m {row.margin:g} B {row.batch_size:g}" for row in cells.itertuples()
+             if not ((chosen.dataset == row.dataset) & (chosen.loss == row.loss) & (chosen.margin == row.margin)
+                     & (chosen.batch_size == row.batch_size)).any()]
+    return f" (cells other than cpu's selection: {', '.join(wrong)})" if wrong else ""
+
+
 def _budget_cells(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The selected cells of cpu (its budget) of cpu-budget's datasets and losses, and cpu-budget's own."""
     long = summary[(summary.experiment == "cpu-budget") & summary.selected]
@@ -584,6 +596,7 @@ def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                 if math.isfinite(p) and p < stats.ALPHA and result.mean > 0]
     verdict = "supported" if not flipped else ("contradicted" if detected else "not detected at this n")
     numbers = (f"ranking by test MAP@R at 200k: {' > '.join(before)}; at 1M: {' > '.join(after)}"
+               + _off_selection(summary, "cpu-budget")
                + (f"; {'; '.join(detected)}" if detected else "")
                + ". Rule: supported if the order is the same; contradicted if a pair swaps and the swap is detected "
                  "at 1M (paired over seeds, Holm over the swapped pairs).")
