@@ -217,8 +217,7 @@ def test_headline_marks_an_edge_margin_and_reports_the_plateau_gap(tmp_path: Pat
 
 
 def test_headline_marks_a_tuned_lr_at_the_edge_of_its_axis(tmp_path: Path) -> None:
-    """batch-all is best at the largest of its 3 lrs (edge), batch-hard at the middle one (interior); normalize, not
-    a tuned value, is never marked."""
+    """batch-all is best at the largest of its 3 lrs (edge), batch-hard at the middle one (interior)."""
     best = {"batch-all": 1e-3, "batch-hard": 3e-4}
     records = [trial_record("lrs", loss, 0.2, 8, seed, config={"lr": lr},
                             values={"val_map_at_r": 0.9 if lr == best[loss] else 0.5})
