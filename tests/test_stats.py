@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
@@ -145,21 +146,26 @@ def test_paired_tests_on_the_selected_cells(summary) -> None:
     assert cells[~cells.selected].p_vs_best_map_at_r.isna().all() and not cells[~cells.selected].best.any()
 
 
+def _with_fresh_seeds(root: Path, records: list[dict]) -> pd.DataFrame:
+    """Experiment e (batch-all, quadruplet, m 0.2, B 8, seeds 0-2, fresh seeds 3-5) from `records`: its cells."""
+    import json
+
+    folder = write_experiment(root, "e", records, {"dataset": ["mnist"], "loss": ["batch-all", "quadruplet"],
+                                                   "margin": [0.2], "batch_size": [8], "seed": [0, 1, 2]})
+    grid = json.loads((folder / "grid.json").read_text())
+    (folder / "grid.json").write_text(json.dumps({**grid, "fresh_seeds": [3, 4, 5]}))
+    loaded = load_records(root)
+    return stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
+
+
 def test_a_fresh_experiment_takes_its_best_loss_from_the_selection_seeds(tmp_path: Path) -> None:
     """On seeds 0-2 batch-all is best on validation (0.9 against 0.8); on the fresh seeds 3-5 quadruplet's validation
     is higher (0.7 against 0.5): e-fresh's reference is still batch-all, and quadruplet is compared with it."""
-    import json
-
     val = {("batch-all", False): 0.9, ("quadruplet", False): 0.8, ("batch-all", True): 0.5, ("quadruplet", True): 0.7}
     records = [trial_record("e", loss, 0.2, 8, seed, values={
         "val_map_at_r": val[(loss, seed >= 3)], "map_at_r": 0.6 + 0.01 * seed + 0.02 * (loss == "quadruplet")})
                for loss in ("batch-all", "quadruplet") for seed in range(6)]
-    folder = write_experiment(tmp_path, "e", records, {"dataset": ["mnist"], "loss": ["batch-all", "quadruplet"],
-                                                       "margin": [0.2], "batch_size": [8], "seed": [0, 1, 2]})
-    grid = json.loads((folder / "grid.json").read_text())
-    (folder / "grid.json").write_text(json.dumps({**grid, "fresh_seeds": [3, 4, 5]}))
-    loaded = load_records(tmp_path)
-    cells = stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
+    cells = _with_fresh_seeds(tmp_path, records)
     fresh = cells[(cells.experiment == "e-fresh") & cells.selected].set_index("loss")
     assert fresh.loc["batch-all"].best and not fresh.loc["quadruplet"].best
     assert fresh.loc["quadruplet"].diff_map_at_r == pytest.approx(0.02)
@@ -170,17 +176,10 @@ def test_a_fresh_experiment_takes_its_best_loss_from_the_selection_seeds(tmp_pat
 def test_a_fresh_experiment_whose_best_loss_failed_compares_nothing(tmp_path: Path) -> None:
     """batch-all, best on the selection seeds, diverges on a fresh seed: e-fresh has no reference, and quadruplet is
     not compared with a reference chosen on the fresh seeds."""
-    import json
-
     records = [trial_record("e", loss, 0.2, 8, seed, status="diverged" if (loss, seed) == ("batch-all", 4) else "ok",
                             values={"val_map_at_r": 0.9 if loss == "batch-all" else 0.8})
                for loss in ("batch-all", "quadruplet") for seed in range(6)]
-    folder = write_experiment(tmp_path, "e", records, {"dataset": ["mnist"], "loss": ["batch-all", "quadruplet"],
-                                                       "margin": [0.2], "batch_size": [8], "seed": [0, 1, 2]})
-    grid = json.loads((folder / "grid.json").read_text())
-    (folder / "grid.json").write_text(json.dumps({**grid, "fresh_seeds": [3, 4, 5]}))
-    loaded = load_records(tmp_path)
-    cells = stats.summarize(loaded.checkpoints, loaded.grids, ORDER)
+    cells = _with_fresh_seeds(tmp_path, records)
     fresh = cells[cells.experiment == "e-fresh"]
     assert fresh[fresh.loss == "quadruplet"].selected.all() and not fresh.best.any()
     assert fresh.p_vs_best_map_at_r.isna().all() and fresh[fresh.selected].reference_failed.all()
