@@ -342,7 +342,11 @@ def semi_hard(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     experiment = f"cpu-losses{FRESH}"
     row = _headline_row(summary, experiment, "semi-hard")
     hard = _headline_row(summary, experiment, "batch-hard")
-    top = _top_triplet(summary, "cpu-losses", summary[(summary.experiment == experiment) & summary.selected])
+    same = summary[(summary.experiment == experiment) & summary.selected & (summary.dataset == row.dataset)
+                   & (summary.protocol == row.protocol)] if row is not None else summary.iloc[:0]
+    top = _top_triplet(summary, "cpu-losses", same)
+    if row is not None and hard is not None and (hard.dataset, hard.protocol) != (row.dataset, row.protocol):
+        hard = None  # semi-hard is compared within its own dataset and protocol
     if row is None or top is None or hard is None:
         return claim._replace(verdict="not measured yet (the fresh seeds of semi-hard, batch-hard or the best triplet "
                                       "loss failed)")
