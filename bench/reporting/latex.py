@@ -99,8 +99,8 @@ def _numeric(cell: Cell) -> bool:
 
 def columns(table: Table) -> str:
     """The column spec: r for numeric columns, l for short text; a text column with a cell over WRAP_TEXT characters
-    wraps in a p column: of 0.3 \\linewidth when it is the only one and a cell passes LONG_TEXT (a failure's
-    reason), else of 7em, so that several such columns share the page."""
+    wraps in a p column: of 0.3 \\linewidth when it is the only one, a cell passes LONG_TEXT (a failure's
+    reason) and the table has at most WIDE columns, else of 7em, so that the columns share the page."""
     longest = [max((len(str(row[index])) for row in table.rows), default=0) for index in range(len(table.header))]
     numeric = [all(_numeric(row[index]) for row in table.rows) for index in range(len(table.header))]
     wrapped = [i for i, (width, number) in enumerate(zip(longest, numeric, strict=True))
@@ -111,7 +111,7 @@ def columns(table: Table) -> str:
             spec.append("r")
         elif index not in wrapped:
             spec.append("l")
-        elif len(wrapped) == 1 and width > LONG_TEXT:
+        elif len(wrapped) == 1 and width > LONG_TEXT and len(table.header) <= WIDE:
             spec.append(r"p{0.3\linewidth}")
         else:
             spec.append(r"p{7em}")
