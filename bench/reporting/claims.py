@@ -33,8 +33,7 @@ RULES = (
     f"Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < {stats.ALPHA}, "
     "Holm-adjusted over a claim's comparisons; the seed is the unit: a seed's pairs over several cells are "
     "averaged first; a claim about failures, an exact McNemar test over matched distinct runs); *contradicted*, the "
-    "opposite "
-    "is detected or the stated rule fails; *not detected at this n*, neither (not evidence of no effect); "
+    "opposite is detected or the stated rule fails; *not detected at this n*, neither (not evidence of no effect); "
     "*not measured yet*, no complete record tests it. Numbers: means with 95% t-intervals over seeds; Δ is a "
     "paired difference over seeds (same initialisation and batches).")
 
@@ -77,8 +76,9 @@ def _paired_text(result: Paired, what: str, digits: int = 3) -> str:
             f"{_p(result.p)}, n = {result.n} seeds{pooled}{dropped}")
 
 
-def _direction(result: Paired, predicted: int, p: float | None = None) -> str:
-    """The verdict of one comparison whose predicted sign is `predicted` (+1 or −1), at its (adjusted) p."""
+def _direction(result: Paired | Failures, predicted: int, p: float | None = None) -> str:
+    """The verdict of one comparison whose predicted sign is `predicted` (+1 or −1), at its (adjusted) p (for
+    failures, +1: the first side fails more often)."""
     p = result.p if p is None else p
     if not math.isfinite(p) or p >= stats.ALPHA:
         return "not detected at this n"
@@ -115,6 +115,11 @@ class Failures(NamedTuple):
     only_second: int
     p: float
 
+    @property
+    def mean(self) -> int:
+        """The signed excess of the first side's lone failures (its sign is what _direction reads)."""
+        return self.only_first - self.only_second
+
 
 def failures(final: pd.DataFrame, first: pd.Series, second: pd.Series, on: list[str]) -> Failures:
     """Failed (collapsed or diverged) runs of the first trials against the second's, matched on `on` and seed; OOM
@@ -140,14 +145,6 @@ def _failures_text(result: Failures, first: str, second: str) -> str:
     return (f"failed in {result.pairs} matched distinct runs: {first} {result.first}, {second} {result.second}; only "
             f"{first} failed in {result.only_first}, only {second} in {result.only_second}, exact McNemar "
             f"{_p(result.p)}")
-
-
-def _failure_direction(result: Failures, predicted: int, p: float | None = None) -> str:
-    """The verdict of a failure comparison whose predicted sign (first fails more: +1) is `predicted`."""
-    p = result.p if p is None else p
-    if not math.isfinite(p) or p >= stats.ALPHA:
-        return "not detected at this n"
-    return "supported" if (result.only_first > result.only_second) == (predicted > 0) else "contradicted"
 
 
 def _counts(final: pd.DataFrame, mask: pd.Series) -> str:
@@ -279,7 +276,7 @@ def batch_hard_unstable(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     adjusted = stats.holm([r.p for r in tests])
     texts = [f"{where}; " + _failures_text(result, "batch-hard", "batch-all") + f", Holm {_p(p)}"
              for (where, result), p in zip(parts, adjusted, strict=True)]
-    verdicts = [_failure_direction(result, +1, p) for result, p in zip(tests, adjusted, strict=True)]
+    verdicts = [_direction(result, +1, p) for result, p in zip(tests, adjusted, strict=True)]
     remedies = _remedies(final) if _complete(summary, "cpu-losses") else ""
     rule = ("Rule: supported where batch-hard fails detectably more often than batch-all in the same settings "
             "(exact McNemar test over matched distinct runs, Holm over the experiments and datasets); "
@@ -397,7 +394,7 @@ def normalisation(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                  + " (not the rule: a collapsed trial's MAP@R says nothing of stability). Rule: supported if "
                    "normalised runs fail detectably less often (exact McNemar test over runs matched on lr and "
                    "seed)."),
-        verdict=_failure_direction(result, -1))
+        verdict=_direction(result, -1))
 
 
 def quadruplet_compactness(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
