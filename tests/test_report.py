@@ -232,6 +232,24 @@ def test_headline_marks_a_tuned_lr_at_the_edge_of_its_axis(tmp_path: Path) -> No
     assert "| batch-hard [lr 0.0003] | 0.2 |" in headline
 
 
+def test_a_control_has_no_margin_in_the_tables(tmp_path: Path) -> None:
+    """The normalised softmax has no margin: its config's margin (0) is shown as "–" in the headline and the full
+    grid, while a triplet loss at margin 0 keeps its 0."""
+    records = [trial_record("ctl", loss, 0.0, 8, seed) for loss in ("normalized-softmax", "adaptive-mu")
+               for seed in range(3)]
+    write_experiment(tmp_path / "results", "ctl", records, {"dataset": ["mnist"],
+                                                            "loss": ["normalized-softmax", "adaptive-mu"],
+                                                            "margin": [0.0], "batch_size": [8], "seed": [0, 1, 2]})
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
+    markdown = (tmp_path / "reports" / "summary.md").read_text()
+    headline, grid = markdown.split("### Headline")[1].split("### Full grid")
+    for table in (headline, grid.split("###")[0]):
+        lines = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| ")]
+        header, rows = lines[0], [dict(zip(lines[0], line, strict=True)) for line in lines[2:]]
+        margins = {row["loss"]: row["margin"] for row in rows if row["loss"] in ("normalized-softmax", "adaptive-mu")}
+        assert "margin" in header and margins == {"normalized-softmax": "–", "adaptive-mu": "0"}, margins
+
+
 def _write_small(folder: Path, reverse: bool) -> Path:
     """2 losses × 2 margins × 2 batch sizes × 2 seeds with embeddings and a baseline, records written in
     creation order or its reverse."""

@@ -20,6 +20,7 @@ from bench.reporting import latex, stats
 from bench.reporting.blocks import ABSENT, Block, Estimate, Table
 from bench.reporting.markdown import table as markdown_table
 from bench.reporting.systems import NOT_RECORDED, Systems
+from losses import CONTROLS
 
 METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
 LR_RULES = {"none": "lr as configured, at every batch size",
@@ -186,7 +187,7 @@ def loss_text(row: Any) -> str:
 
 
 def _cell_text(row: Any) -> list[str]:
-    return [row.dataset, row.protocol, loss_text(row), plain(row.margin), plain(row.batch_size)]
+    return [row.dataset, row.protocol, loss_text(row), margin_value(row), plain(row.batch_size)]
 
 
 def tuning_budget(cells: pd.DataFrame) -> str:
@@ -248,7 +249,14 @@ def _loss_cells(row: Any, trials: pd.DataFrame) -> pd.DataFrame:
 def margin_text(row: Any, trials: pd.DataFrame) -> str:
     """The selected cell's margin, marked "(edge)" when it is the smallest or largest margin its loss was run at
     (on a margin axis of 3 or more values: the optimum may lie outside the axis)."""
+    if row.loss in CONTROLS:
+        return ABSENT
     return plain(row.margin) + (" (edge)" if _at_edge(row.margin, _loss_cells(row, trials).margin) else "")
+
+
+def margin_value(row: Any) -> str:
+    """The cell's margin, or "–" for a control (losses.CONTROLS), which has none (its config's margin is unused)."""
+    return ABSENT if row.loss in CONTROLS else plain(row.margin)
 
 
 def selected_loss_text(row: Any, trials: pd.DataFrame) -> str:
