@@ -250,6 +250,18 @@ def test_a_control_has_no_margin_in_the_tables(tmp_path: Path) -> None:
         assert "margin" in header and margins == {"normalized-softmax": "–", "adaptive-mu": "0"}, margins
 
 
+def test_a_grid_without_records_yet_is_left_out_and_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A grid that has just started (grid.json, an empty records/) does not stop the report of the others: it is
+    left out, named in one line; with no record anywhere the report still fails."""
+    _write_small(tmp_path / "results", reverse=False)
+    _no_records(tmp_path / "results")
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
+    err = capsys.readouterr().err
+    assert f"report: {tmp_path / 'results' / 'x'} left out: no trial record yet" in err
+    assert "Experiment small" in (tmp_path / "reports" / "summary.md").read_text()
+    assert main(["--results", str(_no_records(tmp_path / "only")), "--reports", str(tmp_path / "r2")]) == 2
+
+
 def _write_small(folder: Path, reverse: bool) -> Path:
     """2 losses × 2 margins × 2 batch sizes × 2 seeds with embeddings and a baseline, records written in
     creation order or its reverse."""

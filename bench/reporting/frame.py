@@ -37,6 +37,7 @@ class Records:
 
     checkpoints: pd.DataFrame
     grids: dict[str, dict[str, Any]]
+    empty: tuple[str, ...] = ()  # experiment folders left out: a grid.json, no record yet (a grid just started)
 
 
 def _read_json(path: Path) -> Any:
@@ -186,12 +187,13 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
 
     Config keys a trial record lacks take bench.engine.config's DEFAULTS; a checkpoint's `loss` is the column
     `train_loss` and its `status` is `checkpoint_status`; fields a record predates are NaN. Raises
-    ReportError on a missing or foreign folder, an experiment without records, a bad record, or two
-    records of one trial (e.g. protocols mixed in one cell).
+    ReportError on a missing or foreign folder, no record in any experiment (a folder with none is left out and
+    named in `empty`), a bad record, or two records of one trial (e.g. protocols mixed in one cell).
     """
     rows: list[dict[str, Any]] = []
     grids: dict[str, dict[str, Any]] = {}
     paths: dict[str, str] = {}
+    empty: list[str] = []
     folders = experiment_dirs(Path(results_dir))
     if reference:
         folders = [f for f in folders if (f / "grid.json").is_file() and is_reference(f, _read_json(f / "grid.json"))]
@@ -204,7 +206,8 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
             raise ReportError(f"{folder / 'grid.json'}: missing or not a grid (expected an 'axes' object of lists)")
         files = sorted((folder / "records").glob("*.json"))
         if not files:
-            raise ReportError(f"{folder / 'records'}: no trial records")
+            empty.append(str(folder))
+            continue
         experiments = set()
         for path in files:
             record_rows = _record_rows(_read_json(path), path, list(axes))
@@ -219,6 +222,8 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
             if experiment in grids and grids[experiment] != grid:
                 raise ReportError(f"{folder}: experiment {experiment} also comes from another folder with another grid")
             grids[experiment] = grid
+    if not rows:
+        raise ReportError(f"{Path(empty[0]) / 'records'}: no trial records")
     frame = pd.DataFrame(rows)
     for column in ("checkpoint", *stats.AGGREGATED, *stats.INITIAL, "step", "samples_seen", "train_loss"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else math.nan
@@ -228,7 +233,7 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
     _check_cells(frame, grids, paths)
     frame = _split_fresh(frame, grids, fresh)
     frame = frame.sort_values(["experiment", "trial_id", "checkpoint"], ignore_index=True)
-    return Records(frame, grids)
+    return Records(frame, grids, tuple(empty))
 
 
 def load_systems(reports_dir: Path | str, explicit: Path | str | None = None) -> systems.Systems | None:
