@@ -232,6 +232,28 @@ def test_headline_marks_a_tuned_lr_at_the_edge_of_its_axis(tmp_path: Path) -> No
     assert "| batch-hard [lr 0.0003] | 0.2 |" in headline
 
 
+def test_a_fresh_seed_headline_marks_the_edge_of_the_axis_its_loss_was_tuned_on(tmp_path: Path) -> None:
+    """The fresh seeds run each loss's selected lr alone: the edge is that of the selection's lr axis."""
+    import json
+
+    best = {"batch-all": 1e-3, "batch-hard": 3e-4}
+    records = [trial_record("lrs", loss, 0.2, 8, seed, config={"lr": lr},
+                            values={"val_map_at_r": 0.9 if lr == best[loss] else 0.5})
+               for loss in best for lr in (1e-4, 3e-4, 1e-3) for seed in range(3)]
+    records += [trial_record("lrs", loss, 0.2, 8, seed, config={"lr": lr}) for loss, lr in best.items()
+                for seed in (3, 4, 5)]
+    folder = write_experiment(tmp_path / "results", "lrs", records, {
+        "dataset": ["mnist"], "loss": list(best), "margin": [0.2], "batch_size": [8], "seed": [0, 1, 2],
+        "lr": [1e-4, 3e-4, 1e-3]})
+    spec = json.loads((folder / "grid.json").read_text())
+    (folder / "grid.json").write_text(json.dumps({**spec, "fresh_seeds": [3, 4, 5]}))
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
+    fresh = (tmp_path / "reports" / "summary.md").read_text().split("## Experiment lrs-fresh")[1]
+    headline = fresh.split("### Headline")[1].split("### Full grid")[0]
+    assert "| batch-all [lr 0.001 (edge)] | 0.2 |" in headline
+    assert "| batch-hard [lr 0.0003] | 0.2 |" in headline
+
+
 def test_a_control_has_no_margin_in_the_tables(tmp_path: Path) -> None:
     """The normalised softmax has no margin: its config's margin (0) is shown as "–" in the headline and the full
     grid, while a triplet loss at margin 0 keeps its 0."""

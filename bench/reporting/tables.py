@@ -272,9 +272,10 @@ def selected_loss_text(row: Any, trials: pd.DataFrame) -> str:
     return f"{row.loss} [{', '.join(parts)}]"
 
 
-def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
+def headline(name: str, cells: pd.DataFrame, tuned: pd.DataFrame | None = None) -> tuple[Table, str]:
     """Baselines, then each loss's selected cell (best test MAP@R first), then losses without an eligible cell;
-    and the sentence that says what the tests allow."""
+    and the sentence that says what the tests allow. `tuned`: the cells each loss was selected among, whose axes
+    decide "(edge)" (default `cells`; a fresh-seed experiment's parent's, since it runs the selected cells only)."""
     rows = []
     header = ["loss", "margin", "batch", "steps", "img/class", "MAP@R (test)", "vs best", "k-NN accuracy (test)",
               "vs best", "P@1 (test)", "MAP@R (val)", "plateau gap (val MAP@R)"]
@@ -283,9 +284,10 @@ def headline(name: str, cells: pd.DataFrame) -> tuple[Table, str]:
                      interval(row, "knn_accuracy"), "baseline", interval(row, "precision_at_1"),
                      interval(row, "val_map_at_r"), ABSENT])
     trials = cells[~cells.loss.isin(stats.BASELINES)]
+    ran = trials if tuned is None else tuned
     selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
     for row in selected.itertuples():
-        rows.append([selected_loss_text(row, trials), margin_text(row, trials), plain(row.batch_size),
+        rows.append([selected_loss_text(row, ran), margin_text(row, ran), plain(row.batch_size),
                      plain(row.planned_steps),
                      plain(row.images_per_class), interval(row, "map_at_r"), _versus(row, "map_at_r"),
                      interval(row, "knn_accuracy"), _versus(row, "knn_accuracy"), interval(row, "precision_at_1"),
@@ -310,11 +312,13 @@ PAPER_RULE = (
     "was run at. " + BASELINE_RULE)
 
 
-def paper_headline(name: str, cells: pd.DataFrame) -> Table:
+def paper_headline(name: str, cells: pd.DataFrame, tuned: pd.DataFrame | None = None) -> Table:
     """The headline's compact form for a paper: the baselines, then each loss's selected cell (best test MAP@R
-    first) with its test MAP@R, k-NN accuracy and P@1; the best mean of a column bold, detected differences marked."""
+    first) with its test MAP@R, k-NN accuracy and P@1; the best mean of a column bold, detected differences marked;
+    `tuned` as in `headline`."""
     metrics = ("map_at_r", "knn_accuracy", "precision_at_1")
     trials = cells[~cells.loss.isin(stats.BASELINES)]
+    ran = trials if tuned is None else tuned
     selected = trials[trials.selected].sort_values("map_at_r_mean", ascending=False, kind="stable")
     best = {metric: round(selected[f"{metric}_mean"].max(), 4) for metric in metrics}
     rows: list[list[Any]] = [[loss_text(row), ABSENT, ABSENT, *(interval(row, metric) for metric in metrics)]
@@ -328,7 +332,7 @@ def paper_headline(name: str, cells: pd.DataFrame) -> Table:
                 value = replace(value, bold=round(value.mean, 4) == best[metric],
                                 marked=not _missing(holm) and holm < stats.ALPHA)
             values.append(value)
-        rows.append([selected_loss_text(row, trials) + (" (ref.)" if row.best else ""), margin_text(row, trials),
+        rows.append([selected_loss_text(row, ran) + (" (ref.)" if row.best else ""), margin_text(row, ran),
                      plain(row.batch_size),
                      *values])
     rows += [[f"{loss} (no eligible cell)", ABSENT, ABSENT, ABSENT, ABSENT, ABSENT]
@@ -624,8 +628,9 @@ def _fresh(experiment: str, grid: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any], cells: pd.DataFrame,
-                plots: dict[str, Any]) -> list[Block]:
-    """The blocks of one experiment: provenance, unfinished cells, headlines, grid, checks, failures, plots."""
+                plots: dict[str, Any], tuned: pd.DataFrame) -> list[Block]:
+    """The blocks of one experiment: provenance, unfinished cells, headlines, grid, checks, failures, plots.
+    `tuned`: the cells its losses were selected among (its own; a fresh-seed experiment's parent's)."""
     final = stats.final_rows(checkpoints)
     trials = final[final.kind == "trial"]
     expected = stats.expected_trials(grid)
@@ -643,8 +648,9 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
                    ("table", unfinished_table(f"{experiment}-unfinished", cells))]
     for (dataset, protocol), group in cells.groupby(["dataset", "protocol"], sort=True):
         scope = final[(final.dataset == dataset) & (final.protocol == protocol)]
-        table, sentence = headline(f"{experiment}-headline-{dataset}-{protocol}", group)
-        paper = paper_headline(table.name, group)._replace(note=f"{dataset}, protocol {protocol}. {PAPER_RULE} "
+        among = tuned[(tuned.dataset == dataset) & (tuned.protocol == protocol) & ~tuned.loss.isin(stats.BASELINES)]
+        table, sentence = headline(f"{experiment}-headline-{dataset}-{protocol}", group, among)
+        paper = paper_headline(table.name, group, among)._replace(note=f"{dataset}, protocol {protocol}. {PAPER_RULE} "
                                                                  f"{tuning_budget(group)} {facts(scope)}")
         table = table._replace(note=f"{HEADLINE_RULE} {tuning_budget(group)} {facts(scope)}", paper=paper)
         blocks += [("h3", f"Headline{' (INCOMPLETE)' if incomplete else ''}: {dataset}, protocol {protocol} "
@@ -711,8 +717,11 @@ def document(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], summar
                    ("table", comparison_table(summary, experiments))]
     blocks += systems_blocks(systems)
     for experiment in experiments:
+        parent = grids[experiment].get("fresh_of") or experiment  # a fresh-seed experiment's losses were tuned there
+        parent = parent if parent in grids else experiment
         blocks += _experiment(experiment, checkpoints[checkpoints.experiment == experiment], grids[experiment],
-                              summary[summary.experiment == experiment], figures.get(experiment, {}))
+                              summary[summary.experiment == experiment], figures.get(experiment, {}),
+                              summary[summary.experiment == parent])
     return blocks
 
 
