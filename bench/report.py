@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m bench.report: error: {err}", file=sys.stderr)
         return 2
     for folder in records.empty:
-        print(f"report: {folder} left out: no trial record yet (a grid that has just started)", file=sys.stderr)
+        print(f"report: {folder} left out: no trial record yet (a grid that has just started; its baselines come "
+              "first)", file=sys.stderr)
     print(f"report: {len(written)} files from {records.checkpoints.trial_id.nunique()} records under {args.reports}",
           file=sys.stderr)
     return 0

@@ -37,7 +37,7 @@ class Records:
 
     checkpoints: pd.DataFrame
     grids: dict[str, dict[str, Any]]
-    empty: tuple[str, ...] = ()  # experiment folders left out: a grid.json, no record yet (a grid just started)
+    empty: tuple[str, ...] = ()  # experiment folders left out: no trial record yet (a grid just started)
 
 
 def _read_json(path: Path) -> Any:
@@ -187,8 +187,9 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
 
     Config keys a trial record lacks take bench.engine.config's DEFAULTS; a checkpoint's `loss` is the column
     `train_loss` and its `status` is `checkpoint_status`; fields a record predates are NaN. Raises
-    ReportError on a missing or foreign folder, no record in any experiment (a folder with none is left out and
-    named in `empty`), a bad record, or two records of one trial (e.g. protocols mixed in one cell).
+    ReportError on a missing or foreign folder, no trial record in any experiment (a folder with none, baselines
+    at most, is left out and named in `empty`), a bad record, or two records of one trial (e.g. protocols mixed in
+    one cell).
     """
     rows: list[dict[str, Any]] = []
     grids: dict[str, dict[str, Any]] = {}
@@ -205,12 +206,12 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
         if not isinstance(axes, dict) or not all(isinstance(values, list) for values in axes.values()):
             raise ReportError(f"{folder / 'grid.json'}: missing or not a grid (expected an 'axes' object of lists)")
         files = sorted((folder / "records").glob("*.json"))
-        if not files:
+        folder_rows = [(path, _record_rows(_read_json(path), path, list(axes))) for path in files]
+        if not any(record_rows[0]["kind"] == "trial" for _, record_rows in folder_rows):
             empty.append(str(folder))
             continue
         experiments = set()
-        for path in files:
-            record_rows = _record_rows(_read_json(path), path, list(axes))
+        for path, record_rows in folder_rows:
             experiments.add(record_rows[0]["experiment"])
             paths[record_rows[0]["trial_id"]] = str(path)
             rows += record_rows
