@@ -197,21 +197,23 @@ def test_one_seed_is_not_testable(tmp_path: Path) -> None:
 
 
 def test_headline_marks_an_edge_margin_and_reports_the_plateau_gap(tmp_path: Path) -> None:
-    """batch-all is best at the largest margin of its axis (edge), batch-hard in the middle (interior); the plateau
-    gap column is the t-interval of the selected cell's per-seed gaps."""
+    """batch-all is best at the largest margin of its axis (edge), batch-hard in the middle (interior), adaptive-mu
+    at 0 (no edge: no margin lies below); the plateau gap column is the t-interval of the selected cell's per-seed
+    gaps."""
     gaps = [0.004, 0.012, 0.008]
-    best = {"batch-all": 0.4, "batch-hard": 0.2}
+    best = {"batch-all": 0.4, "batch-hard": 0.2, "adaptive-mu": 0.0}
     records = [trial_record("edge", loss, margin, 8, seed, values={
         "val_map_at_r": 0.9 if margin == best[loss] else 0.5, "plateau_gap": gaps[seed]})
-        for loss in best for margin in (0.1, 0.2, 0.4) for seed in range(3)]
+        for loss in best for margin in (0.0, 0.2, 0.4) for seed in range(3)]
     write_experiment(tmp_path / "results", "edge", records, {"dataset": ["mnist"], "loss": list(best),
-                                                             "margin": [0.1, 0.2, 0.4], "batch_size": [8],
+                                                             "margin": [0.0, 0.2, 0.4], "batch_size": [8],
                                                              "seed": [0, 1, 2]})
     assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
     markdown = (tmp_path / "reports" / "summary.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown.splitlines()
-            if line.startswith("| batch-")}
+            if line.startswith(("| batch-", "| adaptive-mu"))}
     assert rows["batch-all"][1] == "0.4 (edge)" and rows["batch-hard"][1] == "0.2"
+    assert rows["adaptive-mu"][1] == "0"  # the smallest margin there is: nothing lies below it
     interval = stats.t_interval(gaps)
     assert rows["batch-all"][-1].rstrip(" |") == f"{interval.mean:.4f} ± {interval.ci95:.4f} (n=3)"
 
@@ -273,13 +275,17 @@ def test_a_control_has_no_margin_in_the_tables(tmp_path: Path) -> None:
 
 
 def test_a_grid_without_records_yet_is_left_out_and_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """A grid that has just started (grid.json, an empty records/) does not stop the report of the others: it is
-    left out, named in one line; with no record anywhere the report still fails."""
+    """A grid that has just started (grid.json, an empty records/ or its baselines alone) does not stop the report
+    of the others: it is left out, named in one line; with no trial record anywhere the report still fails."""
     _write_small(tmp_path / "results", reverse=False)
     _no_records(tmp_path / "results")
+    baselines = write_experiment(tmp_path / "results", "started", [baseline_record("started", "pixels", None, {
+        "map_at_r": 0.3, "knn_accuracy": 0.9, "precision_at_1": 0.88, "val_map_at_r": 0.3})],
+        {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [8], "seed": [0]})
     assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
     err = capsys.readouterr().err
     assert f"report: {tmp_path / 'results' / 'x'} left out: no trial record yet" in err
+    assert f"report: {baselines} left out: no trial record yet" in err
     assert "Experiment small" in (tmp_path / "reports" / "summary.md").read_text()
     assert main(["--results", str(_no_records(tmp_path / "only")), "--reports", str(tmp_path / "r2")]) == 2
 

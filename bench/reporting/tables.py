@@ -173,7 +173,7 @@ HEADLINE_RULE = (
     "seeds from the loss that is best on validation, its 95% t-interval, p and Holm's p (detected: Holm p < "
     f"{stats.ALPHA}). (edge): the "
     "selected margin, lr or temperature is the smallest or largest of the 3 or more its loss was run at (the optimum "
-    "may lie outside the axis). plateau gap: the final checkpoint's "
+    "may lie outside the axis; a margin of 0, the smallest there is, is no edge). plateau gap: the final checkpoint's "
     "validation MAP@R minus the previous checkpoint's, on the same evaluation subsets (under 0.01: at the plateau). "
     + BASELINE_RULE)
 
@@ -248,10 +248,12 @@ def _loss_cells(row: Any, trials: pd.DataFrame) -> pd.DataFrame:
 
 def margin_text(row: Any, trials: pd.DataFrame) -> str:
     """The selected cell's margin, marked "(edge)" when it is the smallest or largest margin its loss was run at
-    (on a margin axis of 3 or more values: the optimum may lie outside the axis)."""
+    (on a margin axis of 3 or more values: the optimum may lie outside the axis); 0, the smallest margin allowed, is
+    no edge: nothing lies below it."""
     if row.loss in CONTROLS:
         return ABSENT
-    return plain(row.margin) + (" (edge)" if _at_edge(row.margin, _loss_cells(row, trials).margin) else "")
+    edge = row.margin != 0 and _at_edge(row.margin, _loss_cells(row, trials).margin)
+    return plain(row.margin) + (" (edge)" if edge else "")
 
 
 def margin_value(row: Any) -> str:
@@ -309,7 +311,7 @@ PAPER_RULE = (
     f"over the table's comparisons); † marks a detected difference in MAP@R or k-NN accuracy (Holm p < "
     f"{stats.ALPHA}), and an unmarked one is within the noise at this n. Bold: the highest mean of a column among "
     "the losses. (edge): the selected margin, lr or temperature is the smallest or largest of the 3 or more its loss "
-    "was run at. " + BASELINE_RULE)
+    "was run at (a margin of 0 is no edge). " + BASELINE_RULE)
 
 
 def paper_headline(name: str, cells: pd.DataFrame, tuned: pd.DataFrame | None = None) -> Table:
