@@ -290,6 +290,25 @@ def test_a_grid_without_records_yet_is_left_out_and_named(tmp_path: Path, capsys
     assert main(["--results", str(_no_records(tmp_path / "only")), "--reports", str(tmp_path / "r2")]) == 2
 
 
+def test_the_report_removes_the_fragments_and_plots_it_no_longer_writes(tmp_path: Path) -> None:
+    """tex/ and plots/ are the report's own: a fragment or plot of an experiment no longer reported (a stale
+    "unfinished" table, a folder left out) is deleted, and every file the report writes stays."""
+    _write_small(tmp_path / "results", reverse=False)
+    reports = tmp_path / "reports"
+    stale = [reports / "tex" / "small-unfinished.tex", reports / "plots" / "gone" / "tsne.png"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("stale")
+    (reports / "README.md").write_text("hand-written")
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(reports)]) == 0
+    assert not any(path.exists() for path in stale) and not (reports / "plots" / "gone").exists()
+    assert (reports / "README.md").read_text() == "hand-written"
+    kept = sorted(path for path in reports.rglob("*") if path.is_file())
+    assert any(path.parent.name == "tex" for path in kept) and any(path.suffix == ".png" for path in kept)
+    assert main(["--results", str(tmp_path / "results"), "--reports", str(reports)]) == 0
+    assert sorted(path for path in reports.rglob("*") if path.is_file()) == kept
+
+
 def _write_small(folder: Path, reverse: bool) -> Path:
     """2 losses × 2 margins × 2 batch sizes × 2 seeds with embeddings and a baseline, records written in
     creation order or its reverse."""

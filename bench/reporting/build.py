@@ -48,7 +48,20 @@ def write_report(records: Records, reports_dir: Path | str, isolated: systems.Sy
     final = stats.final_rows(records.checkpoints)
     text = claims.markdown(claims.claims(summary, final), records.checkpoints.trial_id.nunique(), summary, final)
     written.append(write_text(reports_dir / "claims.md", text))
+    _remove_stale(reports_dir, written)
     return written
+
+
+def _remove_stale(reports_dir: Path, written: list[Path]) -> None:
+    """Delete the files under tex/ and plots/ (the report's own folders) that this report did not write, and the
+    folders left empty: a fragment of an experiment now complete or left out must not outlive its numbers."""
+    kept = {path.resolve() for path in written}
+    for folder in (reports_dir / "tex", reports_dir / "plots"):
+        for path in sorted(folder.rglob("*"), reverse=True) if folder.is_dir() else []:
+            if path.is_file() and path.resolve() not in kept:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
 
 def build_report(results_dir: Path | str, reports_dir: Path | str,
