@@ -235,6 +235,20 @@ def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -
     assert "Not measured yet (preset cpu-budget not run)." in text
 
 
+def test_the_batch_table_says_not_run_yet_for_a_cell_without_records(tmp_path: Path) -> None:
+    """A grid under way: B = 32's cells have no record yet, so their row states nothing (no 'nan samples')."""
+    import json
+
+    write_cpu_batch(tmp_path)
+    for path in (tmp_path / "cpu-batch" / "records").glob("*.json"):
+        if json.loads(path.read_text())["config"].get("batch_size") == 32:
+            path.unlink()
+    loaded = load_records(tmp_path)
+    rows = claims.batch_table(stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES)))
+    assert rows[1] == ["32", "not run yet", "–", "not run yet", "–"]
+    assert rows[0][1] == "480 samples, 30 steps, lr 0.001"
+
+
 @pytest.mark.parametrize(("swap", "verdict"), [(0.0, "supported"), (0.2, "contradicted")])
 def test_the_budget_claim_compares_the_rankings_at_both_budgets(tmp_path: Path, swap: float, verdict: str) -> None:
     """At 200k batch-all leads batch-hard by 0.1; at 1M batch-hard gains `swap` (detected when it overtakes)."""

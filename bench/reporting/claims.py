@@ -535,6 +535,9 @@ def batch_table(summary: pd.DataFrame) -> list[list[str]]:
                 row += ["–", "–"]
                 continue
             cell = chosen.iloc[0]
+            if not math.isfinite(float(cell.planned_steps)):  # no record of the cell yet: nothing to state
+                row += ["not run yet", "–"]
+                continue
             steps_planned = float(cell.planned_steps)
             row += [f"{steps_planned * size:,.0f} samples, {steps_planned:,.0f} steps, lr {float(cell.lr):.2g}",
                     str(tables.interval(cell, "map_at_r"))]
