@@ -235,6 +235,17 @@ def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -
     assert "Not measured yet (preset cpu-budget not run)." in text
 
 
+def test_the_budget_line_states_a_step_budget_with_the_samples_it_plans(tmp_path: Path) -> None:
+    """cpu-batch's equal-steps trials carry budget_samples 960 as a cap that 30 steps reach first (480 samples at
+    B = 16): the provenance states the steps and their samples, not the cap."""
+    from bench.reporting import tables
+
+    write_cpu_batch(tmp_path)
+    loaded = load_records(tmp_path)
+    line = tables.budget(stats.final_rows(loaded.checkpoints))
+    assert line == "mnist: 480 samples and 30 steps (480–960 samples), no time limit", line
+
+
 def test_the_batch_table_says_not_run_yet_for_a_cell_without_records(tmp_path: Path) -> None:
     """A grid under way: B = 32's cells have no record yet, so their row states nothing (no 'nan samples')."""
     import json

@@ -93,12 +93,16 @@ def _span(column: pd.Series) -> str:
 
 
 def budget(final: pd.DataFrame) -> str:
-    """Per dataset: the budget in samples and seconds."""
+    """Per dataset: the budget in samples (in steps, with the samples they plan, for trials with budget_steps, which
+    bounds them first) and seconds."""
     parts = []
     for dataset, trials in final[final.kind == "trial"].groupby("dataset"):
         limit = _joined(trials.budget_seconds, "")
-        parts.append(f"{dataset}: {_joined(trials.budget_samples)} samples, "
-                     + (f"{limit} s" if limit else "no time limit"))
+        stepped = trials.budget_steps.notna() if "budget_steps" in trials else pd.Series(False, index=trials.index)
+        amounts = ([f"{_joined(trials[~stepped].budget_samples)} samples"] if (~stepped).any() else []) + (
+            [f"{_joined(trials[stepped].budget_steps)} steps "
+             f"({_span(trials[stepped].planned_steps * trials[stepped].batch_size)} samples)"] if stepped.any() else [])
+        parts.append(f"{dataset}: {' and '.join(amounts)}, " + (f"{limit} s" if limit else "no time limit"))
     return "; ".join(parts) or "none (no trial)"
 
 
