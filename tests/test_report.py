@@ -258,15 +258,20 @@ def test_a_fresh_seed_headline_marks_the_edge_of_the_axis_its_loss_was_tuned_on(
 
 def test_a_control_has_no_margin_in_the_tables(tmp_path: Path) -> None:
     """The normalised softmax has no margin: its config's margin (0) is shown as "–" in the headline and the full
-    grid, while a triplet loss at margin 0 keeps its 0."""
-    records = [trial_record("ctl", loss, 0.0, 8, seed) for loss in ("normalized-softmax", "adaptive-mu")
-               for seed in range(3)]
-    write_experiment(tmp_path / "results", "ctl", records, {"dataset": ["mnist"],
-                                                            "loss": ["normalized-softmax", "adaptive-mu"],
-                                                            "margin": [0.0], "batch_size": [8], "seed": [0, 1, 2]})
+    grid, and left out of the comparison of experiments, while a triplet loss at margin 0 keeps its 0."""
+    for name in ("ctl", "other"):
+        records = [trial_record(name, loss, 0.0, 8, seed) for loss in ("normalized-softmax", "adaptive-mu")
+                   for seed in range(3)]
+        write_experiment(tmp_path / "results", name, records, {"dataset": ["mnist"],
+                                                               "loss": ["normalized-softmax", "adaptive-mu"],
+                                                               "margin": [0.0], "batch_size": [8], "seed": [0, 1, 2]})
     assert main(["--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 0
     markdown = (tmp_path / "reports" / "summary.md").read_text()
-    headline, grid = markdown.split("### Headline")[1].split("### Full grid")
+    comparison = markdown.split("## Comparison of experiments")[1].split("\n## ")[0]
+    control = next(line for line in comparison.splitlines() if "| normalized-softmax |" in line)
+    assert "(n=3), B 8 |" in control and "m 0" not in control, control
+    assert "(n=3), m 0 B 8 |" in next(line for line in comparison.splitlines() if "| adaptive-mu |" in line)
+    headline, grid = markdown.split("## Experiment ctl")[1].split("### Headline")[1].split("### Full grid")
     for table in (headline, grid.split("###")[0]):
         lines = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| ")]
         header, rows = lines[0], [dict(zip(lines[0], line, strict=True)) for line in lines[2:]]

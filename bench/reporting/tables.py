@@ -469,8 +469,8 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
             elif not chosen.empty:
                 cell = chosen.iloc[0]
                 where = "" if key.loss in stats.BASELINES else (
-                    f", m {plain(cell.margin)} B {plain(cell.batch_size)}" + (f" [{cell.variant}]" if cell.variant
-                                                                               else ""))
+                    ", " + ("" if key.loss in CONTROLS else f"m {plain(cell.margin)} ") + f"B {plain(cell.batch_size)}"
+                    + (f" [{cell.variant}]" if cell.variant else ""))  # a control has no margin
                 row.append(f"{interval(cell, 'map_at_r')}{where}")
             elif cells.empty:
                 row.append("not in this experiment")
