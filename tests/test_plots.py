@@ -171,6 +171,25 @@ def test_margin_plot_has_a_panel_per_batch_size_bands_baselines_and_failure_mark
     assert "budget" not in _title(figure)  # in each panel's title, in the panels' order
 
 
+def test_the_margin_plot_draws_a_control_as_a_level_not_at_margin_0(tmp_path: Path) -> None:
+    """The normalised softmax has no margin: its selected cell is a dash-dot level across the panel, named so in the
+    legend, never a point at m = 0 beside the triplet losses' margins."""
+    records = [trial_record("ctl", loss, margin, 16, seed, values={"map_at_r": level + seed / 100,
+                                                                    "val_map_at_r": level})
+               for loss, margin, level in (("batch-all", 0.1, 0.5), ("batch-all", 0.2, 0.6),
+                                           ("normalized-softmax", 0.0, 0.7)) for seed in (0, 1)]
+    figures, _, summary = _made(write_experiment(tmp_path, "ctl", records, {
+        "dataset": ["mnist"], "loss": ["batch-all", "normalized-softmax"], "margin": [0.0, 0.1, 0.2],
+        "batch_size": [16], "seed": [0, 1]}), "n = 2 seeds")
+    ax = figures["map_vs_margin"].axes[0]
+    assert "normalized-softmax" not in _lines(ax) and "batch-all" in _lines(ax)
+    level = float(summary[summary.loss == "normalized-softmax"].map_at_r_mean.iloc[0])
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "-." and line.get_ydata()[0] == level]
+    assert len(dashed) == 1
+    assert "normalized-softmax (no margin: its selected cell's level)" in _legend(figures["map_vs_margin"])
+    plt.close("all")
+
+
 def test_baselines_are_lines_in_view_or_named_off_the_axis(made, cited) -> None:
     for figures, summary in ((made[0], made[2]), (cited[0], cited[2])):
         for name in ("map_vs_margin", "map_vs_batch_size", "map_vs_samples_seen"):

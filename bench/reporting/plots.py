@@ -35,6 +35,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 
 from bench.engine.files import write_atomic  # noqa: E402
 from bench.reporting import stats  # noqa: E402
+from losses import CONTROLS  # noqa: E402
 
 TAB10 = plt.get_cmap("tab10").colors
 BASELINE_STYLE = {"pixels": {"color": "0.45", "linestyle": "--", "label": "baseline: raw pixels"},
@@ -252,9 +253,12 @@ def _cell_lines(ax: Axes, panel: pd.DataFrame, x: str, losses: list[str], colour
 
 
 def _legend(figure: Figure, colours: dict[str, Any], losses: list[str], baselines: list[str],
-            marks: set[str]) -> None:
-    """The figure's legend at its right: losses, baselines, then the marks drawn."""
-    handles = [Line2D([], [], color=colours[loss], marker="o", label=loss) for loss in losses]
+            marks: set[str], levels: tuple[str, ...] = ()) -> None:
+    """The figure's legend at its right: losses (those in `levels` drawn as a level line, not against x),
+    baselines, then the marks drawn."""
+    handles = [Line2D([], [], color=colours[loss], **({"linestyle": "-.", "label": f"{loss} (no margin: its selected "
+                                                        "cell's level)"} if loss in levels
+                                                      else {"marker": "o", "label": loss})) for loss in losses]
     handles += [Line2D([], [], **BASELINE_STYLE[name]) for name in stats.BASELINES if name in baselines]
     handles += [Line2D([], [], **style) for name, style in MARKS.items() if name in marks]
     figure.legend(handles=handles, loc="outside right center", fontsize="small")
@@ -285,8 +289,9 @@ def margins(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, ...],
         return f"a single margin ({', '.join(f'{v:g}' for v in sorted(cells.margin.unique()))}) in the grid"
     varied = (cells.variant != "").any()
     cells = _one_variant(cells)
-    panels, sizes = _panels(summary), sorted(cells.batch_size.unique())
     colours, losses = palette(order, list(cells.loss)), _ordered(cells.loss, order)
+    controls, cells = cells[cells.loss.isin(CONTROLS)], cells[~cells.loss.isin(CONTROLS)]  # no margin: a level
+    panels, sizes = _panels(summary), sorted(cells.batch_size.unique())
     figure, axes = plt.subplots(len(sizes), len(panels), figsize=(4.2 * len(panels) + 2.4, 3.2 * len(sizes)),
                                 squeeze=False, sharex="col", layout="constrained")
     drawn = Drawn()
@@ -295,6 +300,10 @@ def margins(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, ...],
             ax = axes[row][column]
             panel, ran = _in(cells, dataset, protocol), _in(trials, dataset, protocol)
             values = _cell_lines(ax, panel[panel.batch_size == size], "margin", losses, colours, drawn)
+            level = _in(controls, dataset, protocol)
+            for row in level[level.selected & (level.batch_size == size)].itertuples():
+                ax.axhline(row.map_at_r_mean, color=colours[row.loss], linestyle="-.", linewidth=1.2)
+                values.append(float(row.map_at_r_mean))
             _zoom(ax, values, _levels(summary, dataset, protocol))
             ax.set_title(f"{dataset}, {protocol} classes, batch {size:g}\n{_budget(ran[ran.batch_size == size])}",
                          fontsize="medium")
@@ -304,7 +313,7 @@ def margins(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, ...],
            ("Test MAP@R of each loss's cells at the variant (lr, normalisation, …) of its selected cell"
             if varied else "Test MAP@R of every cell")
            + f"; {_spread(drawn.counts)}; ★ each loss's validation-selected cell.")
-    _legend(figure, colours, losses, list(summary.loss.unique()), drawn.marks)
+    _legend(figure, colours, losses, list(summary.loss.unique()), drawn.marks, tuple(controls.loss.unique()))
     return figure
 
 
