@@ -187,7 +187,31 @@ def test_the_margin_plot_draws_a_control_as_a_level_not_at_margin_0(tmp_path: Pa
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "-." and line.get_ydata()[0] == level]
     assert len(dashed) == 1
     assert "normalized-softmax (no margin: its selected cell's level)" in _legend(figures["map_vs_margin"])
-    plt.close("all")
+    for figure in figures.values():  # its own figures only: the module's fixtures keep theirs open
+        if not isinstance(figure, str):
+            plt.close(figure)
+
+
+def test_no_legend_runs_into_the_title(made, cited) -> None:
+    """A legend beside one row of panels can be taller than the panels: the figure grows so that it stays below the
+    title (cpu-losses' margin plot, 11 entries under a 4-line title, had its legend over the title's last line)."""
+    figure, _ = plt.subplots(1, 1, figsize=(6.6, 3.2), layout="constrained")
+    plots._title(figure, "cpu-losses (n = 3 seeds; citable)", "Which margin does each mining strategy need, at "
+                 "equal samples?", "Test MAP@R of each loss's cells at the variant (lr, normalisation, …) of its "
+                 "selected cell; mean of n = 3 seeds, 95% t band; ★ each loss's validation-selected cell.")
+    losses = [*ORDER, "normalized-softmax"]
+    plots._legend(figure, plots.palette(tuple(losses), losses), losses, list(stats.BASELINES), {"selected"},
+                  ("normalized-softmax",))
+    for figures in (made[0], cited[0], {"one panel": figure}):
+        for name, made_figure in figures.items():
+            if isinstance(made_figure, str):  # not made, and why
+                continue
+            made_figure.canvas.draw()
+            renderer = made_figure.canvas.get_renderer()
+            title = made_figure._suptitle.get_window_extent(renderer)
+            for legend in made_figure.legends:
+                assert not title.overlaps(legend.get_window_extent(renderer)), name
+    plt.close(figure)
 
 
 def test_baselines_are_lines_in_view_or_named_off_the_axis(made, cited) -> None:

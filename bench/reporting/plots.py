@@ -252,6 +252,9 @@ def _cell_lines(ax: Axes, panel: pd.DataFrame, x: str, losses: list[str], colour
     return values
 
 
+LEGEND_ROW_INCHES, TITLE_LINE_INCHES = 0.24, 0.2  # a "small" legend entry's height, a "medium" title line's
+
+
 def _legend(figure: Figure, colours: dict[str, Any], losses: list[str], baselines: list[str],
             marks: set[str], levels: tuple[str, ...] = ()) -> None:
     """The figure's legend at its right: losses (those in `levels` drawn as a level line, not against x),
@@ -262,6 +265,9 @@ def _legend(figure: Figure, colours: dict[str, Any], losses: list[str], baseline
     handles += [Line2D([], [], **BASELINE_STYLE[name]) for name in stats.BASELINES if name in baselines]
     handles += [Line2D([], [], **style) for name, style in MARKS.items() if name in marks]
     figure.legend(handles=handles, loc="outside right center", fontsize="small")
+    # the legend stands beside the panels, below the title: a figure shorter than both grows to hold them
+    needed = LEGEND_ROW_INCHES * len(handles) + TITLE_LINE_INCHES * (figure.get_suptitle().count("\n") + 1) + 0.4
+    figure.set_figheight(max(figure.get_figheight(), needed))
 
 
 def _wrapped(*lines: str, width: int = 62) -> str:
