@@ -187,6 +187,8 @@ def test_the_margin_plot_draws_a_control_as_a_level_not_at_margin_0(tmp_path: Pa
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "-." and line.get_ydata()[0] == level]
     assert len(dashed) == 1
     assert "normalized-softmax (no margin: its selected cell's level)" in _legend(figures["map_vs_margin"])
+    curves = figures["map_vs_samples_seen"].axes[0].get_title().replace("\n", " ")
+    assert "normalized-softmax B 16" in curves and "batch-all m 0.2 B 16" in curves, curves
     for figure in figures.values():  # its own figures only: the module's fixtures keep theirs open
         if not isinstance(figure, str):
             plt.close(figure)

@@ -468,7 +468,7 @@ def curves(summary: pd.DataFrame, checkpoints: pd.DataFrame, x: str, order: tupl
             shown.append(points)
         _zoom(ax, values, _levels(summary, dataset, protocol))
         every = pd.concat(shown)
-        settings = ", ".join(f"{row.loss} m {row.margin:g} B {row.batch_size:g}"
+        settings = ", ".join(f"{row.loss}{'' if row.loss in CONTROLS else f' m {row.margin:g}'} B {row.batch_size:g}"
                              for row in _in(chosen, dataset, protocol).itertuples())
         ax.set_title(_wrapped(f"{dataset}, {protocol} classes; {_budget(stats.final_rows(every))}",
                               f"selected: {settings}", _eval_sizes(every, _on_subsets(every))), fontsize="small")
