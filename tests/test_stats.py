@@ -305,3 +305,11 @@ def test_the_margin_check_does_not_apply_to_a_control(tmp_path: Path) -> None:
     assert check.loc["batch-all", "too_easy"] and not check.loc["normalized-softmax", "too_easy"]
     rows = {row[2]: row[-1] for row in margin_table("m", cells).rows}
     assert rows == {"batch-all": "> 50% easy", "normalized-softmax": "none: no margin (a control)"}
+
+
+def test_a_cells_setting_names_no_margin_for_a_control() -> None:
+    """Every report text that names a selected cell (plots' titles, claims' tables) says 'B 64' for the normalised
+    softmax, whose config margin 0 is no margin, and 'm 0, B 64' for a triplet loss at margin 0."""
+    assert stats.setting_text("normalized-softmax", 0.0, 64.0) == "B 64"
+    assert stats.setting_text("adaptive-mu", 0.0, 64.0) == "m 0, B 64"
+    assert stats.setting_text("batch-all", 0.2, 256.0, " ") == "m 0.2 B 256"

@@ -635,7 +635,7 @@ def protocol_table(summary: pd.DataFrame) -> tuple[str, str, list[list[str]]]:
         if rows.empty:
             return ["–", "–", "–"]
         row = rows.iloc[0]
-        return [f"m {row.margin:g}, B {row.batch_size:g}" + (f" [{row.variant}]" if row.variant else ""),
+        return [stats.setting_text(loss, row.margin, row.batch_size) + (f" [{row.variant}]" if row.variant else ""),
                 str(tables.interval(row, "map_at_r")), str(rank[loss])]
 
     order = [*_ranking(unseen), *(loss for loss in _ranking(seen) if loss not in set(unseen.loss))]

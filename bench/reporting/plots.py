@@ -463,12 +463,12 @@ def curves(summary: pd.DataFrame, checkpoints: pd.DataFrame, x: str, order: tupl
         for cell in _in(chosen, dataset, protocol).itertuples():
             points = _in(valid, dataset, protocol)
             points = points[stats.in_cell(points, cell)]
-            values += _curve(ax, points, x, colours[cell.loss], f"{cell.loss} (m {cell.margin:g}, "
-                             f"B {cell.batch_size:g})", drawn)
+            values += _curve(ax, points, x, colours[cell.loss],
+                             f"{cell.loss} ({stats.setting_text(cell.loss, cell.margin, cell.batch_size)})", drawn)
             shown.append(points)
         _zoom(ax, values, _levels(summary, dataset, protocol))
         every = pd.concat(shown)
-        settings = ", ".join(f"{row.loss}{'' if row.loss in CONTROLS else f' m {row.margin:g}'} B {row.batch_size:g}"
+        settings = ", ".join(f"{row.loss} {stats.setting_text(row.loss, row.margin, row.batch_size, ' ')}"
                              for row in _in(chosen, dataset, protocol).itertuples())
         ax.set_title(_wrapped(f"{dataset}, {protocol} classes; {_budget(stats.final_rows(every))}",
                               f"selected: {settings}", _eval_sizes(every, _on_subsets(every))), fontsize="small")
@@ -584,8 +584,8 @@ def fractions(summary: pd.DataFrame, checkpoints: pd.DataFrame, order: tuple[str
                 intervals = [stats.t_interval(g[name]) for _, g in by_checkpoint]
                 _band(ax, [g.samples_seen.mean() for _, g in by_checkpoint], intervals, colour, label)
                 drawn.counts += [i.n for i in intervals]
-            ax.set_title(f"{dataset}, {protocol}: {loss}\nselected m {cell.margin:g}, B {cell.batch_size:g}; "
-                         f"{budget}", fontsize="small")
+            ax.set_title(f"{dataset}, {protocol}: {loss}\nselected "
+                         f"{stats.setting_text(loss, cell.margin, cell.batch_size)}; {budget}", fontsize="small")
             ax.set(xlabel=SAMPLES_LABEL, ylabel="fraction of triplets")
             _few_ticks(ax.xaxis)
     handles = [Line2D([], [], color=colour, marker="o", label=label) for label, colour in FRACTION_COLOURS.values()]
@@ -650,8 +650,9 @@ def tsne(summary: pd.DataFrame, final: pd.DataFrame, order: tuple[str, ...], exp
             for index, label in enumerate(classes):
                 mask = labels == label
                 ax.scatter(xy[mask, 0], xy[mask, 1], s=5, linewidths=0, color=colours[index % len(colours)])
-            ax.set(title=f"{cell.dataset}, {cell.protocol}: {cell.loss}\nselected m {cell.margin:g}, "
-                         f"B {cell.batch_size:g}, seed {seed:g}", xticks=[], yticks=[],
+            ax.set(title=f"{cell.dataset}, {cell.protocol}: {cell.loss}\nselected "
+                         f"{stats.setting_text(cell.loss, cell.margin, cell.batch_size)}, seed {seed:g}",
+                   xticks=[], yticks=[],
                    xlabel="t-SNE 1 (no unit)", ylabel="t-SNE 2 (no unit)")
             ax.title.set_fontsize("small")
         for ax in axes_row[len(panels):]:

@@ -259,6 +259,11 @@ def select(summary: pd.DataFrame) -> pd.DataFrame:
 SELECTION_KEYS = ("val_map_at_r_mean", "val_knn_accuracy_mean", "margin", "batch_size", "variant")
 
 
+def setting_text(loss: str, margin: float, batch_size: float, sep: str = ", ") -> str:
+    """A cell's setting as text, 'm 0.2, B 64'; 'B 64' for a control (losses.CONTROLS), which has no margin."""
+    return f"B {batch_size:g}" if loss in CONTROLS else f"m {margin:g}{sep}B {batch_size:g}"
+
+
 def in_cell(rows: pd.DataFrame, cell: Any) -> pd.Series:
     """Bool per row (trials or checkpoints): whether it is of the summary row `cell`'s dataset, protocol, loss,
     margin, batch size and variant (in any experiment: the caller's to restrict)."""
