@@ -259,9 +259,9 @@ def _legend(figure: Figure, colours: dict[str, Any], losses: list[str], baseline
             marks: set[str], levels: tuple[str, ...] = ()) -> None:
     """The figure's legend at its right: losses (those in `levels` drawn as a level line, not against x),
     baselines, then the marks drawn."""
-    handles = [Line2D([], [], color=colours[loss], **({"linestyle": "-.", "label": f"{loss} (no margin: its selected "
-                                                        "cell's level)"} if loss in levels
-                                                      else {"marker": "o", "label": loss})) for loss in losses]
+    handles = [Line2D([], [], color=colours[loss], linestyle="-.", label=f"{loss} (no margin: its selected cell's "
+                      "level)") if loss in levels else Line2D([], [], color=colours[loss], marker="o", label=loss)
+               for loss in losses]
     handles += [Line2D([], [], **BASELINE_STYLE[name]) for name in stats.BASELINES if name in baselines]
     handles += [Line2D([], [], **style) for name, style in MARKS.items() if name in marks]
     figure.legend(handles=handles, loc="outside right center", fontsize="small")

@@ -99,9 +99,13 @@ def budget(final: pd.DataFrame) -> str:
     for dataset, trials in final[final.kind == "trial"].groupby("dataset"):
         limit = _joined(trials.budget_seconds, "")
         stepped = trials.budget_steps.notna() if "budget_steps" in trials else pd.Series(False, index=trials.index)
-        amounts = ([f"{_joined(trials[~stepped].budget_samples)} samples"] if (~stepped).any() else []) + (
-            [f"{_joined(trials[stepped].budget_steps)} steps "
-             f"({_span(trials[stepped].planned_steps * trials[stepped].batch_size)} samples)"] if stepped.any() else [])
+        by_samples, by_steps = trials[~stepped], trials[stepped]
+        amounts = []
+        if len(by_samples):
+            amounts.append(f"{_joined(by_samples.budget_samples)} samples")
+        if len(by_steps):
+            amounts.append(f"{_joined(by_steps.budget_steps)} steps "
+                           f"({_span(by_steps.planned_steps * by_steps.batch_size)} samples)")
         parts.append(f"{dataset}: {' and '.join(amounts)}, " + (f"{limit} s" if limit else "no time limit"))
     return "; ".join(parts) or "none (no trial)"
 
@@ -254,10 +258,8 @@ def margin_text(row: Any, trials: pd.DataFrame) -> str:
     """The selected cell's margin, marked "(edge)" when it is the smallest or largest margin its loss was run at
     (on a margin axis of 3 or more values: the optimum may lie outside the axis); 0, the smallest margin allowed, is
     no edge: nothing lies below it."""
-    if row.loss in CONTROLS:
-        return ABSENT
-    edge = row.margin != 0 and _at_edge(row.margin, _loss_cells(row, trials).margin)
-    return plain(row.margin) + (" (edge)" if edge else "")
+    edge = row.loss not in CONTROLS and row.margin != 0 and _at_edge(row.margin, _loss_cells(row, trials).margin)
+    return margin_value(row) + (" (edge)" if edge else "")
 
 
 def margin_value(row: Any) -> str:
@@ -303,7 +305,8 @@ def headline(name: str, cells: pd.DataFrame, tuned: pd.DataFrame | None = None) 
             why = "selection not possible: no validation metrics"
         else:
             why = "no eligible cell: " + "; ".join(
-                f"m {plain(r.margin)} B {plain(r.batch_size)}{f' [{r.variant}]' if r.variant else ''}: {statuses(r)}"
+                f"{stats.setting_text(r.loss, r.margin, r.batch_size, ' ')}{f' [{r.variant}]' if r.variant else ''}: "
+                f"{statuses(r)}"
                 for r in group.itertuples())
         rows.append([loss, ABSENT, ABSENT, ABSENT, ABSENT, why, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT, ABSENT])
     return Table(name, header, rows), noise_sentence(selected, trials)
@@ -469,8 +472,8 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
             elif not chosen.empty:
                 cell = chosen.iloc[0]
                 where = "" if key.loss in stats.BASELINES else (
-                    ", " + ("" if key.loss in CONTROLS else f"m {plain(cell.margin)} ") + f"B {plain(cell.batch_size)}"
-                    + (f" [{cell.variant}]" if cell.variant else ""))  # a control has no margin
+                    f", {stats.setting_text(cell.loss, cell.margin, cell.batch_size, ' ')}"
+                    + (f" [{cell.variant}]" if cell.variant else ""))
                 row.append(f"{interval(cell, 'map_at_r')}{where}")
             elif cells.empty:
                 row.append("not in this experiment")
