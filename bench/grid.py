@@ -327,37 +327,42 @@ def run_ray(
         poller = threading.Thread(target=_poll_records, args=(ctx, points, progress, stop), daemon=True)
         poller.start()
         try:
-            tuner.fit()
+            results = tuner.fit()
         finally:
             stop.set()
             poller.join()
-        report_unfinished(ctx, points, progress, tune.ExperimentAnalysis(str(state)).trials)
+        report_unfinished(ctx, points, progress, fitted_trials(results))
     finally:
         if started_ray:
             ray.shutdown()
 
 
+def fitted_trials(results: Any) -> list[Any]:
+    """Tune's Trials as Tuner.fit left them, held in memory by its ResultGrid (a Result has no status, nor a config
+    when its trial was lost before the first report). Not the copy under the results folder, which Tune uploads
+    from a staging folder in a background thread: an upload that fails is logged and swallowed, leaving it stale."""
+    return results._experiment_analysis.trials
+
+
 def report_unfinished(ctx: Context, points: list[dict[str, Any]], progress: Progress, trials: list[Any]) -> None:
     """After a Tune run: every point with a record goes to `progress`; one without gets a line of its own (an OOM
-    record where Ray killed it for memory) unless Tune left it unstarted or in flight, which one line counts."""
-    states: dict[str, Any] = {}  # a trial lost before its first report has no config in its Result, hence the Trials
-    for trial in trials:
-        states[ctx.trial_id(ctx.grid.point(trial.config))] = trial
-    in_flight: Counter[str] = Counter()
+    record where Ray killed it for memory) unless an interrupt stopped it or left it unstarted, which one line
+    counts (Tune ends a trial it stops at an interrupt as TERMINATED, hence TERMINATED without a record)."""
+    states = {ctx.trial_id(ctx.grid.point(trial.config)): trial for trial in trials}
+    stopped = 0
     for point in points:
         if (record := read_record(ctx, point)) is not None:
             progress.finished(record)
         elif (trial := states.get(ctx.trial_id(point))) is None:
             ray_failure(ctx, point, RuntimeError("Tune has no trial for it"))
-        elif trial.status in ("PENDING", "PAUSED", "RUNNING"):
-            in_flight[trial.status] += 1
+        elif trial.status in ("PENDING", "PAUSED", "RUNNING", "TERMINATED"):
+            stopped += 1
         else:
-            text = trial.get_error()
             ray_failure(ctx, point, trial.get_pickled_error() or RuntimeError(
-                text or f"Tune ended it as {trial.status} without a record"))
-    if in_flight:
-        print(f"{sum(in_flight.values())} trial(s) left {', '.join(sorted(in_flight))} by Tune (interrupted); "
-              "re-run the same command to resume them", flush=True)
+                trial.get_error() or f"Tune ended it as {trial.status} without a record"))
+    if stopped:
+        print(f"{stopped} trial(s) stopped or not started by Tune (interrupted); re-run the same command to resume "
+              "them", flush=True)
 
 
 def ray_failure(ctx: Context, point: dict[str, Any], error: BaseException) -> None:

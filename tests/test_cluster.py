@@ -267,6 +267,7 @@ def test_ctrl_c_under_ray_ends_with_the_projects_line_and_no_ray_advice(tmp_path
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 1, out + err
     assert "unfinished; re-run the same command to resume" in out
+    assert "stopped or not started by Tune (interrupted)" in out and "failed in Ray" not in out, out
     for noise in ("Tuner.restore", "Resume experiment with", "Failed to fetch metrics", "tensorboard", "Token auth"):
         assert noise not in out + err, noise
     assert (tmp_path / "results/sleepy/ray/tuner.pkl").is_file()
