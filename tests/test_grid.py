@@ -343,7 +343,8 @@ def test_smoke_grid_as_a_subprocess_on_ray_with_real_trials(tiny_data_dir: Path,
 def test_sigterm_stops_a_ray_grid_in_one_line_and_the_rerun_completes(tiny_data_dir: Path, tmp_path: Path) -> None:
     """`kill` (SIGTERM) during the smoke grid on Ray: exit 130 and one line, no stack trace (Ray's own handler
     prints one); the records already written stay, and the same command then completes the grid."""
-    argv = [sys.executable, "-m", "bench.grid", "--smoke", "--backend", "ray", "--results", str(tmp_path)]
+    argv = [sys.executable, "-m", "bench.grid", "--smoke", "--backend", "ray", "--no-report", "--results",
+            str(tmp_path)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:  # the first finished trial
