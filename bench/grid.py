@@ -371,7 +371,8 @@ def ray_failure(ctx: Context, point: dict[str, Any], error: BaseException) -> No
         record = make_record(ctx, point, "OOM", one_line(error), [], LOST)
         records.write_record(_record_path(ctx, record["trial_id"]), record)
     else:
-        print(f"trial {point} failed in Ray ({one_line(error, 200)}); re-run the same command to resume it",
+        cause = getattr(error, "cause", None) or error  # a RayTaskError: what the trial raised, not Ray's traceback
+        print(f"trial {point} failed in Ray ({one_line(cause, 200)}); re-run the same command to resume it",
               flush=True)
 
 

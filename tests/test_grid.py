@@ -20,7 +20,7 @@ import ray
 import torch
 
 from bench.engine.config import METRICS
-from bench.engine.device import is_oom
+from bench.engine.device import is_oom, one_line
 from bench.engine.synthetic import write_synthetic
 from bench.experiment.fingerprint import fingerprint
 from bench.experiment.gridspec import AXES, Grid, GridError
@@ -410,7 +410,10 @@ def test_interrupted_grid_resumes_without_rerunning_finished_trials(
     preset, data_dir = fake_setup
     (data_dir / "INTERRUPT").touch()
     assert run_grid(str(preset), data_dir, tmp_path, backend="ray", trial_fn=fake_trial) == 1
-    assert "2 unfinished; re-run the same command to resume" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 unfinished; re-run the same command to resume" in out
+    # the line names what the trial raised in its worker (Ray cancels the task), without Ray's coloured traceback
+    assert out.count("failed in Ray (TaskCancelledError: ") == 2 and "\x1b" not in out and "ImplicitFunc" not in out
     first = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in (tmp_path / "fake/records").glob("*")}
     assert sorted(path.suffix for path in first) == [".json"] * 14 + [".npz"]
     assert (tmp_path / "fake" / "ray" / "tuner.pkl").is_file() and not (tmp_path / "fake" / "tuner.pkl").exists()
@@ -557,6 +560,12 @@ def test_out_of_memory_errors_are_recognised() -> None:
     assert is_oom(RuntimeError("CUDA error: out of memory")) and is_oom(MemoryError())
     assert is_oom(RuntimeError("Task was killed due to the node running low on memory.\nMemory on the node"))
     assert not is_oom(ValueError("loss is NaN")) and not is_oom(RuntimeError("The actor died unexpectedly"))
+
+
+def test_one_line_drops_rays_colour_codes_and_collapses_whitespace() -> None:
+    coloured = RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)\n  File \"x.py\"")
+    assert one_line(coloured) == 'RuntimeError: ray::ImplicitFunc.train() (pid=1) File "x.py"'
+    assert one_line(ValueError("a" * 50), limit=10) == "ValueErro…"
 
 
 def test_without_ray_auto_falls_back_to_local(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -10,6 +10,7 @@ from bench.engine.config import ConfigError
 
 # CUDA's and the CPU allocator's messages (torch: "DefaultCPUAllocator: can't allocate memory"), Ray's memory
 # monitor ("Task was killed due to the node running low on memory") and a pickled OutOfMemoryError's name
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 OOM_PATTERN = re.compile(r"out of memory|low on memory|can't allocate memory|OutOfMemoryError", re.IGNORECASE)
 
 
@@ -35,8 +36,9 @@ def sync(device: torch.device) -> None:
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:
-    """`Type: message`, whitespace collapsed to single spaces and cut to `limit` characters."""
-    text = " ".join(f"{type(err).__name__}: {err}".split())
+    """`Type: message`, terminal colour codes (Ray's tracebacks) dropped, whitespace collapsed to single spaces and
+    cut to `limit` characters."""
+    text = " ".join(ANSI_COLOUR.sub("", f"{type(err).__name__}: {err}").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
