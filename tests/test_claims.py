@@ -218,8 +218,31 @@ def test_the_batch_size_claim_reads_cpu_batch_at_equal_steps_and_samples(tmp_pat
     write_cpu_batch(tmp_path, steps_gain, samples_gain)
     found = report_claims(tmp_path)["larger batches (512) improve online mining"]
     assert found.verdict == f"at equal samples mnist: supported; cpu-batch {verdict}", found
-    assert "at equal steps: test MAP@R (B 32 − B 16) Δ " in found.numbers and "n = 3 seeds" in found.numbers
+    assert "at equal steps: test MAP@R (B 32 − B 16; B 32 sees 2× the samples) Δ " in found.numbers
+    assert "at equal samples (√-scaled lr): test MAP@R (B 32 − B 16; B 32 takes 1/2 of the steps) Δ " in found.numbers
+    assert "n = 3 seeds" in found.numbers and "Holm over cpu-batch's two." in found.numbers
     assert "not measured yet" not in found.numbers
+
+
+@pytest.mark.parametrize(("longer_gain", "verdict"), [(-0.05, "supported"), (0.1, "contradicted")])
+def test_the_batch_size_claim_weighs_the_larger_batch_against_the_smaller_on_more_samples(
+        tmp_path: Path, longer_gain: float, verdict: str) -> None:
+    """At equal steps B 32 sees 2x B 16's samples; cpu-budget runs B 16's cell to 1,200 samples (75 steps), more
+    than B 32's 960: B 32 at 960 against B 16 at 1,200 tells a batch's gain from its samples'."""
+    write_cpu(tmp_path, 0.05)
+    write_cpu_batch(tmp_path, steps_gain=0.05)
+    b32 = 0.5 + 0.05 * 2  # write_cpu_batch's B 32 at equal steps, before its noise
+    records = [trial_record("cpu-budget", "batch-all", 0.2, 16, seed, steps=75, values={
+        "map_at_r": b32 + longer_gain + 0.002 * ((seed * 5) % 3) + seed / 100, "val_map_at_r": 0.8})
+        for seed in SEEDS]
+    write_experiment(tmp_path, "cpu-budget", records, {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2],
+                                                        "batch_size": [16], "seed": SEEDS}, citable=True)
+    found = report_claims(tmp_path)["larger batches (512) improve online mining"]
+    assert found.verdict.endswith(f" / B 32 on fewer samples: {verdict}"), found
+    assert ("B 32 on fewer samples: test MAP@R (B 32 at 960 samples (30 steps) − B 16 at 1,200 samples (75 steps), "
+            "cpu-budget) Δ ") in found.numbers, found.numbers
+    assert "at equal steps: test MAP@R (B 32 − B 16; B 32 sees 2× the samples) Δ " in found.numbers
+    assert "Holm over cpu-batch's three." in found.numbers
 
 
 def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -> None:

@@ -155,6 +155,12 @@ def _counts(final: pd.DataFrame, mask: pd.Series) -> str:
             + (f", {diverged} diverged" if diverged else ""))
 
 
+def _samples(trials: pd.DataFrame, size: int) -> str:
+    """'800,000 samples (3,125 steps)': what the trials of batch size `size` saw (the first, when they differ)."""
+    row = trials[trials.batch_size == size].iloc[0]
+    return f"{row.samples_seen:,.0f} samples ({row.samples_seen / size:,.0f} steps)"
+
+
 def _trials(final: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return final[(final.experiment == experiment) & (final.kind == "trial")]
 
@@ -206,8 +212,9 @@ def larger_batches(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """Larger batches give online mining more, and harder, triplets."""
     claim = Claim("larger batches (512) improve online mining", "tutorial",
                   "cpu: the largest batch against the smallest at equal samples (same dataset, loss, margin, seed); "
-                  "cpu-batch: "
-                  "B = 64 to 512 at equal steps", "", "")
+                  "cpu-batch: the largest batch against the smallest at equal steps and at equal samples; cpu-budget: "
+                  "the smallest batch run to more samples, against the largest equal-steps batch that saw fewer",
+                  "", "")
     if not _complete(summary, "cpu"):
         return claim._replace(verdict=_pending("cpu", summary))
     trials = final[(final.experiment == "cpu") & (final.kind == "trial")]
@@ -225,22 +232,40 @@ def larger_batches(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     if not _complete(summary, "cpu-batch"):
         return claim._replace(numbers="; ".join(parts) + "; equal steps: " + _pending("cpu-batch", summary)
                               + ". Holm over the datasets.", verdict=verdict)
-    batch_parts, batch_verdicts = _batch_size_tests(_trials(final, "cpu-batch"))
+    budget = _trials(final, "cpu-budget") if _complete(summary, "cpu-budget") else None
+    batch_parts, batch_verdicts = _batch_size_tests(_trials(final, "cpu-batch"), budget)
+    tests = {2: "two", 3: "three"}
     return claim._replace(numbers="; ".join(parts) + ". Holm over the datasets; " + "; ".join(batch_parts)
-                          + ". Holm over cpu-batch's two.", verdict=f"{verdict}; cpu-batch {batch_verdicts}")
+                          + f". Holm over cpu-batch's {tests[len(batch_parts)]}.",
+                          verdict=f"{verdict}; cpu-batch {batch_verdicts}")
 
 
-def _batch_size_tests(trials: pd.DataFrame) -> tuple[list[str], str]:
+def _batch_size_tests(trials: pd.DataFrame, budget: pd.DataFrame | None) -> tuple[list[str], str]:
     """cpu-batch's largest batch against its smallest, paired over seeds, in each of its blocks: at equal steps
-    (budget_steps set) and at equal samples (no step limit, the lr scaled by √B): the numbers and the verdicts."""
-    blocks = (("at equal steps", trials[trials.budget_steps.notna()]),
-              ("at equal samples (√-scaled lr)", trials[trials.budget_steps.isna()]))
+    (budget_steps set; the larger batch sees more samples) and at equal samples (no step limit, the lr scaled by
+    √B). With cpu-budget's trials (the smallest batch's cell run to more samples), a third: the largest equal-steps
+    batch that saw no more samples than they did, against them; if it still leads, more samples alone do not explain
+    the gain at equal steps. The numbers and the verdicts."""
+    steps = trials[trials.budget_steps.notna()]
+    blocks = [("at equal steps", steps, "sees {k}× the samples"),
+              ("at equal samples (√-scaled lr)", trials[trials.budget_steps.isna()], "takes 1/{k} of the steps")]
     results, labels = [], []
-    for name, block in blocks:
+    for name, block, cost in blocks:
         small, large = int(block.batch_size.min()), int(block.batch_size.max())
         results.append(paired(block, block.batch_size == large, block.batch_size == small,
                               ["dataset", "loss", "margin"], "map_at_r", both_collapsed=False))
-        labels.append((name, f"{name}: test MAP@R (B {large} − B {small})"))
+        labels.append((name, f"{name}: test MAP@R (B {large} − B {small}; B {large} {cost.format(k=large // small)})"))
+    small = int(steps.batch_size.min())
+    longer = (budget[budget.batch_size == small].merge(steps[["dataset", "loss", "margin"]].drop_duplicates())
+              if budget is not None else steps.iloc[:0])
+    fewer = steps[steps.samples_seen <= longer.samples_seen.min()] if len(longer) else steps.iloc[:0]
+    if len(fewer) and (large := int(fewer.batch_size.max())) > small:
+        both = pd.concat([fewer[fewer.batch_size == large], longer])
+        results.append(paired(both, both.experiment == "cpu-batch", both.experiment == "cpu-budget",
+                              ["dataset", "loss", "margin"], "map_at_r", both_collapsed=False))
+        name = f"B {large} on fewer samples"
+        labels.append((name, f"{name}: test MAP@R (B {large} at {_samples(fewer, large)} − B {small} at "
+                             f"{_samples(longer, small)}, cpu-budget)"))
     adjusted = stats.holm([r.p for r in results])
     parts = [_paired_text(r, label) + f", Holm {_p(p)}" for r, (_, label), p in zip(results, labels, adjusted,
                                                                                      strict=True)]
