@@ -83,6 +83,13 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
+def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune retries a trial that raised KeyboardInterrupt (INTERRUPT) as it does a lost worker, MAX_NODE_FAILURES
+    times, each on a new worker process: for tests of an interrupt, not of the retries (the killed-worker test's)."""
+    monkeypatch.setattr("bench.grid.MAX_NODE_FAILURES", 0)
+
+
+@pytest.fixture
 def fake_setup(tmp_path: Path) -> tuple[Path, Path]:
     """(preset path, data folder with a tiny mnist.npz) for the fake grid."""
     preset = tmp_path / "fake.json"
@@ -259,7 +266,8 @@ def test_protocol_is_an_optional_axis_that_a_dataset_may_widen(protocol_setup: t
 
 @pytest.mark.slow
 def test_a_widened_protocol_axis_runs_and_resumes_through_ray(
-    ray_session: None, protocol_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    ray_session: None, no_retries: None, protocol_setup: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     preset, data_dir = protocol_setup
     (data_dir / "INTERRUPT").touch()  # the seed-1 trials stop like Ctrl-C
@@ -405,7 +413,8 @@ def test_failures_are_recorded_and_local_backend_writes_the_same_files(
 
 @pytest.mark.slow
 def test_interrupted_grid_resumes_without_rerunning_finished_trials(
-    ray_session: None, fake_setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    ray_session: None, no_retries: None, fake_setup: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     preset, data_dir = fake_setup
     (data_dir / "INTERRUPT").touch()
