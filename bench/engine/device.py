@@ -8,9 +8,9 @@ import torch
 
 from bench.engine.config import ConfigError
 
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # a terminal colour code, as in Ray's tracebacks
 # CUDA's and the CPU allocator's messages (torch: "DefaultCPUAllocator: can't allocate memory"), Ray's memory
 # monitor ("Task was killed due to the node running low on memory") and a pickled OutOfMemoryError's name
-ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 OOM_PATTERN = re.compile(r"out of memory|low on memory|can't allocate memory|OutOfMemoryError", re.IGNORECASE)
 
 
