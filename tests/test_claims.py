@@ -245,6 +245,28 @@ def test_the_batch_size_claim_weighs_the_larger_batch_against_the_smaller_on_mor
     assert "Holm over cpu-batch's three." in found.numbers
 
 
+def test_a_loss_whose_cells_differ_in_budget_has_no_selected_cell(tmp_path: Path) -> None:
+    """cpu-batch's equal-steps cells train on more samples than its equal-samples ones, so the longest budget would
+    win on validation for its budget alone: no cell is selected; the headline, the comparison of experiments and
+    each cell's label say why, while cpu (one budget) still selects."""
+    from bench.reporting import tables
+
+    write_cpu(tmp_path, 0.05)
+    write_cpu_batch(tmp_path, steps_gain=0.05)
+    loaded = load_records(tmp_path)
+    summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    trials = summary[~summary.loss.isin(stats.BASELINES)]
+    batch, cpu = trials[trials.experiment == "cpu-batch"], trials[trials.experiment == "cpu"]
+    assert batch.eligible.all() and batch.mixed_budget.all() and not batch.selected.any()
+    assert cpu.selected.sum() == 2 and not cpu.mixed_budget.any()
+    assert {tables.selection_label(row) for row in batch.itertuples()} == {"not selected: budgets differ"}
+    rows, _ = tables.headline("h", summary[summary.experiment == "cpu-batch"])
+    assert [row[5] for row in rows.rows if row[0] == "batch-all"] == [tables.NO_SELECTION_ACROSS_BUDGETS]
+    comparison = tables.comparison_table(summary, ["cpu", "cpu-batch"])
+    row = next(row for row in comparison.rows if row[2] == "batch-all")
+    assert row[3].startswith("0.") and row[4] == tables.NO_SELECTION_ACROSS_BUDGETS
+
+
 def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -> None:
     write_cpu_batch(tmp_path)
     loaded = load_records(tmp_path)

@@ -159,7 +159,7 @@ def test_margin_plot_has_a_panel_per_batch_size_bands_baselines_and_failure_mark
     assert len(figure.axes) == 2  # batch sizes 16 and 32, one dataset × protocol
     for ax, batch in zip(figure.axes, (16, 32), strict=True):
         assert ax.get_xlabel() == "margin m" and ax.get_ylabel() == "test MAP@R (fraction, 0 to 1)"
-        assert ax.get_title() == f"mnist, seen classes, batch {batch}\nbudget {plots.short(batch * 60)} samples"
+        assert ax.get_title() == f"mnist, seen classes, batch {batch}\nbudget {plots.short(60 * 32)} samples"
         lines = _lines(ax)
         assert {"batch-all", "batch-hard", "quadruplet"} <= set(lines)
         hard = summary[(summary.loss == "batch-hard") & (summary.batch_size == batch)].sort_values("margin")

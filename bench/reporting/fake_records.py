@@ -67,9 +67,10 @@ def trial_record(experiment: str, loss: str, margin: float, batch_size: int, see
                  subsets: dict[str, int] | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """A trial record: `values` overrides the final checkpoint's fields (metrics default to a fixed function of
     the cell and seed), `config` the config's keys (a variant axis's value, say); a status other than ok/collapsed
-    keeps only the checkpoints before the failure. `steps`
-    (default 20 per checkpoint) sets the budget; `subsets`, the evaluation sizes of the checkpoints before the last
-    (which then evaluate subsets, as the reference grids do)."""
+    keeps only the checkpoints before the failure. `steps` sets the budget, `steps` × batch size samples (default:
+    20 steps per checkpoint at every batch size, under one budget of 20 × checkpoints × 32 samples, so that a
+    grid's cells share their budget, as bench.reporting.stats.select needs to compare them); `subsets`, the
+    evaluation sizes of the checkpoints before the last (which then evaluate subsets, as the reference grids do)."""
     base = 0.5 + 0.3 * _noise(loss, margin, batch_size) + 0.05 * _noise(loss, margin, batch_size, seed)
     systems = {"samples_per_second": 40.0 * batch_size * (0.9 + 0.2 * _noise(loss, margin, batch_size, seed, 1)),
                "peak_memory_mib": (50.0 + 4.0 * batch_size) * (0.9 + 0.2 * _noise(loss, margin, batch_size, seed, 2))}
@@ -86,7 +87,8 @@ def trial_record(experiment: str, loss: str, margin: float, batch_size: int, see
         history[-1]["status"] = status if status in ("ok", "collapsed", "diverged") else history[-1]["status"]
     overrides = config or {}
     config = {**DEFAULTS, "dataset": dataset, "loss": loss, "margin": margin, "batch_size": batch_size, "seed": seed,
-              "protocol": protocol, "budget_samples": (steps or 20 * checkpoints) * batch_size, **overrides}
+              "protocol": protocol, "budget_samples": steps * batch_size if steps else 20 * checkpoints * 32,
+              **overrides}
     suffix = "".join(f"-{key}{value}" for key, value in sorted(overrides.items()))
     trial_id = trial_id or f"{dataset}-{protocol}-{loss}-{margin}-{batch_size}-{seed}{suffix}"
     return schema.trial_record(trial_id, config, status, None if status == "ok" else f"{status} on purpose", history,

@@ -13,7 +13,10 @@ checkpoint of every trial and baseline record) and of each experiment's grid.jso
 - A cell is *eligible* for selection only if every seed of its grid was recorded and finished (status in
   IN_MEAN). Incomplete and failed cells are never selected, so they never rank above complete ones.
 - *Selection* is on validation only: per experiment × dataset × protocol × loss, the eligible cell with the
-  highest mean val_map_at_r (ties: higher val_knn_accuracy, then smaller margin, then smaller batch).
+  highest mean val_map_at_r (ties: higher val_knn_accuracy, then smaller margin, then smaller batch). It compares
+  cells of one training budget only: where a loss's cells differ in budget (BUDGET: samples, steps or seconds, as
+  cpu-batch's equal-steps and equal-samples blocks do), none is selected (`mixed_budget`), since the cell that
+  trained longest would win for its budget alone; such a grid is a comparison, reported cell by cell.
 - *The best loss* per experiment × dataset × protocol is chosen on validation too: the selected cell with the
   highest mean val_map_at_r (`best`; cells whose mean equals it exactly are tied and all `best`; the first of
   them in loss order is the reference). A fresh-seed experiment E-fresh takes E's best losses (chosen on E's
@@ -61,11 +64,12 @@ CLASS_DISTANCES = ("intra_class_distance", "inter_class_distance")  # whole test
 AGGREGATED = (*TEST_METRICS, *VAL_METRICS, *SYSTEM_METRICS, "plateau_gap", *CLASS_DISTANCES)
 TESTED = ("map_at_r", "knn_accuracy")  # the metrics of the paired tests
 SELECTION = ("val_map_at_r", "val_knn_accuracy")
+BUDGET = ("budget_samples", "budget_steps", "budget_seconds")  # a cell's training budget, as configured
 # per-cell settings reported as their value (or "a;b" when the seeds of a cell differ)
 SETTINGS = ("model", "planned_steps", "images_per_class", "lr", "lr_scaling", "lr_reference_batch", "lr_schedule",
-            "precision", "threads",
-            "budget_samples", "budget_seconds", "val_gallery_size", "val_queries_size", "test_gallery_size",
-            "test_queries_size", "train_size", "val_size", "test_size")
+            "precision", "threads", "budget_samples", "budget_steps", "budget_seconds",
+            "val_gallery_size", "val_queries_size", "test_gallery_size", "test_queries_size", "train_size", "val_size",
+            "test_size")
 # where each cell ran: summary.csv column -> the records' provenance column ("a;b" when its trials differ; the date
 # as the first and last day)
 ORIGIN = {"commit": "provenance_git_commit", "device": "provenance_device", "hardware": "provenance_hardware",
@@ -241,15 +245,20 @@ def has_validation(summary: pd.DataFrame) -> pd.Series:
 
 
 def select(summary: pd.DataFrame) -> pd.DataFrame:
-    """`selected` = the eligible cell with the best validation metrics per experiment × dataset × protocol × loss;
-    `n_configs` = how many cells that choice was made among (the loss's tuning budget; NaN for baselines)."""
+    """`selected` = the eligible cell with the best validation metrics per experiment × dataset × protocol × loss,
+    none where that loss's cells differ in budget (`mixed_budget`); `n_configs` = how many cells that choice was
+    made among (the loss's tuning budget; NaN for baselines)."""
     summary = summary.copy()
     summary["selected"] = False
     group = ["experiment", "dataset", "protocol", "loss"]
     trials = ~summary.loss.isin(BASELINES)
     summary["n_configs"] = math.nan
     summary.loc[trials, "n_configs"] = summary[trials].groupby(group).loss.transform("size").astype(float)
-    candidates = summary[summary.eligible & has_validation(summary)]
+    known = summary[trials & summary[list(BUDGET)].notna().any(axis=1)]  # recorded cells: their budget is known
+    budgets = known.groupby(group)[list(BUDGET)].apply(lambda cells: len(cells.drop_duplicates()))
+    mixed = set(budgets[budgets > 1].index)
+    summary["mixed_budget"] = [tuple(key) in mixed for key in summary[group].itertuples(index=False)]
+    candidates = summary[summary.eligible & has_validation(summary) & ~summary.mixed_budget]
     ranked = candidates.sort_values([*SELECTION_KEYS], ascending=[False, False, True, True, True], kind="stable")
     chosen = ranked.groupby(group, sort=False).head(1).index
     summary.loc[chosen, "selected"] = True

@@ -26,8 +26,11 @@ METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision
 LR_RULES = {"none": "lr as configured, at every batch size",
             "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
 LR_SCHEDULES = {"constant": "constant lr", "cosine": "cosine decay to 0 at the budget"}
+# why a loss whose cells differ in training budget has no selected cell (bench.reporting.stats.select)
+NO_SELECTION_ACROSS_BUDGETS = "no selection: its cells differ in budget (compared cell by cell in the full grid)"
 CSV_COLUMNS = [
-    *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "selected", "n_configs",
+    *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "mixed_budget", "selected",
+    "n_configs",
     *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")],
     "best", *[f"{what}_{metric}" for metric in stats.TESTED
               for what in ("diff", "diff_lo", "diff_hi", "p_vs_best", "p_holm", "n_pairs", "mdd")],
@@ -301,7 +304,9 @@ def headline(name: str, cells: pd.DataFrame, tuned: pd.DataFrame | None = None) 
                      interval(row, "knn_accuracy"), _versus(row, "knn_accuracy"), interval(row, "precision_at_1"),
                      interval(row, "val_map_at_r"), interval(row, "plateau_gap")])
     for loss, group in trials[~trials.loss.isin(selected.loss)].groupby("loss", sort=False):
-        if not stats.has_validation(group).any() and group.eligible.any():
+        if group.mixed_budget.any():
+            why = NO_SELECTION_ACROSS_BUDGETS
+        elif not stats.has_validation(group).any() and group.eligible.any():
             why = "selection not possible: no validation metrics"
         else:
             why = "no eligible cell: " + "; ".join(
@@ -399,7 +404,7 @@ def selection_label(row: Any) -> str:
         return "not eligible: incomplete"
     if not row.eligible:
         return "not eligible: failed"
-    return "not selected"
+    return "not selected: budgets differ" if row.mixed_budget else "not selected"
 
 
 def grid_table(name: str, cells: pd.DataFrame) -> Table:
@@ -479,6 +484,8 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
                 row.append("not in this experiment")
             elif not cells.n_seeds.any():
                 row.append("not recorded yet")
+            elif cells.mixed_budget.any():
+                row.append(NO_SELECTION_ACROSS_BUDGETS)
             elif not stats.has_validation(cells).any():
                 row.append("no validation metrics")
             else:
