@@ -261,10 +261,10 @@ def test_a_loss_whose_cells_differ_in_budget_has_no_selected_cell(tmp_path: Path
     assert cpu.selected.sum() == 2 and not cpu.mixed_budget.any()
     assert {tables.selection_label(row) for row in batch.itertuples()} == {"not selected: budgets differ"}
     rows, _ = tables.headline("h", summary[summary.experiment == "cpu-batch"])
-    assert [row[5] for row in rows.rows if row[0] == "batch-all"] == [tables.NO_SELECTION_ACROSS_BUDGETS]
+    assert [row[5] for row in rows.rows if row[0] == "batch-all"] == [stats.NO_SELECTION_ACROSS_BUDGETS]
     comparison = tables.comparison_table(summary, ["cpu", "cpu-batch"])
     row = next(row for row in comparison.rows if row[2] == "batch-all")
-    assert row[3].startswith("0.") and row[4] == tables.NO_SELECTION_ACROSS_BUDGETS
+    assert row[3].startswith("0.") and row[4] == stats.NO_SELECTION_ACROSS_BUDGETS
 
 
 def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -> None:

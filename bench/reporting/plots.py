@@ -141,7 +141,7 @@ def _panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
 def _no_selection(summary: pd.DataFrame) -> str:
     """Why no cell is selected."""
     if summary.mixed_budget.any():
-        return "no selection: each loss's cells differ in budget (a comparison across budgets)"
+        return stats.NO_SELECTION_ACROSS_BUDGETS
     return ("selection not possible: no validation metrics" if not stats.has_validation(summary).any()
             else "no loss has an eligible cell")
 

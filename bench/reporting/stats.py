@@ -65,6 +65,8 @@ AGGREGATED = (*TEST_METRICS, *VAL_METRICS, *SYSTEM_METRICS, "plateau_gap", *CLAS
 TESTED = ("map_at_r", "knn_accuracy")  # the metrics of the paired tests
 SELECTION = ("val_map_at_r", "val_knn_accuracy")
 BUDGET = ("budget_samples", "budget_steps", "budget_seconds")  # a cell's training budget, as configured
+# why a loss whose cells differ in budget has no selected cell (select), in every table and figure that says so
+NO_SELECTION_ACROSS_BUDGETS = "no selection: its cells differ in budget (compared cell by cell in the full grid)"
 # per-cell settings reported as their value (or "a;b" when the seeds of a cell differ)
 SETTINGS = ("model", "planned_steps", "images_per_class", "lr", "lr_scaling", "lr_reference_batch", "lr_schedule",
             "precision", "threads", "budget_samples", "budget_steps", "budget_seconds",
@@ -255,7 +257,7 @@ def select(summary: pd.DataFrame) -> pd.DataFrame:
     summary["n_configs"] = math.nan
     summary.loc[trials, "n_configs"] = summary[trials].groupby(group).loss.transform("size").astype(float)
     known = summary[trials & summary[list(BUDGET)].notna().any(axis=1)]  # recorded cells: their budget is known
-    budgets = known.groupby(group)[list(BUDGET)].apply(lambda cells: len(cells.drop_duplicates()))
+    budgets = known.drop_duplicates([*group, *BUDGET]).groupby(group).size()
     mixed = set(budgets[budgets > 1].index)
     summary["mixed_budget"] = [tuple(key) in mixed for key in summary[group].itertuples(index=False)]
     candidates = summary[summary.eligible & has_validation(summary) & ~summary.mixed_budget]

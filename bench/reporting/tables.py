@@ -26,8 +26,6 @@ METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision
 LR_RULES = {"none": "lr as configured, at every batch size",
             "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
 LR_SCHEDULES = {"constant": "constant lr", "cosine": "cosine decay to 0 at the budget"}
-# why a loss whose cells differ in training budget has no selected cell (bench.reporting.stats.select)
-NO_SELECTION_ACROSS_BUDGETS = "no selection: its cells differ in budget (compared cell by cell in the full grid)"
 CSV_COLUMNS = [
     *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "mixed_budget", "selected",
     "n_configs",
@@ -305,7 +303,7 @@ def headline(name: str, cells: pd.DataFrame, tuned: pd.DataFrame | None = None) 
                      interval(row, "val_map_at_r"), interval(row, "plateau_gap")])
     for loss, group in trials[~trials.loss.isin(selected.loss)].groupby("loss", sort=False):
         if group.mixed_budget.any():
-            why = NO_SELECTION_ACROSS_BUDGETS
+            why = stats.NO_SELECTION_ACROSS_BUDGETS
         elif not stats.has_validation(group).any() and group.eligible.any():
             why = "selection not possible: no validation metrics"
         else:
@@ -485,7 +483,7 @@ def comparison_table(summary: pd.DataFrame, experiments: list[str]) -> Table:
             elif not cells.n_seeds.any():
                 row.append("not recorded yet")
             elif cells.mixed_budget.any():
-                row.append(NO_SELECTION_ACROSS_BUDGETS)
+                row.append(stats.NO_SELECTION_ACROSS_BUDGETS)
             elif not stats.has_validation(cells).any():
                 row.append("no validation metrics")
             else:
