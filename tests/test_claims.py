@@ -280,6 +280,36 @@ def test_the_batch_table_puts_equal_steps_beside_equal_samples(tmp_path: Path) -
     assert "Not measured yet (preset cpu-budget not run)." in text
 
 
+def test_the_batch_size_plot_draws_each_budget_as_its_own_line(tmp_path: Path) -> None:
+    """cpu-batch has no selected cell (its blocks differ in budget), yet its batch-size figure is made: a line per
+    block, each joining cells of one budget, never an equal-steps cell to an equal-samples one."""
+    import matplotlib.pyplot as plt
+
+    from bench.reporting import plots
+
+    write_cpu_batch(tmp_path, steps_gain=0.05, samples_gain=-0.05)
+    loaded = load_records(tmp_path)
+    summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    figure = plots.batch_sizes(summary, stats.final_rows(loaded.checkpoints), tuple(LOSSES), "cpu-batch")
+    assert not isinstance(figure, str), figure
+    ax = figure.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    cells = summary[summary.loss == "batch-all"].sort_values("batch_size")
+    steps, samples = cells[cells.budget_steps.notna()], cells[cells.budget_steps.isna()]
+    assert set(lines) == {"batch-all, equal steps (30 each)", "batch-all, equal samples (480 each)"}
+    rising, falling = lines["batch-all, equal steps (30 each)"], lines["batch-all, equal samples (480 each)"]
+    assert list(rising.get_xdata()) == [16, 32] and rising.get_linestyle() == "-"
+    assert list(rising.get_ydata()) == pytest.approx(list(steps.map_at_r_mean))
+    assert list(falling.get_ydata()) == pytest.approx(list(samples.map_at_r_mean)) and falling.get_linestyle() == "-."
+    assert rising.get_ydata()[1] > rising.get_ydata()[0] and falling.get_ydata()[1] < falling.get_ydata()[0]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["equal steps (30 each)",
+                                                                          "equal samples (480 each)"]
+    title = figure.get_suptitle().replace("\n", " ")
+    assert "at equal steps (more samples at larger B) and at equal samples?" in title
+    assert stats.NO_SELECTION_ACROSS_BUDGETS.split(" (")[0] in title and "★" not in title
+    plt.close(figure)
+
+
 def test_the_budget_line_states_a_step_budget_with_the_samples_it_plans(tmp_path: Path) -> None:
     """cpu-batch's equal-steps trials carry budget_samples 960 as a cap that 30 steps reach first (480 samples at
     B = 16): the provenance states the steps and their samples, not the cap."""

@@ -181,13 +181,13 @@ def _zoom(ax: Axes, values: list[float], levels: dict[str, float]) -> None:
 
 
 def _band(ax: Axes, x: list[float], intervals: list[stats.Interval], colour: Any, label: str,
-          subset: bool = False) -> list[float]:
-    """The means as a line with markers (dashed, open markers on test subsets) and, where n ≥ 2, the 95% t band;
-    the values drawn (means and band edges)."""
+          subset: bool = False, block: int = 0) -> list[float]:
+    """The means as a line with markers (dashed, open markers on test subsets; else in the style of budget
+    `block`) and, where n ≥ 2, the 95% t band; the values drawn (means and band edges)."""
     mean = np.array([i.mean for i in intervals])
     ci = np.array([i.ci95 for i in intervals])
-    style = {"linestyle": "--", "markerfacecolor": "white"} if subset else {}
-    ax.plot(x, mean, marker="o", markersize=4, color=colour, label=label, **style)
+    style = {"linestyle": "--", "marker": "o", "markerfacecolor": "white"} if subset else _block_style(block)
+    ax.plot(x, mean, markersize=4, color=colour, label=label, **style)
     if np.isfinite(ci).any():
         ax.fill_between(x, mean - ci, mean + ci, color=colour, alpha=0.15 if subset else 0.2, linewidth=0)
     return [*mean, *(mean - ci), *(mean + ci)]
@@ -234,9 +234,10 @@ def _one_variant(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell_lines(ax: Axes, panel: pd.DataFrame, x: str, losses: list[str], colours: dict[str, Any],
-                drawn: Drawn) -> list[float]:
-    """Each loss's cells of one panel (summary rows) against `x`: seed means with bands, failed seeds marked, the
-    selected cell starred; the values drawn."""
+                drawn: Drawn, block: tuple[int, str] = (0, "")) -> list[float]:
+    """Each loss's cells of one panel (summary rows) against `x`: seed means with bands (in the style of budget
+    block number block[0]; labelled "loss, block[1]" where it is named), failed seeds marked, the selected cell
+    starred; the values drawn."""
     values: list[float] = []
     for loss in losses:
         line = panel[panel.loss == loss].sort_values(x)
@@ -244,7 +245,7 @@ def _cell_lines(ax: Axes, panel: pd.DataFrame, x: str, losses: list[str], colour
         if len(finite):
             values += _band(ax, list(finite[x]), [stats.Interval(r.map_at_r_mean, r.map_at_r_std, r.map_at_r_ci95,
                                                                  r.n_valid) for r in finite.itertuples()],
-                            colours[loss], loss)
+                            colours[loss], f"{loss}, {block[1]}" if block[1] else loss, block=block[0])
             drawn.counts += list(finite.n_valid)
         drawn.marks |= _failures(ax, line, x, colours[loss])
         chosen = finite[finite.selected]
@@ -330,13 +331,12 @@ def _single_batch_size(rows: pd.DataFrame) -> str:
     return f"a single batch size ({', '.join(f'{v:g}' for v in sorted(rows.batch_size.unique()))}) in the grid"
 
 
-def _best_per_batch_size(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each loss's validation-best eligible cell at each batch size (stats.select's rule within one batch size), as
-    summary rows (their `selected` still the overall selection)."""
-    cells = summary[~summary.loss.isin(stats.BASELINES)]
+def _best_per_batch_size(cells: pd.DataFrame) -> pd.DataFrame:
+    """Each loss's validation-best eligible cell at each batch size among `cells` (summary rows of one budget;
+    stats.select's rule within one batch size), their `selected` still the overall selection."""
     picked = [stats.select(cells[cells.batch_size == size]) for size in sorted(cells.batch_size.unique())]
     index = sorted(i for chosen in picked for i in chosen.index[chosen.selected])
-    return summary.loc[index]
+    return cells.loc[index]
 
 
 def _margins_per_size(rows: pd.DataFrame, sizes: list[float], losses: list[str]) -> str:
@@ -349,35 +349,74 @@ def _margins_per_size(rows: pd.DataFrame, sizes: list[float], losses: list[str])
                      if loss in set(rows.loss))
 
 
+# the batch-size plot's budget blocks: line style and marker (not the baselines' dashes and dots)
+BLOCK_STYLES = ({"linestyle": "-", "marker": "o"}, {"linestyle": "-.", "marker": "s"},
+                {"linestyle": (0, (6, 2, 1, 2, 1, 2)), "marker": "^"})
+
+
+def _block_style(block: int) -> dict[str, Any]:
+    """The line style and marker of budget block number `block` (the styles repeat past the last)."""
+    return BLOCK_STYLES[block % len(BLOCK_STYLES)]
+
+
+def _blocks(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """cells (summary rows) split by their configured budget (stats.BUDGET), each named: "equal steps (3.1k each)"
+    where the steps are fixed (the samples grow with B), else "equal samples (200k each)" (or seconds); the blocks
+    with fixed steps first."""
+    key = cells[list(stats.BUDGET)].astype(float).fillna(-1.0).apply(tuple, axis=1)
+    named = []
+    for budget, block in cells.groupby(key, sort=True):
+        samples, steps, seconds = budget
+        name = (f"equal steps ({short(steps)} each)" if steps >= 0 else
+                f"equal samples ({short(samples)} each" + (f", or {seconds:g} s)" if seconds >= 0 else ")"))
+        named.append((steps < 0, name, block))
+    return [(name, block) for _, name, block in sorted(named, key=lambda item: item[0])]
+
+
 def batch_sizes(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, ...],
                 experiment: str) -> Figure | str:
     """Test MAP@R against batch size of each loss at the margin best on validation at each batch size (seed mean,
-    95% band), a column per dataset × protocol, baselines as lines, failed cells marked, the selected cell starred."""
+    95% band), a line per loss and training budget (equal steps, equal samples: cpu-batch's two blocks), a column
+    per dataset × protocol, baselines as lines, failed cells marked, the selected cell starred."""
     cells = summary[~summary.loss.isin(stats.BASELINES)]
     if cells.batch_size.nunique() < 2:
         return _single_batch_size(cells)
-    best = _best_per_batch_size(summary)
-    if best.empty:
+    panels = {panel: [(name, best) for name, block in _blocks(_in(cells, *panel))
+                      if len(best := _best_per_batch_size(block))] for panel in _panels(cells)}
+    panels = {panel: blocks for panel, blocks in panels.items() if blocks}
+    if not panels:
         return _no_selection(summary)
-    panels = _panels(best)
-    colours, losses = palette(order, list(best.loss)), _ordered(best.loss, order)
+    every = pd.concat([best for blocks in panels.values() for _, best in blocks])
+    colours, losses = palette(order, list(every.loss)), _ordered(every.loss, order)
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.4, 4.0), squeeze=False,
                                 layout="constrained")
-    drawn = Drawn()
-    for ax, (dataset, protocol) in zip(axes[0], panels, strict=True):
-        rows = _in(best, dataset, protocol)
-        values = _cell_lines(ax, rows, "batch_size", losses, colours, drawn)
+    drawn, kinds = Drawn(), set()
+    for ax, ((dataset, protocol), blocks) in zip(axes[0], panels.items(), strict=True):
+        values, margins = [], []
+        for number, (name, rows) in enumerate(blocks):
+            values += _cell_lines(ax, rows, "batch_size", losses, colours, drawn,
+                                  (number, name if len(blocks) > 1 else ""))
+            sizes = sorted(rows.batch_size.unique())
+            margins.append(f"{name + ': ' if len(blocks) > 1 else ''}B = {'/'.join(f'{s:g}' for s in sizes)}: "
+                           f"{_margins_per_size(rows, sizes, losses)}")
+            kinds.add(name.split(" (")[0])
         _zoom(ax, values, _levels(summary, dataset, protocol))
-        sizes = sorted(_in(cells, dataset, protocol).batch_size.unique())
-        _batch_axis(ax, sizes)
-        at = (f"margin best on validation at B = {'/'.join(f'{s:g}' for s in sizes)}: "
-              f"{_margins_per_size(rows, sizes, losses)}")
-        ax.set_title(_wrapped(f"{dataset}, {protocol} classes; {_budget(_in(trials, dataset, protocol))}", at),
-                     fontsize="small")
+        _batch_axis(ax, sorted(_in(cells, dataset, protocol).batch_size.unique()))
+        ax.set_title(_wrapped(f"{dataset}, {protocol} classes; {_budget(_in(trials, dataset, protocol))}",
+                              "margin best on validation at " + "; ".join(margins)), fontsize="small")
         ax.set_ylabel(METRIC_LABEL)
-    _title(figure, experiment, "Does the batch size matter, at equal samples (fewer steps at larger B)?",
-           f"Test MAP@R of each loss at each batch size, at the margin best on validation there; "
-           f"{_spread(drawn.counts)}; ★ each loss's validation-selected cell.")
+        if len(blocks) > 1:  # the line styles; the losses' colours are in the figure's legend
+            ax.legend(handles=[Line2D([], [], color="0.3", markersize=4, label=name, **_block_style(number))
+                               for number, (name, _) in enumerate(blocks)], fontsize="x-small", loc="best",
+                      handlelength=3)
+    question = {("equal samples",): "at equal samples (fewer steps at larger B)?",
+                ("equal steps",): "at equal steps (more samples at larger B)?"}.get(
+        tuple(kinds), "at equal steps (more samples at larger B) and at equal samples?")
+    _title(figure, experiment, f"Does the batch size matter, {question}",
+           "Test MAP@R of each loss at each batch size, at the margin best on validation there"
+           + (" within each budget" if len(kinds) > 1 else "")
+           + f"; {_spread(drawn.counts)}; "
+           + ("★ each loss's validation-selected cell." if "selected" in drawn.marks else f"{_no_selection(summary)}."))
     _legend(figure, colours, losses, list(summary.loss.unique()), drawn.marks)
     return figure
 
