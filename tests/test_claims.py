@@ -3,6 +3,7 @@ both directions, and a claim without its records says which preset will measure 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_the_margin_rule_and_batch_hard_claims_on_a_cpu_grid(tmp_path: Path) -> 
                      citable=True)
     found = report_claims(tmp_path)
     seeds = found["3 seeds are enough to rank the losses"]
-    assert seeds.numbers.startswith("cpu mnist: detects ") and "cpu-losses" not in seeds.numbers
+    assert seeds.numbers.startswith("cpu mnist: detects ") and "cpu-losses mnist" not in seeds.numbers
     rule = found["choose the margin so that at most 50% of triplets are easy at the start"]
     assert rule.verdict == "contradicted (the rule does not select)"  # every cell passes, 0.4 apart
     assert "mnist batch-all B 16: 2/2 margins pass" in rule.numbers
@@ -340,26 +341,32 @@ def test_the_budget_claim_compares_the_rankings_at_both_budgets(tmp_path: Path, 
     """At 200k batch-all leads batch-hard by 0.1; at 1M batch-hard gains `swap` (detected when it overtakes)."""
     axes = {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.1], "batch_size": [32],
             "seed": SEEDS}
-    for experiment, gain in (("cpu", 0.0), ("cpu-budget", swap)):
+    for experiment, gain in (("cpu-losses", 0.0), ("cpu-budget", swap)):
         records = [trial_record(experiment, loss, 0.1, 32, seed, values={
             "map_at_r": 0.8 - (0.1 if loss == "batch-hard" else 0) + (gain if loss == "batch-hard" else 0)
             + 0.002 * ((seed * len(loss)) % 3), "val_map_at_r": 0.8}) for loss in axes["loss"] for seed in SEEDS]
         write_experiment(tmp_path, experiment, records, axes, citable=True)
     found = report_claims(tmp_path)["the ranking at 200k samples holds at 1M samples"]
     assert found.verdict == verdict, found
-    assert "at 200k: batch-all > batch-hard" in found.numbers and "other than cpu's selection" not in found.numbers
+    assert "at 200k: batch-all > batch-hard" in found.numbers
+    assert "other than cpu-losses' selection" not in found.numbers
+    loaded = load_records(tmp_path)
+    summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    gains = {row[0]: row[-1] for row in claims.budget_table(summary, stats.final_rows(loaded.checkpoints))}
+    assert gains["batch-hard"].startswith(f"{swap:+.3f} [") and "(n = 3, p " in gains["batch-hard"]
 
 
 def test_the_budget_claim_names_a_cell_that_is_not_cpus_selection(tmp_path: Path) -> None:
-    """cpu selected batch-hard at m 0.1; a cpu-budget run at m 0.2 is named, not silently compared."""
-    for experiment, margin in (("cpu", 0.1), ("cpu-budget", 0.2)):
+    """cpu-losses selected batch-hard at m 0.1; a cpu-budget run at m 0.2 is named, not silently compared."""
+    for experiment, margin in (("cpu-losses", 0.1), ("cpu-budget", 0.2)):
         records = [trial_record(experiment, loss, margin, 32, seed, values={"val_map_at_r": 0.8})
                    for loss in ("batch-all", "batch-hard") for seed in SEEDS]
         write_experiment(tmp_path, experiment, records, {"dataset": ["mnist"], "loss": ["batch-all", "batch-hard"],
                                                          "margin": [margin], "batch_size": [32], "seed": SEEDS},
                          citable=True)
     found = report_claims(tmp_path)["the ranking at 200k samples holds at 1M samples"]
-    assert "(cells other than cpu's selection: batch-all m 0.2 B 32, batch-hard m 0.2 B 32)" in found.numbers
+    assert re.search(r"\(cells other than cpu-losses' selection: batch-all m 0\.2 B 32 lr [\d.e-]+, "
+                     r"batch-hard m 0\.2 B 32 lr [\d.e-]+\)", found.numbers), found.numbers
 
 
 @pytest.mark.parametrize(("semi", "verdict"), [(0.0, "supported"), (-0.2, "contradicted")])
@@ -429,7 +436,7 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
                                               (0.0, "not detected at this n (n = 10 detects no gap either)")])
 def test_the_seeds_claim_weighs_ten_seeds_against_three_on_the_same_cells(tmp_path: Path, gap: float,
                                                                           verdict: str) -> None:
-    """A gap of 0.006 MAP@R under paired noise of ±0.008: n = 3 (cpu's fresh seeds) misses it, n = 10 (cpu-seeds)
+    """A gap of 0.006 MAP@R under paired noise of ±0.008: n = 3 (cpu-losses' fresh seeds) misses it, n = 10 (cpu-seeds)
     detects it, so three seeds were not enough; a gap of 0.05 both detect; no gap, nothing to rank by either."""
     import json
 
@@ -442,7 +449,7 @@ def test_the_seeds_claim_weighs_ten_seeds_against_three_on_the_same_cells(tmp_pa
 
     axes = {"dataset": ["cifar10"], "loss": ["batch-all", "quadruplet"], "margin": [0.2], "batch_size": [16],
             "seed": SEEDS}
-    folder = write_experiment(tmp_path, "cpu", records("cpu", [*SEEDS, 3, 4, 5]), axes, citable=True)
+    folder = write_experiment(tmp_path, "cpu-losses", records("cpu-losses", [*SEEDS, 3, 4, 5]), axes, citable=True)
     spec = json.loads((folder / "grid.json").read_text())
     (folder / "grid.json").write_text(json.dumps({**spec, "fresh_seeds": [3, 4, 5]}))
     found = report_claims(tmp_path)["3 seeds are enough to rank the losses"]
@@ -453,7 +460,7 @@ def test_the_seeds_claim_weighs_ten_seeds_against_three_on_the_same_cells(tmp_pa
     assert found.verdict == verdict, found
     pair = "batch-all − quadruplet" if gap else "quadruplet − batch-all"  # the better at n = 10 first
     assert f"n = 10 (cpu-seeds, test MAP@R): {pair} Δ " in found.numbers and "n = 10 seeds" in found.numbers
-    assert f"n = 3 (cpu-fresh, the same cells): {pair} Δ " in found.numbers and "n = 3 seeds" in found.numbers
+    assert f"n = 3 (cpu-losses-fresh, the same cells): {pair} Δ " in found.numbers and "n = 3 seeds" in found.numbers
 
 
 def test_the_sampler_table_pairs_random_batches_with_pk_per_loss(tmp_path: Path) -> None:

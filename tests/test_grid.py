@@ -128,6 +128,18 @@ def test_the_question_presets_run_the_cells_that_the_cpu_grid_selected() -> None
                      & (summary.n_collapsed == 0)]
     cells = {(row.loss, row.margin, int(row.batch_size)) for row in chosen.itertuples()}
     assert len(cells) == 3
+    # cpu-losses, on the machine that runs these presets, selected the same cells at their lr: the budget and seeds
+    # claims compare with it (bench.reporting.claims.SAME_MACHINE)
+    again = summary[(summary.experiment == "cpu-losses") & (summary.selected == True)]  # noqa: E712
+    from bench.engine.config import resolve
+    from bench.engine.models import model_settings
+
+    configs = [resolve(load_preset(name).config(p)) for name in ("cpu-budget", "cpu-seeds")
+               for p in load_preset(name).points()]
+    lrs = {model_settings(cfg)["lr"] for cfg in configs if cfg["lr_scaling"] == "none"}
+    assert len(lrs) == 1 and all(cfg["lr_scaling"] == "none" for cfg in configs)
+    assert {(row.loss, row.margin, int(row.batch_size), row.lr) for row in again.itertuples()
+            if (row.loss, row.margin, int(row.batch_size)) in cells} == {(*cell, *lrs) for cell in cells}
     for name in QUESTIONS:
         points = load_preset(name).points()
         named = {(p["loss"], p["margin"], p["batch_size"]) for p in points}

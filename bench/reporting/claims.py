@@ -29,6 +29,9 @@ from bench.reporting.frame import FRESH
 from bench.reporting.markdown import table
 from losses import LOSSES
 
+# the experiment whose selected cells cpu-budget and cpu-seeds repeat (the cpu grid's choice too), run on their machine:
+# across CPUs a seed fixes no metric (bf16 kernels round differently), so they are compared with it, not with cpu
+SAME_MACHINE = "cpu-losses"
 RULES = (
     f"Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < {stats.ALPHA}, "
     "Holm-adjusted over a claim's comparisons; the seed is the unit: a seed's pairs over several cells are "
@@ -448,8 +451,8 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """n = 3 seeds rank the losses."""
     claim = Claim("3 seeds are enough to rank the losses", "common practice (both sources report one run)",
                   "every complete experiment's headline tables: the minimal detectable MAP@R difference (80% power) "
-                  "and which comparisons survive Holm; and cpu-seeds (n = 10) against cpu-fresh (n = 3) on the same "
-                  "cells", "", "")
+                  "and which comparisons survive Holm; and cpu-seeds (n = 10) against cpu-losses-fresh (n = 3) on the "
+                  "same cells and machine", "", "")
     complete = [name for name in summary.experiment.unique() if _complete(summary, name) and name != "cpu-seeds"]
     selected = summary[summary.selected & summary.experiment.isin(complete)]
     if selected.empty:
@@ -466,7 +469,7 @@ def three_seeds(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     tested = selected.p_holm_map_at_r.notna().any()
     verdict = ("not measured yet (no table has a comparison)" if not tested else "supported" if ranked_all
                else "not detected at this n (some gaps are below what n = 3 resolves)")
-    cited = f"cpu{FRESH}"  # the cpu grid's selected cells on seeds 3-5: the cells cpu-seeds runs on seeds 6-15
+    cited = f"{SAME_MACHINE}{FRESH}"  # its selected cells on seeds 3-5: the cells cpu-seeds runs on seeds 6-15
     if not (_complete(summary, "cpu-seeds") and _complete(summary, cited)):
         waiting = _pending("cpu-seeds" if _complete(summary, cited) else cited, summary)
         return claim._replace(numbers="; ".join(parts) + f". {rule} n = 10: {waiting}.", verdict=verdict)
@@ -576,45 +579,53 @@ def _ranking(cells: pd.DataFrame) -> list[str]:
 
 
 def _off_selection(summary: pd.DataFrame, experiment: str) -> str:
-    """' (cells other than cpu's selection: …)' when a loss's cell in `experiment` (cpu-budget, cpu-seeds: run on
-    cpu's validation-selected CIFAR-10 cells) has another margin or batch size than cpu selected; else ''."""
-    chosen = summary[(summary.experiment == "cpu") & summary.selected]
+    """' (cells other than cpu-losses' selection: …)' when a loss's cell in `experiment` (cpu-budget, cpu-seeds:
+    run on SAME_MACHINE's validation-selected CIFAR-10 cells) has another margin, batch size or lr than it
+    selected; else ''."""
+    chosen = summary[(summary.experiment == SAME_MACHINE) & summary.selected]
     cells = summary[(summary.experiment == experiment) & ~summary.loss.isin(stats.BASELINES)]
-    wrong = [f"{row.loss} m {row.margin:g} B {row.batch_size:g}" for row in cells.itertuples()
+    wrong = [f"{row.loss} m {row.margin:g} B {row.batch_size:g} lr {row.lr:g}" for row in cells.itertuples()
              if not ((chosen.dataset == row.dataset) & (chosen.loss == row.loss) & (chosen.margin == row.margin)
-                     & (chosen.batch_size == row.batch_size)).any()]
-    return f" (cells other than cpu's selection: {', '.join(wrong)})" if wrong else ""
+                     & (chosen.batch_size == row.batch_size) & (chosen.lr == row.lr)).any()]
+    return f" (cells other than {SAME_MACHINE}' selection: {', '.join(wrong)})" if wrong else ""
 
 
 def _budget_cells(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The selected cells of cpu (its budget) of cpu-budget's datasets and losses, and cpu-budget's own."""
+    """The selected cells of SAME_MACHINE (200k samples) of cpu-budget's datasets and losses, and cpu-budget's
+    own."""
     long = summary[(summary.experiment == "cpu-budget") & summary.selected]
-    short = summary[(summary.experiment == "cpu") & summary.selected & summary.dataset.isin(set(long.dataset))
+    short = summary[(summary.experiment == SAME_MACHINE) & summary.selected & summary.dataset.isin(set(long.dataset))
                     & summary.loss.isin(set(long.loss))]
     return short, long
 
 
-def budget_table(summary: pd.DataFrame) -> list[list[str]]:
-    """Per loss of cpu-budget: its cpu-selected cell's test MAP@R at the cpu budget and at cpu-budget's, with the
-    rank at each; [] without cpu-budget."""
+def budget_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]:
+    """Per loss of cpu-budget: its SAME_MACHINE-selected cell's test MAP@R at 200k samples and at cpu-budget's
+    1M, with the rank at each, and 1M − 200k paired over seeds (the same seeds, machine and config but the budget);
+    [] without cpu-budget."""
     short, long = _budget_cells(summary)
     if long.empty or short.empty:
         return []
     ranks = {name: {loss: i + 1 for i, loss in enumerate(_ranking(cells))} for name, cells in
              (("short", short), ("long", long))}
+    trials = pd.concat([_trials(final, SAME_MACHINE), _trials(final, "cpu-budget")])
     rows = []
     for loss in _ranking(short):
         before, after = short[short.loss == loss].iloc[0], long[long.loss == loss].iloc[0]
+        gain = paired(trials, (trials.experiment == after.experiment) & stats.in_cell(trials, after),
+                      (trials.experiment == before.experiment) & stats.in_cell(trials, before), ["dataset"], "map_at_r")
         rows.append([loss, f"{before.margin:g}", str(tables.interval(before, "map_at_r")), str(ranks["short"][loss]),
-                     str(tables.interval(after, "map_at_r")), str(ranks["long"].get(loss, "–"))])
+                     str(tables.interval(after, "map_at_r")), str(ranks["long"].get(loss, "–")),
+                     f"{_fmt(gain.mean)} [{_fmt(gain.lo)}, {_fmt(gain.hi)}] (n = {gain.n}, {_p(gain.p)})"])
     return rows
 
 
 def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     """The ranking at 200k samples is the ranking at 1M."""
     claim = Claim("the ranking at 200k samples holds at 1M samples", "this benchmark's own budget",
-                  "cpu (200k samples) against cpu-budget (the same CIFAR-10 cells at 1M samples, seeds 0-2)", "", "")
-    if not _complete(summary, "cpu-budget") or not _complete(summary, "cpu"):
+                  f"{SAME_MACHINE} (200k samples) against cpu-budget (its selected CIFAR-10 cells at 1M samples, "
+                  "seeds 0-2, the same machine)", "", "")
+    if not _complete(summary, "cpu-budget") or not _complete(summary, SAME_MACHINE):
         return claim._replace(verdict=_pending("cpu-budget", summary))
     short, long = _budget_cells(summary)
     before, after = _ranking(short), _ranking(long)
@@ -715,11 +726,14 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame, final: pd.D
                "scaled by √(B / 64)).", "",
                *table(["B", "equal steps", "MAP@R (test)", "equal samples", "MAP@R (test)"], batches)]
               if batches else [_pending("cpu-batch", summary).capitalize() + "."])
-    budgets = budget_table(summary)
-    lines += ["", "## The ranking at 200k and at 1M samples (cpu, cpu-budget)", ""]
-    lines += (["Test MAP@R of the cpu grid's selected CIFAR-10 cells, mean ± 95% t half-width over seeds 0-2, at "
-               "the cpu budget (200,000 samples) and at 1,000,000, with each loss's rank.", "",
-               *table(["loss", "margin", "200k samples", "rank", "1M samples", "rank"], budgets)]
+    budgets = budget_table(summary, final)
+    lines += ["", f"## The ranking at 200k and at 1M samples ({SAME_MACHINE}, cpu-budget)", ""]
+    lines += ([f"Test MAP@R of {SAME_MACHINE}' selected CIFAR-10 cells (the cpu grid's choice too), mean ± 95% t "
+               "half-width over seeds 0-2, at 200,000 samples and at 1,000,000, with each loss's rank, and the "
+               "gain paired over seeds (1M − 200k, its 95% t-interval and p; the same seed, config and machine, "
+               "the budget aside).", "",
+               *table(["loss", "margin", "200k samples", "rank", "1M samples", "rank", "1M − 200k (paired)"],
+                      budgets)]
               if budgets else [_pending("cpu-budget", summary).capitalize() + "."])
     samplers = sampler_table(summary, final)
     lines += ["", "## P×K against random batches (cpu-sampler)", ""]
