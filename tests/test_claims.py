@@ -402,8 +402,9 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
 
     axes = {"dataset": ["cifar10"], "loss": ["batch-all", "batch-hard"], "margin": [0.2], "batch_size": [16],
             "seed": SEEDS}
-    write_experiment(tmp_path, "cpu", cells("cpu", {"batch-all": 0.5, "batch-hard": 0.1}, SEEDS, "seen"), axes,
-                     citable=True)
+    seen = [{**record, "provenance": {**record["provenance"], "hardware": "Other CPU (1 thread)"}}
+            for record in cells("cpu", {"batch-all": 0.5, "batch-hard": 0.1}, SEEDS, "seen")]
+    write_experiment(tmp_path, "cpu", seen, axes, citable=True)
     unseen = {"batch-all": 0.3, "batch-hard": 0.05, "normalized-softmax": 0.4}
     partial = cells("cpu-unseen", unseen, SEEDS, "unseen")[:-1]  # one seed short: pending
     unseen_axes = {**axes, "loss": list(unseen), "margin": [0.0, 0.2]}
@@ -429,6 +430,11 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
     assert rows[1][1] == "m 0.2, B 16" and rows[1][2].startswith("0.5010 ± ") and rows[1][3] == "1"
     assert rows[1][5].startswith("0.3010 ± ") and rows[1][6] == "2"
     assert rows[2][3] == "2" and rows[2][6] == "3"
+    loaded = load_records(tmp_path)
+    text = claims.markdown([], 1, stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES)),
+                           stats.final_rows(loaded.checkpoints))
+    assert ("cpu ran on Other CPU, cpu-unseen on Test CPU: across CPUs a seed fixes no metric, so the two protocols "
+            "are compared by rank, never cell by cell.") in text
 
 
 @pytest.mark.parametrize(("gap", "verdict"), [(0.006, "contradicted (n = 3 missed batch-all − quadruplet)"),

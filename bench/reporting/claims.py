@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -648,6 +649,13 @@ def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
     return claim._replace(numbers=numbers, verdict=verdict)
 
 
+def _machines(final: pd.DataFrame, experiment: str) -> str:
+    """The CPUs or GPUs an experiment's trials ran on, without their thread counts ("AMD EPYC"), joined by " and "."""
+    names = final[final.experiment == experiment].get("provenance_hardware", pd.Series(dtype=object)).dropna()
+    machines = {re.sub(r" \(\d+ threads?\)$", "", str(name)) for name in names}
+    return " and ".join(sorted(machines)) or "unrecorded hardware"
+
+
 def _cited(summary: pd.DataFrame, experiment: str) -> tuple[str, pd.DataFrame]:
     """The experiment whose test numbers are cited for `experiment` (its fresh seeds' once those are complete, else
     its own) and that experiment's selected CIFAR-10 cells."""
@@ -744,11 +752,15 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame, final: pd.D
                *table(["loss", "margin", "P×K", "random", "Δ (random − P×K)", "Holm p", "difference"], samplers)]
               if samplers else [_pending("cpu-sampler", summary).capitalize() + "."])
     seen_name, unseen_name, protocols = protocol_table(summary)
+    machines = {name: _machines(final, name) for name in (seen_name, unseen_name)}
     lines += ["", "## Seen and unseen classes (cpu, cpu-unseen)", ""]
     lines += ([f"Test MAP@R, mean ± 95% t half-width over seeds, of each loss's validation-selected CIFAR-10 cell, "
                f"with its rank: on held-out images of the classes it trained on ({seen_name}) and on classes it "
                f"never saw ({unseen_name}: trained on 4 classes, tested on 4 others; its own selection on its own "
-               "validation classes). The control is in cpu-unseen only (its seen numbers are cpu-losses').", "",
+               "validation classes). The control is in cpu-unseen only (its seen numbers are cpu-losses')."
+               + ("" if machines[seen_name] == machines[unseen_name] else
+                  f" {seen_name} ran on {machines[seen_name]}, {unseen_name} on {machines[unseen_name]}: across CPUs "
+                  "a seed fixes no metric, so the two protocols are compared by rank, never cell by cell."), "",
                *table(["loss", "seen: cell", "MAP@R (test)", "rank", "unseen: cell", "MAP@R (test)", "rank"],
                       protocols)]
               if protocols else [_pending("cpu-unseen", summary).capitalize() + "."])
