@@ -25,6 +25,7 @@ from bench.engine.device import pick_device
 from bench.engine.diagnostics import INITIAL_KEYS
 from bench.engine.models import MODEL_DEFAULTS, build_model
 from bench.engine.protocol import fixed_subset, intermediate_sizes
+from bench.engine.sampling import make_batches
 from bench.engine.train import WARMUP_STEPS, checkpoint_steps, initial_check, run_trial, scaled_lr, scheduled_lr
 from losses import LOSSES
 
@@ -344,6 +345,35 @@ def test_budget_steps_ends_training_at_equal_updates(tiny_data_dir: Path) -> Non
     big = resolve({"batch_size": 256, "budget_samples": 10**7, "checkpoints": 4})
     assert intermediate_sizes(big, torch.device("cpu")) == (10_000, 10_000)
     assert intermediate_sizes({**big, "budget_steps": 100}, torch.device("cpu")) == (2133, 2133)  # 25600 / 12
+
+
+def test_checkpoints_leave_training_alone_and_a_longer_pk_budget_draws_other_batches(
+    tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with 5 checkpoints in place of 2 takes the same steps, loss for loss, and ends with the same metrics:
+    the evaluations draw nothing from training's random streams. A run to 2× the samples starts from the same
+    initialisation but not the same batches: the pk plan draws each class's member shuffles after the class order of
+    every step, so its members differ from the first step (a random plan's prefix is the same). Across budgets
+    (cpu-budget against cpu-losses) a seed pairs initialisations, not batches."""
+    runs: dict[str, list[float]] = {}
+    finals, original = {}, LOSSES["batch-all"]
+    for name, changes in (("short", {"budget_samples": 320, "checkpoints": 2}),
+                          ("long", {"budget_samples": 640, "checkpoints": 4}),
+                          ("often", {"budget_samples": 320, "checkpoints": 5})):
+        runs[name] = []
+        monkeypatch.setitem(LOSSES, "batch-all", original)  # recording wraps what LOSSES holds
+        monkeypatch.setitem(LOSSES, "batch-all", recording("batch-all", runs[name]))
+        finals[name], _ = run(tiny(tiny_data_dir, eval_gallery=100, eval_queries=40, **changes))
+    assert len(runs["short"]) == 10 and len(runs["long"]) == 20 and runs["often"] == runs["short"]
+    for key in ("map_at_r", "knn_accuracy", "val_map_at_r", "intra_class_distance"):
+        assert finals["often"][key] == finals["short"][key], key
+    assert runs["long"][0] != runs["short"][0]
+    labels = torch.arange(1000) % 10
+    plans = {(sampler, steps): make_batches(sampler, labels, 32, 4, steps, torch.Generator().manual_seed(0))
+             for sampler in ("pk", "random") for steps in (10, 20)}
+    assert torch.equal(plans["random", 20][:10], plans["random", 10])
+    assert not torch.equal(plans["pk", 20][0], plans["pk", 10][0])
+    assert torch.equal(labels[plans["pk", 20][:10]], labels[plans["pk", 10]])  # the same classes, other members
 
 
 def test_evaluation_time_counts_neither_in_throughput_nor_in_the_budget(

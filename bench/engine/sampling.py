@@ -9,7 +9,9 @@
   A class's slots take K members at a time from successive shuffles of the class, each cut to a
   multiple of K, so a slot repeats no member, and members are used equally often up to one shuffle.
   A class with fewer than K members fills each slot with one shuffle of all its members, tiled to K
-  (sampling with replacement).
+  (sampling with replacement). The member shuffles are drawn after the class order of every step, so two
+  budgets of one seed share the class order of their first steps but not the members (a `random` plan's
+  prefix is the same at every budget).
 """
 
 from __future__ import annotations
