@@ -311,6 +311,30 @@ def test_the_batch_size_plot_draws_each_budget_as_its_own_line(tmp_path: Path) -
     plt.close(figure)
 
 
+def test_a_grid_without_a_selection_draws_every_cells_curve(tmp_path: Path) -> None:
+    """cpu-batch's curves over training: one per cell, named by its setting and budget block, each ending at its
+    own budget (equal steps: B 32 sees twice B 16's samples); no selected cell is claimed."""
+    import matplotlib.pyplot as plt
+
+    from bench.reporting import plots
+
+    write_cpu_batch(tmp_path)
+    loaded = load_records(tmp_path)
+    summary = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES))
+    trials = loaded.checkpoints[loaded.checkpoints.kind == "trial"]
+    figure = plots.curves(summary, trials, "samples_seen", tuple(LOSSES), "cpu-batch")
+    assert not isinstance(figure, str), figure
+    ax = figure.axes[0]
+    names = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert names[:4] == ["batch-all m 0.2 B 16, equal steps (30 each)", "batch-all m 0.2 B 32, equal steps (30 each)",
+                         "batch-all m 0.2 B 16, equal samples (480 each)",
+                         "batch-all m 0.2 B 32, equal samples (480 each)"]
+    ends = {line.get_label(): max(line.get_xdata()) for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert ends[names[1]] == 960 and ends[names[0]] == ends[names[2]] == ends[names[3]] == 480
+    assert "none is selected" in figure.get_suptitle().replace("\n", " ")
+    plt.close(figure)
+
+
 def test_the_budget_line_states_a_step_budget_with_the_samples_it_plans(tmp_path: Path) -> None:
     """cpu-batch's equal-steps trials carry budget_samples 960 as a cap that 30 steps reach first (480 samples at
     B = 16): the provenance states the steps and their samples, not the cap."""

@@ -487,10 +487,11 @@ def curves(summary: pd.DataFrame, checkpoints: pd.DataFrame, x: str, order: tupl
     at each checkpoint with its 95% band, baselines as lines, and beside it the last checkpoint's values zoomed;
     a pair of panels per dataset × protocol."""
     chosen = summary[summary.selected]
-    if chosen.empty:
-        return _no_selection(summary)
     if x not in checkpoints or checkpoints[x].isna().all():
         return f"the records predate {x}"
+    if chosen.empty:
+        return _every_cell_curves(summary, checkpoints, x, experiment) if summary.mixed_budget.any() \
+            else _no_selection(summary)
     valid = checkpoints[checkpoints.status.isin(stats.IN_MEAN)]
     panels = _panels(chosen)
     colours, losses = palette(order, list(chosen.loss)), _ordered(chosen.loss, order)
@@ -519,6 +520,52 @@ def curves(summary: pd.DataFrame, checkpoints: pd.DataFrame, x: str, order: tupl
     _title(figure, experiment, CURVES[x][0],
            f"Test MAP@R over training of each loss's validation-selected cell; {_spread(drawn.counts)}.")
     _legend(figure, colours, losses, list(summary.loss.unique()), drawn.marks)
+    return figure
+
+
+MAX_CELL_CURVES = 12  # a grid without a selection draws every cell's curve, up to this many per panel
+
+
+def _every_cell_curves(summary: pd.DataFrame, checkpoints: pd.DataFrame, x: str, experiment: str) -> Figure | str:
+    """Test MAP@R over training of every cell of a grid whose cells differ in budget (cpu-batch: no cell is
+    selected), a colour per cell (labelled by its setting and budget block), a panel per dataset × protocol."""
+    cells = summary[~summary.loss.isin(stats.BASELINES) & summary.map_at_r_mean.notna()]
+    panels = _panels(cells)
+    crowded = [f"{d}/{p}" for d, p in panels if len(_in(cells, d, p)) > MAX_CELL_CURVES]
+    if not panels:
+        return _no_selection(summary)
+    if crowded:
+        return f"{_no_selection(summary)}; more than {MAX_CELL_CURVES} cells to draw in {', '.join(crowded)}"
+    valid = checkpoints[checkpoints.status.isin(stats.IN_MEAN)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels) + 3.4, 4.4), squeeze=False,
+                                layout="constrained")
+    drawn = Drawn()
+    for ax, (dataset, protocol) in zip(axes[0], panels, strict=True):
+        values: list[float] = []
+        shown: list[pd.DataFrame] = []
+        named = [(name, row) for name, block in _blocks(_in(cells, dataset, protocol))
+                 for row in block.sort_values(["loss", "batch_size", "margin"]).itertuples()]
+        labels = [f"{cell.loss} {stats.setting_text(cell.loss, cell.margin, cell.batch_size, ' ')}, {name}"
+                  for name, cell in named]
+        for index, ((_, cell), label) in enumerate(zip(named, labels, strict=True)):
+            points = _in(valid, dataset, protocol)
+            points = points[(points.experiment == cell.experiment) & stats.in_cell(points, cell)]
+            values += _curve(ax, points, x, TAB10[index % len(TAB10)], label, drawn)
+            shown.append(points)
+        _zoom(ax, values, _levels(summary, dataset, protocol))
+        every = pd.concat(shown)
+        ax.set_title(_wrapped(f"{dataset}, {protocol} classes; {_budget(stats.final_rows(every))}",
+                              _eval_sizes(every, _on_subsets(every))), fontsize="small")
+        ax.set(xlabel=CURVES[x][1], ylabel=METRIC_LABEL)
+        _few_ticks(ax.xaxis)
+        handles = [Line2D([], [], color=TAB10[index % len(TAB10)], marker="o", markersize=4, label=label)
+                   for index, label in enumerate(labels)]
+        handles += [Line2D([], [], **BASELINE_STYLE[name]) for name in stats.BASELINES if name in set(summary.loss)]
+        handles += [Line2D([], [], **MARKS[mark]) for mark in ("subset", "whole") if mark in drawn.marks]
+        ax.legend(handles=handles, fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    _title(figure, experiment, "How does each cell learn over training?",
+           "Test MAP@R over training of every cell (none is selected: the cells differ in budget); "
+           f"{_spread(drawn.counts)}.")
     return figure
 
 
