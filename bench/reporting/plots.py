@@ -405,9 +405,9 @@ def batch_sizes(summary: pd.DataFrame, trials: pd.DataFrame, order: tuple[str, .
         ax.set_title(_wrapped(f"{dataset}, {protocol} classes; {_budget(_in(trials, dataset, protocol))}",
                               "margin best on validation at " + "; ".join(margins)), fontsize="small")
         ax.set_ylabel(METRIC_LABEL)
-        if len(blocks) > 1:  # the line styles; the losses' colours are in the figure's legend
+        if len(blocks) > 1:  # the line styles (top left: the baselines off the axis are named bottom right)
             ax.legend(handles=[Line2D([], [], color="0.3", markersize=4, label=name, **_block_style(number))
-                               for number, (name, _) in enumerate(blocks)], fontsize="x-small", loc="best",
+                               for number, (name, _) in enumerate(blocks)], fontsize="x-small", loc="upper left",
                       handlelength=3)
     question = {("equal samples",): "at equal samples (fewer steps at larger B)?",
                 ("equal steps",): "at equal steps (more samples at larger B)?"}.get(
