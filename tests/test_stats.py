@@ -313,3 +313,15 @@ def test_a_cells_setting_names_no_margin_for_a_control() -> None:
     assert stats.setting_text("normalized-softmax", 0.0, 64.0) == "B 64"
     assert stats.setting_text("adaptive-mu", 0.0, 64.0) == "m 0, B 64"
     assert stats.setting_text("batch-all", 0.2, 256.0, " ") == "m 0.2 B 256"
+
+
+def test_a_random_samplers_images_per_class_is_the_seeds_mean(tmp_path: Path) -> None:
+    """Each seed's random batch plan has its own images per class (6.406, 6.407, 6.408 on CIFAR-10 at B 64): the
+    cell reports their mean to 2 decimals, one number that fits its column, not the three joined."""
+    records = [trial_record("x", "batch-all", 0.2, 64, seed, values={"images_per_class": 6.406 + seed / 1000})
+               for seed in (0, 1, 2)]
+    write_experiment(tmp_path, "x", records, {"dataset": ["mnist"], "loss": ["batch-all"], "margin": [0.2],
+                                              "batch_size": [64], "seed": [0, 1, 2]})
+    loaded = load_records(tmp_path)
+    row = stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES)).query("loss == 'batch-all'").iloc[0]
+    assert row.images_per_class == 6.41 and row.planned_steps == 60  # a setting proper keeps its value

@@ -72,6 +72,8 @@ SETTINGS = ("model", "planned_steps", "images_per_class", "lr", "lr_scaling", "l
             "precision", "threads", "budget_samples", "budget_steps", "budget_seconds",
             "val_gallery_size", "val_queries_size", "test_gallery_size", "test_queries_size", "train_size", "val_size",
             "test_size")
+# settings measured on each seed's batch plan (a random sampler's differs by seed): the seeds' mean, 2 decimals
+MEAN_OVER_SEEDS = ("images_per_class",)
 # where each cell ran: summary.csv column -> the records' provenance column ("a;b" when its trials differ; the date
 # as the first and last day)
 ORIGIN = {"commit": "provenance_git_commit", "device": "provenance_device", "hardware": "provenance_hardware",
@@ -196,7 +198,9 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
             interval = t_interval(valid[metric]) if metric in valid else Interval(math.nan, math.nan, math.nan, 0)
             row |= {f"{metric}_mean": interval.mean, f"{metric}_std": interval.std, f"{metric}_ci95": interval.ci95}
         for setting in SETTINGS:
-            row[setting] = _setting(trials[setting]) if setting in trials else math.nan
+            row[setting] = (math.nan if setting not in trials else
+                            round(float(trials[setting].mean()), 2) if setting in MEAN_OVER_SEEDS
+                            else _setting(trials[setting]))
         for column, source in ORIGIN.items():
             values = trials[source] if source in trials else pd.Series(dtype=object)
             if column == "date":
