@@ -73,11 +73,15 @@ def _p(p: float) -> str:
     return "p n/a" if not math.isfinite(p) else tables.p_clause(p)
 
 
+def _delta(result: Paired, digits: int = 3) -> str:
+    """A paired difference and its 95% t-interval: "+0.020 [−0.002, +0.043]"."""
+    return f"{_fmt(result.mean, digits)} [{_fmt(result.lo, digits)}, {_fmt(result.hi, digits)}]"
+
+
 def _paired_text(result: Paired, what: str, digits: int = 3) -> str:
     pooled = f" ({result.trials} paired trials, averaged within each seed)" if result.trials > result.n else ""
     dropped = f", {result.dropped} pairs of two collapsed trials left out" if result.dropped else ""
-    return (f"{what} Δ {_fmt(result.mean, digits)} [{_fmt(result.lo, digits)}, {_fmt(result.hi, digits)}], "
-            f"{_p(result.p)}, n = {result.n} seeds{pooled}{dropped}")
+    return f"{what} Δ {_delta(result, digits)}, {_p(result.p)}, n = {result.n} seeds{pooled}{dropped}"
 
 
 def _direction(result: Paired | Failures, predicted: int, p: float | None = None) -> str:
@@ -617,7 +621,7 @@ def budget_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]:
                       (trials.experiment == before.experiment) & stats.in_cell(trials, before), ["dataset"], "map_at_r")
         rows.append([loss, f"{before.margin:g}", str(tables.interval(before, "map_at_r")), str(ranks["short"][loss]),
                      str(tables.interval(after, "map_at_r")), str(ranks["long"].get(loss, "–")),
-                     f"{_fmt(gain.mean)} [{_fmt(gain.lo)}, {_fmt(gain.hi)}] (n = {gain.n}, {_p(gain.p)})"])
+                     f"{_delta(gain)} (n = {gain.n}, {_p(gain.p)})"])
     return rows
 
 
@@ -704,7 +708,7 @@ def sampler_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]
               for sampler in ("pk", "random")}
         rows.append([loss, f"{by['pk'].margin:g}", str(tables.interval(by["pk"], "map_at_r")),
                      str(tables.interval(by["random"], "map_at_r")),
-                     f"{_fmt(result.mean)} [{_fmt(result.lo)}, {_fmt(result.hi)}]", _p(p),
+                     _delta(result), _p(p),
                      "detected" if p < stats.ALPHA else "not detected at this n"])
     return rows
 

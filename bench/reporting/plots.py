@@ -359,17 +359,23 @@ def _block_style(block: int) -> dict[str, Any]:
     return BLOCK_STYLES[block % len(BLOCK_STYLES)]
 
 
+def _budget_name(samples: float | None, steps: float | None, seconds: float | None) -> str:
+    """A budget block's name: "equal steps (3.1k each)", "equal samples (200k each[, or 600 s])", "equal time
+    (600 s each)" or "budget not recorded"."""
+    if steps is not None:
+        return f"equal steps ({short(steps)} each)"
+    if samples is not None:
+        return f"equal samples ({short(samples)} each" + (f", or {seconds:g} s)" if seconds is not None else ")")
+    return f"equal time ({seconds:g} s each)" if seconds is not None else "budget not recorded"
+
+
 def _blocks(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """cells (summary rows) split by their configured budget (stats.BUDGET), each named: "equal steps (3.1k each)"
-    where the steps are fixed (the samples grow with B), else "equal samples (200k each)" (or seconds); the blocks
-    with fixed steps first."""
-    key = cells[list(stats.BUDGET)].astype(float).fillna(-1.0).apply(tuple, axis=1)
+    """cells (summary rows) split by their configured budget (stats.budget_of), each named: "equal steps (3.1k
+    each)" where the steps are fixed (the samples grow with B), else "equal samples (200k each)" (or seconds); the
+    blocks with fixed steps first, then by samples."""
     named = []
-    for budget, block in cells.groupby(key, sort=True):
-        samples, steps, seconds = budget
-        name = (f"equal steps ({short(steps)} each)" if steps >= 0 else
-                f"equal samples ({short(samples)} each" + (f", or {seconds:g} s)" if seconds >= 0 else ")"))
-        named.append((steps < 0, name, block))
+    for (samples, steps, seconds), block in cells.groupby(stats.budget_of(cells), sort=False):
+        named.append(((steps is None, samples or 0), _budget_name(samples, steps, seconds), block))
     return [(name, block) for _, name, block in sorted(named, key=lambda item: item[0])]
 
 

@@ -250,6 +250,12 @@ def has_validation(summary: pd.DataFrame) -> pd.Series:
     return summary["val_map_at_r_mean"].notna()
 
 
+def budget_of(rows: pd.DataFrame) -> pd.Series:
+    """Per row (cells or trials), its configured training budget: a (samples, steps, seconds) tuple of BUDGET, None
+    where unset (so that two unset budgets compare equal)."""
+    return rows[list(BUDGET)].apply(lambda row: tuple(None if pd.isna(v) else v for v in row), axis=1)
+
+
 def select(summary: pd.DataFrame) -> pd.DataFrame:
     """`selected` = the eligible cell with the best validation metrics per experiment × dataset × protocol × loss,
     none where that loss's cells differ in budget (`mixed_budget`); `n_configs` = how many cells that choice was
@@ -261,7 +267,7 @@ def select(summary: pd.DataFrame) -> pd.DataFrame:
     summary["n_configs"] = math.nan
     summary.loc[trials, "n_configs"] = summary[trials].groupby(group).loss.transform("size").astype(float)
     known = summary[trials & summary[list(BUDGET)].notna().any(axis=1)]  # recorded cells: their budget is known
-    budgets = known.drop_duplicates([*group, *BUDGET]).groupby(group).size()
+    budgets = known.assign(budget=budget_of(known)).drop_duplicates([*group, "budget"]).groupby(group).size()
     mixed = set(budgets[budgets > 1].index)
     summary["mixed_budget"] = [tuple(key) in mixed for key in summary[group].itertuples(index=False)]
     candidates = summary[summary.eligible & has_validation(summary) & ~summary.mixed_budget]
