@@ -542,6 +542,14 @@ def test_hardware_line_reads_one_thread_in_the_singular() -> None:
     assert tables.hardware(final) == "AMD EPYC (1 thread) (cpu)"
 
 
+def test_hardware_line_names_the_trials_apart_from_the_baselines() -> None:
+    final = pd.DataFrame({"kind": ["trial", "trial", "baseline"], "provenance_device": ["cpu"] * 3,
+                          "provenance_hardware": ["AMD EPYC (1 thread)"] * 2 + ["AMD EPYC (2 threads)"]})
+    assert tables.hardware(final) == "trials AMD EPYC (1 thread); baselines AMD EPYC (2 threads) (cpu)"
+    same = final.assign(provenance_hardware="AMD EPYC (1 thread)")
+    assert tables.hardware(same) == "AMD EPYC (1 thread) (cpu)"
+
+
 def test_p_clause_never_reads_p_equals_less_than() -> None:
     assert tables.p_clause(0.0004) == "p < 0.001"
     assert tables.p_clause(0.015) == "p = 0.015"

@@ -148,9 +148,17 @@ def lr_rule(final: pd.DataFrame) -> str:
 
 
 def hardware(final: pd.DataFrame) -> str:
-    """Hardware and device of the records ("(1 threads)" in older provenance reads "(1 thread)")."""
-    hardware_text = _joined(final.provenance_hardware).replace("(1 threads)", "(1 thread)")
-    return f"{hardware_text} ({_joined(final.provenance_device)})"
+    """Hardware and device of the records, the trials' apart from the baselines' where they differ (the grid's own
+    process evaluates the baselines with its thread count; "(1 threads)" in older provenance reads "(1 thread)")."""
+    def text(records: pd.DataFrame) -> str:
+        return _joined(records.provenance_hardware).replace("(1 threads)", "(1 thread)")
+
+    kinds = final.kind if "kind" in final else pd.Series("trial", index=final.index)
+    trials, baselines = final[kinds != "baseline"], final[kinds == "baseline"]
+    where = text(final)
+    if not trials.empty and not baselines.empty and text(trials) != text(baselines):
+        where = f"trials {text(trials)}; baselines {text(baselines)}"
+    return f"{where} ({_joined(final.provenance_device)})"
 
 
 def facts(final: pd.DataFrame) -> str:
