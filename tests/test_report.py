@@ -542,6 +542,13 @@ def test_hardware_line_reads_one_thread_in_the_singular() -> None:
     assert tables.hardware(final) == "AMD EPYC (1 thread) (cpu)"
 
 
+def test_a_whole_float_setting_reads_in_full() -> None:
+    assert tables.plain(1e6) == "1000000" and tables.plain(64.0) == "64" and tables.plain(0.001) == "0.001"
+    final = pd.DataFrame({"kind": ["trial"], "dataset": ["cifar10"], "budget_samples": [1e6],
+                          "budget_seconds": [float("nan")]})
+    assert tables.budget(final) == "cifar10: 1000000 samples, no time limit"
+
+
 def test_hardware_line_names_the_trials_apart_from_the_baselines() -> None:
     final = pd.DataFrame({"kind": ["trial", "trial", "baseline"], "provenance_device": ["cpu"] * 3,
                           "provenance_hardware": ["AMD EPYC (1 thread)"] * 2 + ["AMD EPYC (2 threads)"]})

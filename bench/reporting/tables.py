@@ -50,10 +50,12 @@ def number(value: Any, digits: int = 4) -> str:
 
 
 def plain(value: Any) -> str:
-    """A setting as text: floats in %g, ABSENT when missing."""
+    """A setting as text: floats in %g, whole ones in full (1000000 samples, not 1e+06), ABSENT when missing."""
     if _missing(value):
         return ABSENT
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(value)
 
 
 def interval(row: Any, metric: str, digits: int = 4) -> Estimate | str:
@@ -215,7 +217,8 @@ def tuning_budget(cells: pd.DataFrame) -> str:
         return ""
     axes = "margin × batch size" + (" × variant" if (trials.variant != "").any() else "")
     if counts.nunique() == 1:
-        return f"Tuning budget: {counts.iloc[0]} configurations ({axes}) per loss, each on every selection seed."
+        plural = "" if counts.iloc[0] == 1 else "s"
+        return f"Tuning budget: {counts.iloc[0]} configuration{plural} ({axes}) per loss, each on every selection seed."
     return ("Tuning budget (configurations each loss's selection was made among, " + axes + "): "
             + ", ".join(f"{loss} {count}" for loss, count in counts.items()) + ".")
 
