@@ -538,7 +538,8 @@ def test_bad_benchmark_fails_with_one_line(make, explicit: bool, message: str, t
 
 
 def test_hardware_line_reads_one_thread_in_the_singular() -> None:
-    final = pd.DataFrame({"provenance_hardware": ["AMD EPYC (1 threads)"], "provenance_device": ["cpu"]})
+    final = pd.DataFrame({"kind": ["trial"], "provenance_hardware": ["AMD EPYC (1 threads)"],
+                          "provenance_device": ["cpu"]})
     assert tables.hardware(final) == "AMD EPYC (1 thread) (cpu)"
 
 

@@ -155,8 +155,7 @@ def hardware(final: pd.DataFrame) -> str:
     def text(records: pd.DataFrame) -> str:
         return _joined(records.provenance_hardware).replace("(1 threads)", "(1 thread)")
 
-    kinds = final.kind if "kind" in final else pd.Series("trial", index=final.index)
-    trials, baselines = final[kinds != "baseline"], final[kinds == "baseline"]
+    trials, baselines = final[final.kind == "trial"], final[final.kind == "baseline"]
     where = text(final)
     if not trials.empty and not baselines.empty and text(trials) != text(baselines):
         where = f"trials {text(trials)}; baselines {text(baselines)}"
