@@ -12,6 +12,8 @@ RESULTS ?= results
 # make ablation: empty means RESULTS/<experiment>/report/ (the run's own report); make report and make bench: reports/
 REPORTS ?=
 BACKEND ?= auto
+# make ablation: more flags for python -m bench.grid, e.g. --allow-emulated-bf16 (a bf16 preset on a CPU without native bf16)
+GRID_ARGS ?=
 # make bench: comma-separated plugin files whose losses join the loss benchmark (a preset names its own)
 PLUGINS ?=
 # free space a new .venv needs, in GiB (measured: 6.3 GiB with torch 2.14.1 and its CUDA wheels)
@@ -38,7 +40,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ablation: $(STAMP)
-	$(PY) -m bench.grid --preset "$(PRESET)" --experiment "$(EXPERIMENT)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)" --reports "$(REPORTS)"
+	$(PY) -m bench.grid --preset "$(PRESET)" --experiment "$(EXPERIMENT)" --data-dir "$(DATA_DIR)" --results "$(RESULTS)" --backend "$(BACKEND)" --reports "$(REPORTS)" $(GRID_ARGS)
 
 # the committed report: the reference experiments only (a citable preset's run under its own name, e.g. results/cpu)
 report: $(STAMP)

@@ -22,6 +22,8 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
   an added margin, say, a new axis at the default, or a change where nothing was recorded yet) rewrites grid.json
   and runs its points.
 - run.lock while a run is going on (bench/experiment/lock.py): a second run of the same experiment is refused.
+- Trials still to run in precision bf16 on a CPU without native bf16 are refused in one line (check_precision;
+  --allow-emulated-bf16 runs them): emulated bf16 is an order of magnitude slower and rounds unlike native runs.
 - records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
   records/<trial_id>.npz its test embeddings; trial_id = the first 12 hex characters of the sha1 of
   json.dumps({**trial_identity(config), "data_fingerprint": fingerprint}, sort_keys=True)
@@ -66,8 +68,9 @@ import torch
 from bench.cli import Parser
 from bench.engine.config import STATUSES, ConfigError, resolve
 from bench.engine.data import DataError
-from bench.engine.device import is_oom, one_line, release_cached
+from bench.engine.device import is_oom, one_line, pick_device, release_cached
 from bench.engine.files import finite, write_json
+from bench.engine.precision import CPU_BF16_FLAGS, cpu_has_native_bf16, cpu_isa
 from bench.engine.train import run_trial
 from bench.experiment import records
 from bench.experiment.baselines import baseline_records
@@ -76,7 +79,7 @@ from bench.experiment.gridspec import Grid, GridError, stored_grid, variant, wit
 from bench.experiment.identity import trial_id
 from bench.experiment.lock import LOCK_NAME, LockError, acquire, release
 from bench.experiment.presets import default_preset, load_preset, preset_names
-from bench.experiment.provenance import local_placement, provenance, ray_placement
+from bench.experiment.provenance import cpu_model, local_placement, provenance, ray_placement
 
 POLL_SECONDS = 2.0
 REPORT_DIR = "report"  # an experiment's own report: RESULTS/<experiment>/report/ (ignored by git, as Ray's files)
@@ -100,6 +103,7 @@ class Context:
     fingerprints: dict[str, str]  # dataset -> bench.experiment.fingerprint.fingerprint: part of every trial's identity
     threads: int | None  # config `threads` where the preset leaves it None: the CPUs the backend gives a trial
     device: str = "auto"  # config `device` of every trial (a location key; tests force "cpu")
+    allow_emulated_bf16: bool = False  # run bf16 trials on a CPU without native bf16 (check_precision)
 
     def config(self, point: dict[str, Any]) -> dict[str, Any]:
         """The trial config of one grid point without location keys, `threads` filled in."""
@@ -491,6 +495,26 @@ def check_data(experiment_dir: Path, stored: dict[str, Any] | None, prints: dict
         )
 
 
+def check_precision(ctx: Context, points: list[dict[str, Any]]) -> None:
+    """Refuse (GridError) to run `points` (the trials still to run) when one asks for precision bf16 and this host's
+    CPU has no native bf16 (CPU_BF16_FLAGS): autocast would emulate it, an order of magnitude slower than fp32
+    (cifar-net's step: 10-14× on an AMD EPYC with avx2 alone) and rounded unlike the same trials on a native CPU.
+    ctx.allow_emulated_bf16 runs them anyway; a Ray cluster's trials (RAY_ADDRESS) and CUDA ones run elsewhere and
+    are not checked, and a grid whose trials are all recorded runs nothing, so it passes."""
+    if (ctx.allow_emulated_bf16 or os.environ.get("RAY_ADDRESS") or pick_device(ctx.device).type != "cpu"
+            or cpu_has_native_bf16()):
+        return
+    if not any(ctx.grid.config(point).get("precision") == "bf16" for point in points):
+        return
+    hint = "GRID_ARGS=--allow-emulated-bf16" if os.environ.get("MAKELEVEL") else "--allow-emulated-bf16"
+    raise GridError(
+        f"preset {ctx.grid.preset} asks for precision bf16, but this CPU ({cpu_model()}; "
+        f"flags {cpu_isa() or 'unknown'}) has neither {' nor '.join(CPU_BF16_FLAGS)}: bf16 would run emulated, an "
+        f"order of magnitude slower than fp32 and rounded unlike its native runs; run it on a CPU with native bf16, "
+        f"or pass {hint} to run it anyway (each record names its CPU's flags)"
+    )
+
+
 def summarize(ctx: Context, points: list[dict[str, Any]]) -> int:
     """Print the status counts of the grid; return 0 when every trial has a record, else 1."""
     counts = Counter(record["status"] if (record := read_record(ctx, point)) else "unfinished" for point in points)
@@ -520,12 +544,13 @@ def pick_backend(name: str) -> str:
 def run_grid(
     preset: str, data_dir: str | Path, results: str | Path, *, experiment: str = "", backend: str = "auto",
     trial_fn: TrialFn = run_trial, cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None,
-    command: str = "", device: str = "auto", reports: str | Path | None = None,
+    command: str = "", device: str = "auto", reports: str | Path | None = None, allow_emulated_bf16: bool = False,
 ) -> int:
     """Run or resume a preset's grid into results/<experiment>/; return 0 when every trial has a record.
 
     `device` is every trial's config `device` (a location key: tests force "cpu" under logical Ray GPUs).
     `reports`: where to write this experiment's report afterwards ("" for results/<experiment>/report; None: none).
+    `allow_emulated_bf16`: run a bf16 grid on a CPU without native bf16 (check_precision).
     """
     if not cpus_per_trial > 0 or (gpus_per_trial or 0) < 0:
         raise GridError(f"need --cpus-per-trial > 0 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
@@ -558,9 +583,12 @@ def run_grid(
         if stored is None or changed or (stored.get("doc"), stored.get("citable")) != (grid.doc, grid.citable):
             write_json(experiment_dir / "grid.json", grid.spec(experiment, threads, prints))
         (experiment_dir / "records").mkdir(exist_ok=True)
-        ctx = Context(grid, experiment, str(experiment_dir), data_dir, command, prints, threads, device)
+        ctx = Context(grid, experiment, str(experiment_dir), data_dir, command, prints, threads, device,
+                      allow_emulated_bf16)
         points = grid.points()
         progress = Progress(ctx, points)
+        if trial_fn is run_trial:  # a substituted trial (tests) computes nothing in bf16
+            check_precision(ctx, [point for point in points if ctx.trial_id(point) not in progress.done])
         print(f"grid {experiment} ({grid.preset}): {len(points)} trials, {len(progress.done)} already recorded; "
               f"backend {backend}; data {', '.join(f'{k} {v}' for k, v in prints.items())}; results in "
               f"{experiment_dir}", flush=True)
@@ -605,6 +633,8 @@ def run_fresh(ctx: Context, trial_fn: TrialFn, backend: str, cpus_per_trial: flo
     progress = Progress(fresh, points)
     print(f"fresh seeds {list(ctx.grid.fresh_seeds)}: {len(cells)} selected cells, {len(points)} trials, "
           f"{len(progress.done)} already recorded", flush=True)
+    if trial_fn is run_trial:
+        check_precision(fresh, [point for point in points if fresh.trial_id(point) not in progress.done])
     run_points(fresh, points, trial_fn, progress, backend, cpus_per_trial, gpus_per_trial,
                ray_storage_dir(ctx.experiment_dir, "ray-fresh"))
     return summarize(fresh, points)
@@ -641,6 +671,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reports", default="", help=f"where to write this experiment's report when the grid ends "
                    f"(default RESULTS/EXPERIMENT/{REPORT_DIR}/)")
     p.add_argument("--no-report", action="store_true", help="write no report")
+    p.add_argument("--allow-emulated-bf16", action="store_true",
+                   help="run a bf16 preset on a CPU without avx512_bf16 or amx_bf16 (emulated: an order of magnitude "
+                   "slower); refused otherwise")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPU share Ray reserves per trial, e.g. 0.25 (default: 1 when the cluster has GPUs, else 0)")
@@ -665,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench.grid", *(sys.argv[1:] if argv is None else argv)])
     options = {"experiment": args.experiment, "backend": args.backend, "cpus_per_trial": args.cpus_per_trial,
                "gpus_per_trial": args.gpus_per_trial, "command": command,
-               "reports": None if args.no_report else args.reports}
+               "reports": None if args.no_report else args.reports,
+               "allow_emulated_bf16": args.allow_emulated_bf16}
     try:
         if args.smoke:
             if args.preset not in ("", "smoke"):

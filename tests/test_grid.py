@@ -21,6 +21,7 @@ import torch
 
 from bench.engine.config import METRICS
 from bench.engine.device import is_oom, one_line
+from bench.engine.precision import cpu_isa
 from bench.engine.synthetic import write_synthetic
 from bench.experiment.fingerprint import fingerprint
 from bench.experiment.gridspec import AXES, Grid, GridError
@@ -818,3 +819,37 @@ def test_a_normalize_axis_gets_an_untrained_baseline_per_normalisation_each_name
     untrained = [r["config"]["normalize"] for r in records(tmp_path / "results" / "fake").values()
                  if r.get("baseline") == "untrained"]
     assert sorted(untrained) == [False, True]
+
+
+def test_a_bf16_grid_is_refused_on_a_cpu_without_native_bf16_unless_allowed(
+        fake_setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emulated bf16 is an order of magnitude slower and rounds unlike a native run: the grid refuses the trials it
+    would run, before any of them, naming the flag (the make variable under make); the flag runs them; a grid with
+    every trial recorded runs nothing and passes."""
+    import bench.grid as grid_module
+
+    _, data_dir = fake_setup
+    preset = tmp_path / "bf16.json"
+    axes = {**FAKE_GRID["axes"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [8], "seed": [0]}
+    fixed = {"budget_samples": 16, "checkpoints": 1, "threads": 1, "precision": "bf16"}
+    preset.write_text(json.dumps({**FAKE_GRID, "axes": axes, "fixed": fixed}))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    monkeypatch.setattr(grid_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(grid_module, "cpu_isa", lambda: "avx2 avx512f")
+    results = tmp_path / "results"
+    refused = (r"preset bf16 asks for precision bf16, but this CPU \(.+; flags avx2 avx512f\) has neither "
+               r"avx512_bf16 nor amx_bf16: bf16 would run emulated.+pass --allow-emulated-bf16 to run it anyway")
+    with pytest.raises(GridError, match=refused):
+        run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None)
+    assert not list((results / "bf16" / "records").glob("*.json"))  # refused before any trial or baseline
+    monkeypatch.setenv("MAKELEVEL", "1")
+    with pytest.raises(GridError, match="pass GRID_ARGS=--allow-emulated-bf16"):
+        run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None)
+    assert run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None,
+                    allow_emulated_bf16=True) == 0
+    trials = [r for f in (results / "bf16" / "records").glob("*.json") if (r := json.loads(f.read_text()))["kind"]
+              == "trial"]
+    assert len(trials) == 1 and trials[0]["final"]["precision"] == "bf16"
+    assert trials[0]["provenance"]["cpu_isa"] == cpu_isa()  # the record names this host's flags
+    assert run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None) == 0  # all recorded

@@ -36,3 +36,16 @@ def test_hardware_names_its_thread_count_in_words(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert hardware("cpu").endswith("(2 threads)")
     assert hardware("cpu", threads=1).endswith("(1 thread)")  # a trial's own count wins over torch's now
+
+
+def test_cpu_isa_names_the_flags_that_decide_kernels_and_native_bf16() -> None:
+    """Two CPUs of one model name ("AMD EPYC") differ in these flags, and so in a trial's speed and rounding."""
+    from bench.engine.precision import cpu_has_native_bf16, cpu_isa
+    from bench.experiment.provenance import provenance
+
+    native = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx512_bf16 avx2 avx512f\n"
+    assert cpu_isa(native) == "avx2 avx512f avx512_bf16" and cpu_has_native_bf16(cpu_isa(native))
+    assert cpu_isa(native.replace("avx512_bf16 ", "")) == "avx2 avx512f"
+    assert not cpu_has_native_bf16("avx2 avx512f") and not cpu_has_native_bf16("")
+    assert cpu_isa("flags\t\t: fpu sse2\n") == "" and cpu_isa("model name\t: M1\n") is None
+    assert provenance()["cpu_isa"] == cpu_isa()

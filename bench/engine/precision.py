@@ -17,16 +17,29 @@ import torch
 from bench.engine.config import ConfigError
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# the cpuinfo flags that decide torch's CPU kernels and whether bf16 is native: two CPUs of one model name (the
+# workplace's "AMD EPYC") can differ in them, and so in a trial's speed and rounding
+CPU_ISA_FLAGS = ("avx2", "avx512f", *CPU_BF16_FLAGS)
 
 
 @cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Linux: a cpuinfo flag in CPU_BF16_FLAGS)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return any(flag in flags.split() for flag in CPU_BF16_FLAGS)
+def cpu_isa(cpuinfo: str | None = None) -> str | None:
+    """The CPU_ISA_FLAGS that the CPU has, space-joined in that order ('' for none of them), read from the first
+    'flags' line of `cpuinfo` (default: this host's /proc/cpuinfo); None where there is no such line (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[-1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    return None if flags is None else " ".join(flag for flag in CPU_ISA_FLAGS if flag in flags)
+
+
+def cpu_has_native_bf16(isa: str | None = None) -> bool:
+    """Whether a CPU computes bf16 natively: a flag of CPU_BF16_FLAGS in `isa` (cpu_isa's form; default: this
+    host's)."""
+    isa = cpu_isa() if isa is None else isa
+    return any(flag in (isa or "").split() for flag in CPU_BF16_FLAGS)
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from bench.engine import plugins
+from bench.engine.precision import cpu_isa
 
 OUTPUTS = ("results", "reports")  # what runs write into the checkout: never code, so never "dirty"
 
@@ -36,22 +37,25 @@ def git_commit(root: Path | None = None) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def cpu_model() -> str:
+    """This host's CPU model name (/proc/cpuinfo's 'model name', else the platform's processor or machine)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device: str | torch.device = "cpu", threads: int | None = None) -> str:
     """A readable name of the device: the GPU's name on CUDA, else the CPU model and the thread count (`threads`,
     e.g. what a trial ran with; default: torch's count now)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     threads = torch.get_num_threads() if threads is None else threads
-    return f"{cpu} ({threads} thread{'' if threads == 1 else 's'})"
+    return f"{cpu_model()} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def _version(package: str) -> str | None:
@@ -62,12 +66,14 @@ def _version(package: str) -> str | None:
 
 
 def provenance(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Date (UTC), git commit, hardware (with `threads`, see hardware), device, library versions, the host's load
+    """Date (UTC), git commit, hardware (with `threads`, see hardware), the host CPU's instruction sets that decide
+    kernels and native bf16 (`cpu_isa`, bench.engine.precision.cpu_isa), device, library versions, the host's load
     average and CPU count (see load_average), and the plugins imported (path and content hash), flat JSON."""
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
         "hardware": hardware(device, threads),
+        "cpu_isa": cpu_isa(),
         "device": str(torch.device(device)),
         "python": platform.python_version(),
         "torch": torch.__version__,
