@@ -498,9 +498,10 @@ def check_data(experiment_dir: Path, stored: dict[str, Any] | None, prints: dict
 def check_precision(ctx: Context, points: list[dict[str, Any]]) -> None:
     """Refuse (GridError) to run `points` (the trials still to run) when one asks for precision bf16 and this host's
     CPU has no native bf16 (CPU_BF16_FLAGS): autocast would emulate it, an order of magnitude slower than fp32
-    (cifar-net's step: 10-14× on an AMD EPYC with avx2 alone) and rounded unlike the same trials on a native CPU.
-    ctx.allow_emulated_bf16 runs them anyway; a Ray cluster's trials (RAY_ADDRESS) and CUDA ones run elsewhere and
-    are not checked, and a grid whose trials are all recorded runs nothing, so it passes."""
+    (cifar-net's step: 12-13× on an AMD EPYC with avx2 alone, reports/measured/emulated-bf16) and rounded unlike
+    the same trials on a native CPU. ctx.allow_emulated_bf16 runs them anyway; a Ray cluster's trials (RAY_ADDRESS)
+    and CUDA ones run elsewhere and are not checked, and a grid whose trials are all recorded runs nothing, so it
+    passes."""
     if (ctx.allow_emulated_bf16 or os.environ.get("RAY_ADDRESS") or pick_device(ctx.device).type != "cpu"
             or cpu_has_native_bf16()):
         return
