@@ -642,3 +642,16 @@ def test_running_time_is_the_union_of_the_trials_spans() -> None:
     assert running_time(final) == ("20 min of wall time with a trial running (3 trials, 0.4 trial-hours; pauses "
                                    "between sittings left out)")
     assert running_time(final[final.kind == "baseline"]) == "no trial with its times recorded"
+
+
+def test_hardware_line_tells_two_cpus_of_one_name_apart_by_their_recorded_flags() -> None:
+    """An 'AMD EPYC' with avx512_bf16 and one with avx2 alone run bf16 natively and emulated: the line names both;
+    records older than the flags keep their name, and a GPU's name takes no host flags."""
+    final = pd.DataFrame({"kind": ["trial"] * 4, "provenance_device": ["cpu", "cpu", "cpu", "cuda"],
+                          "provenance_hardware": ["AMD EPYC (1 thread)"] * 3 + ["NVIDIA H100"],
+                          "provenance_cpu_isa": ["avx2 avx512f avx512_bf16", "avx2", None, "avx2"]})
+    assert list(tables.machines(final)) == ["AMD EPYC [avx2 avx512f avx512_bf16] (1 thread)",
+                                            "AMD EPYC [avx2] (1 thread)", "AMD EPYC (1 thread)", "NVIDIA H100"]
+    assert tables.hardware(final.iloc[:2]) == ("AMD EPYC [avx2 avx512f avx512_bf16] (1 thread), "
+                                               "AMD EPYC [avx2] (1 thread) (cpu)")
+    assert tables.hardware(final.iloc[2:3]) == "AMD EPYC (1 thread) (cpu)"

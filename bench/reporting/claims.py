@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -654,9 +653,10 @@ def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
 
 
 def _machines(final: pd.DataFrame, experiment: str) -> str:
-    """The CPUs or GPUs an experiment's trials ran on, without their thread counts ("AMD EPYC"), joined by " and "."""
-    names = final[final.experiment == experiment].get("provenance_hardware", pd.Series(dtype=object)).dropna()
-    machines = {re.sub(r" \(\d+ threads?\)$", "", str(name)) for name in names}
+    """The CPUs or GPUs an experiment's trials ran on, without their thread counts ("AMD EPYC", with its flags where
+    recorded: tables.machines), joined by " and "."""
+    names = tables.machines(final[final.experiment == experiment]).dropna()
+    machines = {tables.THREADS.sub("", str(name)) for name in names}
     return " and ".join(sorted(machines)) or "unrecorded hardware"
 
 

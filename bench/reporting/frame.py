@@ -22,7 +22,7 @@ from bench.experiment.records import INITIAL_COLUMNS, REQUIRED
 from bench.reporting import stats, systems
 from losses import CONTROLS, LOSSES
 
-PROVENANCE = ("date", "git_commit", "hardware", "device", "torch", "ray", "command", "concurrent_trials")
+PROVENANCE = ("date", "git_commit", "hardware", "cpu_isa", "device", "torch", "ray", "command", "concurrent_trials")
 # checkpoint key -> column, where the checkpoint's name would shadow a record-level one
 RENAMED = {"loss": "train_loss", "status": "checkpoint_status"}
 

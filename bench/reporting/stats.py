@@ -77,7 +77,7 @@ MEAN_OVER_SEEDS = ("images_per_class",)
 # where each cell ran: summary.csv column -> the records' provenance column ("a;b" when its trials differ; the date
 # as the first and last day)
 ORIGIN = {"commit": "provenance_git_commit", "device": "provenance_device", "hardware": "provenance_hardware",
-          "date": "provenance_date"}
+          "cpu_isa": "provenance_cpu_isa", "date": "provenance_date"}
 INITIAL = INITIAL_KEYS  # the margin check's columns (bench/engine/diagnostics.py)
 EASY_LIMIT = 0.5
 ALPHA = 0.05

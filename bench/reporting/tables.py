@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,32 @@ def lr_rule(final: pd.DataFrame) -> str:
     return "; ".join(parts) or "unknown"
 
 
+THREADS = re.compile(r" \(\d+ threads?\)$")  # a CPU's thread count at the end of its hardware name
+
+
+def _with_flags(name: str, flags: str) -> str:
+    """'AMD EPYC (1 thread)' with flags 'avx2' → 'AMD EPYC [avx2] (1 thread)' ('' flags: '[no avx2]')."""
+    found = THREADS.search(name)
+    cut = found.start() if found else len(name)
+    return f"{name[:cut]} [{flags or 'no avx2'}]{name[cut:]}"
+
+
+def machines(records: pd.DataFrame) -> pd.Series:
+    """Each record's hardware name, a CPU's with its recorded instruction-set flags before the thread count
+    ("AMD EPYC [avx2 avx512f avx512_bf16] (1 thread)"; records older than the `cpu_isa` field: the name alone)."""
+    names = records.get("provenance_hardware", pd.Series(None, index=records.index, dtype=object))
+    isa = records.get("provenance_cpu_isa", pd.Series(None, index=records.index, dtype=object))
+    device = records.get("provenance_device", pd.Series("cpu", index=records.index, dtype=object))
+    return pd.Series([name if _missing(name) or _missing(flags) or str(kind) != "cpu" else _with_flags(str(name), flags)
+                      for name, flags, kind in zip(names, isa, device, strict=True)], index=records.index, dtype=object)
+
+
 def hardware(final: pd.DataFrame) -> str:
-    """Hardware and device of the records, the trials' apart from the baselines' where they differ (the grid's own
-    process evaluates the baselines with its thread count; "(1 threads)" in older provenance reads "(1 thread)")."""
+    """Hardware and device of the records (`machines`), the trials' apart from the baselines' where they differ (the
+    grid's own process evaluates the baselines with its thread count; "(1 threads)" in older provenance reads
+    "(1 thread)")."""
     def text(records: pd.DataFrame) -> str:
-        return _joined(records.provenance_hardware).replace("(1 threads)", "(1 thread)")
+        return _joined(machines(records)).replace("(1 threads)", "(1 thread)")
 
     trials, baselines = final[final.kind == "trial"], final[final.kind == "baseline"]
     where = text(final)
