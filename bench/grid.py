@@ -70,7 +70,7 @@ from bench.engine.config import STATUSES, ConfigError, resolve
 from bench.engine.data import DataError
 from bench.engine.device import is_oom, one_line, pick_device, release_cached
 from bench.engine.files import finite, write_json
-from bench.engine.precision import CPU_BF16_FLAGS, cpu_has_native_bf16, cpu_isa
+from bench.engine.precision import CPU_BF16_FLAGS, CPU_ISA_FLAGS, cpu_has_native_bf16, cpu_isa
 from bench.engine.train import run_trial
 from bench.experiment import records
 from bench.experiment.baselines import baseline_records
@@ -508,9 +508,11 @@ def check_precision(ctx: Context, points: list[dict[str, Any]]) -> None:
     if not any(ctx.grid.config(point).get("precision") == "bf16" for point in points):
         return
     hint = "GRID_ARGS=--allow-emulated-bf16" if os.environ.get("MAKELEVEL") else "--allow-emulated-bf16"
+    isa = cpu_isa()
+    flags = isa or ("none of " + ", ".join(CPU_ISA_FLAGS) if isa == "" else "unknown")
     raise GridError(
         f"preset {ctx.grid.preset} asks for precision bf16, but this CPU ({cpu_model()}; "
-        f"flags {cpu_isa() or 'unknown'}) has neither {' nor '.join(CPU_BF16_FLAGS)}: bf16 would run emulated, an "
+        f"flags {flags}) has neither {' nor '.join(CPU_BF16_FLAGS)}: bf16 would run emulated, an "
         f"order of magnitude slower than fp32 and rounded unlike its native runs; run it on a CPU with native bf16, "
         f"or pass {hint} to run it anyway (each record names its CPU's flags)"
     )
