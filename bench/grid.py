@@ -495,21 +495,22 @@ def check_data(experiment_dir: Path, stored: dict[str, Any] | None, prints: dict
         )
 
 
-def check_precision(ctx: Context, points: list[dict[str, Any]]) -> None:
-    """Refuse (GridError) to run `points` (the trials still to run) when one asks for precision bf16 and this host's
-    CPU has no native bf16 (CPU_BF16_FLAGS): autocast would emulate it, an order of magnitude slower than fp32
-    (cifar-net's step: 12-13× on an AMD EPYC with avx2 alone, reports/measured/emulated-bf16) and rounded unlike
-    the same trials on a native CPU. ctx.allow_emulated_bf16 runs them anyway; a Ray cluster's trials (RAY_ADDRESS)
-    and CUDA ones run elsewhere and are not checked, and a grid whose trials are all recorded runs nothing, so it
-    passes."""
+def check_precision(ctx: Context, points: list[dict[str, Any]], done: set[str]) -> None:
+    """Refuse (GridError) to run the `points` whose trial id is not in `done` when one asks for precision bf16 and
+    this host's CPU has no native bf16 (CPU_BF16_FLAGS): autocast would emulate it, an order of magnitude slower
+    than fp32 (cifar-net's step: 12-13× on an AMD EPYC with avx2 alone, reports/measured/emulated-bf16) and rounded
+    unlike the same trials on a native CPU. ctx.allow_emulated_bf16 runs them anyway; a Ray cluster's trials
+    (RAY_ADDRESS) and CUDA ones run elsewhere and are not checked, and a grid whose trials are all recorded runs
+    nothing, so it passes."""
     if (ctx.allow_emulated_bf16 or os.environ.get("RAY_ADDRESS") or pick_device(ctx.device).type != "cpu"
             or cpu_has_native_bf16()):
         return
-    if not any(ctx.grid.config(point).get("precision") == "bf16" for point in points):
+    todo = [point for point in points if ctx.trial_id(point) not in done]
+    if not any(ctx.grid.config(point).get("precision") == "bf16" for point in todo):
         return
     hint = "GRID_ARGS=--allow-emulated-bf16" if os.environ.get("MAKELEVEL") else "--allow-emulated-bf16"
     isa = cpu_isa()
-    flags = isa or ("none of " + ", ".join(CPU_ISA_FLAGS) if isa == "" else "unknown")
+    flags = "unknown" if isa is None else isa or f"none of {', '.join(CPU_ISA_FLAGS)}"
     raise GridError(
         f"preset {ctx.grid.preset} asks for precision bf16, but this CPU ({cpu_model()}; "
         f"flags {flags}) has neither {' nor '.join(CPU_BF16_FLAGS)}: bf16 would run emulated, an "
@@ -591,7 +592,7 @@ def run_grid(
         points = grid.points()
         progress = Progress(ctx, points)
         if trial_fn is run_trial:  # a substituted trial (tests) computes nothing in bf16
-            check_precision(ctx, [point for point in points if ctx.trial_id(point) not in progress.done])
+            check_precision(ctx, points, progress.done)
         print(f"grid {experiment} ({grid.preset}): {len(points)} trials, {len(progress.done)} already recorded; "
               f"backend {backend}; data {', '.join(f'{k} {v}' for k, v in prints.items())}; results in "
               f"{experiment_dir}", flush=True)
@@ -637,7 +638,7 @@ def run_fresh(ctx: Context, trial_fn: TrialFn, backend: str, cpus_per_trial: flo
     print(f"fresh seeds {list(ctx.grid.fresh_seeds)}: {len(cells)} selected cells, {len(points)} trials, "
           f"{len(progress.done)} already recorded", flush=True)
     if trial_fn is run_trial:
-        check_precision(fresh, [point for point in points if fresh.trial_id(point) not in progress.done])
+        check_precision(fresh, points, progress.done)
     run_points(fresh, points, trial_fn, progress, backend, cpus_per_trial, gpus_per_trial,
                ray_storage_dir(ctx.experiment_dir, "ray-fresh"))
     return summarize(fresh, points)
