@@ -116,7 +116,9 @@ def calls(data_dir: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-QUESTIONS = ("cpu-batch", "cpu-budget", "cpu-seeds", "cpu-sampler")  # issue 24: one question each, on cpu's cells
+# issue 24: one question each, on cpu's cells; the budget question also in fp32 (CPUs without native bf16)
+QUESTIONS = ("cpu-batch", "cpu-budget", "cpu-budget-fp32", "cpu-budget-fp32-200k", "cpu-seeds", "cpu-sampler")
+FP32 = {"cpu-budget-fp32": 1_000_000, "cpu-budget-fp32-200k": 200_000}  # cpu-budget in fp32: its two budgets
 
 
 def test_the_question_presets_run_the_cells_that_the_cpu_grid_selected() -> None:
@@ -148,12 +150,22 @@ def test_the_question_presets_run_the_cells_that_the_cpu_grid_selected() -> None
             assert {(loss, margin) for loss, margin, _ in named} == {("batch-all", 0.2)} <= {c[:2] for c in cells}
         else:
             assert named == cells, name
-        assert all(load_preset(name).config(p)["precision"] == "bf16" for p in points), name
+        precision = "fp32" if name in FP32 else "bf16"
+        assert all(load_preset(name).config(p)["precision"] == precision for p in points), name
+    budget = load_preset("cpu-budget")
+    for name, samples in FP32.items():  # cpu-budget's trials but for precision, budget and checkpoints
+        grid = load_preset(name)
+        assert grid.points() == budget.points(), name
+        for p in grid.points():
+            ours, theirs = grid.config(p), budget.config(p)
+            assert (ours["precision"], ours["budget_samples"]) == ("fp32", samples), name
+            same = set(ours) - {"precision", "budget_samples", "checkpoints"}
+            assert {k: ours[k] for k in same} == {k: theirs.get(k) for k in same}, name
 
 
 def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
-    assert preset_names() == ["cpu", "cpu-batch", "cpu-budget", "cpu-losses", "cpu-quick", "cpu-sampler", "cpu-seeds",
-                              "cpu-unseen", "gpu-check", "paper", "smoke"]
+    assert preset_names() == ["cpu", "cpu-batch", "cpu-budget", "cpu-budget-fp32", "cpu-budget-fp32-200k", "cpu-losses",
+                              "cpu-quick", "cpu-sampler", "cpu-seeds", "cpu-unseen", "gpu-check", "paper", "smoke"]
     four = {"batch-all", "batch-hard", "adaptive-mu", "quadruplet"}
     for name in preset_names():
         grid = load_preset(name)
