@@ -24,6 +24,9 @@ Experiment E (default: the preset's name) lives in RESULTS/E/:
 - run.lock while a run is going on (bench/experiment/lock.py): a second run of the same experiment is refused.
 - Trials still to run in precision bf16 on a CPU without native bf16 are refused in one line (check_precision;
   --allow-emulated-bf16 runs them): emulated bf16 is an order of magnitude slower and rounds unlike native runs.
+- So are trials still to run on a CPU of another kind (model or recorded flags) than the one that ran the
+  experiment's recorded trials (check_machine; --allow-mixed-cpus runs them): a seed pairs two trials only on one
+  kind of CPU, since two kinds' kernels round differently.
 - records/<trial_id>.json: one per finished trial, written once (see `make_record`), with
   records/<trial_id>.npz its test embeddings; trial_id = the first 12 hex characters of the sha1 of
   json.dumps({**trial_identity(config), "data_fingerprint": fingerprint}, sort_keys=True)
@@ -104,6 +107,7 @@ class Context:
     threads: int | None  # config `threads` where the preset leaves it None: the CPUs the backend gives a trial
     device: str = "auto"  # config `device` of every trial (a location key; tests force "cpu")
     allow_emulated_bf16: bool = False  # run bf16 trials on a CPU without native bf16 (check_precision)
+    allow_mixed_cpus: bool = False  # run trials on another kind of CPU than the recorded ones (check_machine)
 
     def config(self, point: dict[str, Any]) -> dict[str, Any]:
         """The trial config of one grid point without location keys, `threads` filled in."""
@@ -519,6 +523,44 @@ def check_precision(ctx: Context, points: list[dict[str, Any]], done: set[str]) 
     )
 
 
+def _cpu(model: str, isa: str | None) -> str:
+    """A CPU as check_machine names it: its model, with its flags where recorded ("AMD EPYC [avx2]")."""
+    return model if isa is None else f"{model} [{isa or 'none of ' + ', '.join(CPU_ISA_FLAGS)}]"
+
+
+def check_machine(ctx: Context, points: list[dict[str, Any]], done: set[str]) -> None:
+    """Refuse (GridError) to run the `points` whose trial id is not in `done` on this host when the experiment's
+    recorded CPU trials ran on a CPU of another model or, where their records name them, other flags (cpu_isa): a
+    seed fixes a trial's initialisation and batches, but two kinds of CPU round differently, so the experiment's
+    comparisons paired over seeds would mix kernels. ctx.allow_mixed_cpus runs them; a Ray cluster's trials
+    (RAY_ADDRESS) and CUDA ones are not checked, and a grid whose trials are all recorded passes."""
+    if (ctx.allow_mixed_cpus or os.environ.get("RAY_ADDRESS") or pick_device(ctx.device).type != "cpu"
+            or all(ctx.trial_id(point) in done for point in points)):
+        return
+    here_model, here_isa = cpu_model(), cpu_isa()
+    others: Counter[str] = Counter()
+    for path in sorted((Path(ctx.experiment_dir) / "records").glob("*.json")):
+        try:
+            record = records.read_record(path)
+        except records.RecordError:
+            continue  # a damaged record is named where the grid reads its point's record
+        source = (record or {}).get("provenance") or {}
+        if (not record or record.get("kind", "trial") != "trial" or source.get("device", "cpu") != "cpu"
+                or not source.get("hardware")):
+            continue
+        model, isa = re.sub(r" \(\d+ threads?\)$", "", source["hardware"]), source.get("cpu_isa")
+        if model != here_model or (isa is not None and here_isa is not None and isa != here_isa):
+            others[_cpu(model, isa)] += 1
+    if not others:
+        return
+    hint = "GRID_ARGS=--allow-mixed-cpus" if os.environ.get("MAKELEVEL") else "--allow-mixed-cpus"
+    theirs = ", ".join(f"{n} on {name}" for name, n in others.most_common())
+    raise GridError(
+        f"experiment {ctx.experiment}: its recorded trials ran on another kind of CPU ({theirs}) than this one "
+        f"({_cpu(here_model, here_isa)}): a seed pairs trials only on one kind, whose kernels round alike; run the "
+        f"rest on that CPU, start another --experiment here, or pass {hint} to mix them (each record names its CPU)")
+
+
 def summarize(ctx: Context, points: list[dict[str, Any]]) -> int:
     """Print the status counts of the grid; return 0 when every trial has a record, else 1."""
     counts = Counter(record["status"] if (record := read_record(ctx, point)) else "unfinished" for point in points)
@@ -549,12 +591,14 @@ def run_grid(
     preset: str, data_dir: str | Path, results: str | Path, *, experiment: str = "", backend: str = "auto",
     trial_fn: TrialFn = run_trial, cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None,
     command: str = "", device: str = "auto", reports: str | Path | None = None, allow_emulated_bf16: bool = False,
+    allow_mixed_cpus: bool = False,
 ) -> int:
     """Run or resume a preset's grid into results/<experiment>/; return 0 when every trial has a record.
 
     `device` is every trial's config `device` (a location key: tests force "cpu" under logical Ray GPUs).
     `reports`: where to write this experiment's report afterwards ("" for results/<experiment>/report; None: none).
     `allow_emulated_bf16`: run a bf16 grid on a CPU without native bf16 (check_precision).
+    `allow_mixed_cpus`: run trials on another kind of CPU than the experiment's recorded ones (check_machine).
     """
     if not cpus_per_trial > 0 or (gpus_per_trial or 0) < 0:
         raise GridError(f"need --cpus-per-trial > 0 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
@@ -588,11 +632,12 @@ def run_grid(
             write_json(experiment_dir / "grid.json", grid.spec(experiment, threads, prints))
         (experiment_dir / "records").mkdir(exist_ok=True)
         ctx = Context(grid, experiment, str(experiment_dir), data_dir, command, prints, threads, device,
-                      allow_emulated_bf16)
+                      allow_emulated_bf16, allow_mixed_cpus)
         points = grid.points()
         progress = Progress(ctx, points)
-        if trial_fn is run_trial:  # a substituted trial (tests) computes nothing in bf16
+        if trial_fn is run_trial:  # a substituted trial (tests) computes nothing in bf16 and records no CPU
             check_precision(ctx, points, progress.done)
+            check_machine(ctx, points, progress.done)
         print(f"grid {experiment} ({grid.preset}): {len(points)} trials, {len(progress.done)} already recorded; "
               f"backend {backend}; data {', '.join(f'{k} {v}' for k, v in prints.items())}; results in "
               f"{experiment_dir}", flush=True)
@@ -639,6 +684,7 @@ def run_fresh(ctx: Context, trial_fn: TrialFn, backend: str, cpus_per_trial: flo
           f"{len(progress.done)} already recorded", flush=True)
     if trial_fn is run_trial:
         check_precision(fresh, points, progress.done)
+        check_machine(fresh, points, progress.done)
     run_points(fresh, points, trial_fn, progress, backend, cpus_per_trial, gpus_per_trial,
                ray_storage_dir(ctx.experiment_dir, "ray-fresh"))
     return summarize(fresh, points)
@@ -678,6 +724,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-emulated-bf16", action="store_true",
                    help="run a bf16 preset on a CPU without avx512_bf16 or amx_bf16 (emulated: an order of magnitude "
                    "slower); refused otherwise")
+    p.add_argument("--allow-mixed-cpus", action="store_true",
+                   help="run the rest of an experiment on another kind of CPU (model or flags) than its recorded "
+                   "trials; refused otherwise")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPU share Ray reserves per trial, e.g. 0.25 (default: 1 when the cluster has GPUs, else 0)")
@@ -703,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"experiment": args.experiment, "backend": args.backend, "cpus_per_trial": args.cpus_per_trial,
                "gpus_per_trial": args.gpus_per_trial, "command": command,
                "reports": None if args.no_report else args.reports,
-               "allow_emulated_bf16": args.allow_emulated_bf16}
+               "allow_emulated_bf16": args.allow_emulated_bf16, "allow_mixed_cpus": args.allow_mixed_cpus}
     try:
         if args.smoke:
             if args.preset not in ("", "smoke"):

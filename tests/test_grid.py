@@ -865,3 +865,40 @@ def test_a_bf16_grid_is_refused_on_a_cpu_without_native_bf16_unless_allowed(
     assert len(trials) == 1 and trials[0]["final"]["precision"] == "bf16"
     assert trials[0]["provenance"]["cpu_isa"] == cpu_isa()  # the record names this host's flags
     assert run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None) == 0  # all recorded
+
+
+def test_an_experiment_recorded_on_one_kind_of_cpu_is_not_continued_on_another_unless_allowed(
+        fake_setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seed pairs trials only on one kind of CPU: the rest of an experiment is refused, before any trial, on a CPU
+    of other flags or another model than its records name, with the flag under make too; the flag runs them."""
+    import bench.grid as grid_module
+
+    _, data_dir = fake_setup
+    preset = tmp_path / "one.json"
+    axes = {**FAKE_GRID["axes"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [8], "seed": [0]}
+    fixed = {"budget_samples": 16, "checkpoints": 1, "threads": 1, "precision": "fp32"}
+    preset.write_text(json.dumps({**FAKE_GRID, "axes": axes, "fixed": fixed}))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    results = tmp_path / "results"
+    assert run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None) == 0
+    preset.write_text(json.dumps({**FAKE_GRID, "axes": {**axes, "seed": [0, 1]}, "fixed": fixed}))
+    records_dir = results / "one" / "records"
+    before = sorted(path.name for path in records_dir.iterdir())
+    here = grid_module.cpu_isa()
+    other = "" if here else "avx2"  # flags this host has not
+    monkeypatch.setattr(grid_module, "cpu_isa", lambda: other)
+    refused = (r"experiment one: its recorded trials ran on another kind of CPU \(1 on .+ \[.*\]\) than this one "
+               r".+pass --allow-mixed-cpus to mix them")
+    with pytest.raises(GridError, match=refused):
+        run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None)
+    assert sorted(path.name for path in records_dir.iterdir()) == before  # refused before any trial or baseline
+    monkeypatch.setattr(grid_module, "cpu_isa", lambda: here)
+    monkeypatch.setattr(grid_module, "cpu_model", lambda: "Another CPU")  # same flags, another model
+    monkeypatch.setenv("MAKELEVEL", "1")
+    with pytest.raises(GridError, match=r"than this one \(Another CPU.*pass GRID_ARGS=--allow-mixed-cpus"):
+        run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None)
+    assert run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None,
+                    allow_mixed_cpus=True) == 0
+    trials = [r for f in records_dir.glob("*.json") if (r := json.loads(f.read_text()))["kind"] == "trial"]
+    assert sorted(r["config"]["seed"] for r in trials) == [0, 1]
