@@ -16,6 +16,7 @@ settings; the differences of several cells are pooled into one test where a clai
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -32,6 +33,21 @@ from losses import LOSSES
 # the experiment whose selected cells cpu-budget and cpu-seeds repeat (the cpu grid's choice too), run on their machine:
 # across CPUs a seed fixes no metric (bf16 kernels round differently), so they are compared with it, not with cpu
 SAME_MACHINE = "cpu-losses"
+
+
+class Budget(NamedTuple):
+    """A budget experiment (its cells at 1M samples) and the experiment of its 200k side (the same cells, seeds,
+    precision and kind of CPU), with the words that tell its claim row apart."""
+
+    long: str
+    short: str
+    label: str
+
+
+# cpu-budget (bf16) pairs with SAME_MACHINE; cpu-budget-fp32 runs the question where bf16 is not native, its 200k
+# side beside it (cpu-losses is bf16 on another CPU)
+BUDGETS = (Budget("cpu-budget", SAME_MACHINE, ""),
+           Budget("cpu-budget-fp32", "cpu-budget-fp32-200k", " (fp32)"))
 RULES = (
     f"Verdicts: *supported*, the predicted effect is detected (paired t-test over seeds, p < {stats.ALPHA}, "
     "Holm-adjusted over a claim's comparisons; the seed is the unit: a seed's pairs over several cells are "
@@ -594,25 +610,25 @@ def _off_selection(summary: pd.DataFrame, experiment: str) -> str:
     return f" (cells other than {SAME_MACHINE}' selection: {', '.join(wrong)})" if wrong else ""
 
 
-def _budget_cells(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The selected cells of SAME_MACHINE (200k samples) of cpu-budget's datasets and losses, and cpu-budget's
+def _budget_cells(summary: pd.DataFrame, budget: Budget) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The selected cells of budget.short (200k samples) of budget.long's datasets and losses, and budget.long's
     own."""
-    long = summary[(summary.experiment == "cpu-budget") & summary.selected]
-    short = summary[(summary.experiment == SAME_MACHINE) & summary.selected & summary.dataset.isin(set(long.dataset))
+    long = summary[(summary.experiment == budget.long) & summary.selected]
+    short = summary[(summary.experiment == budget.short) & summary.selected & summary.dataset.isin(set(long.dataset))
                     & summary.loss.isin(set(long.loss))]
     return short, long
 
 
-def budget_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]:
-    """Per loss of cpu-budget: its SAME_MACHINE-selected cell's test MAP@R at 200k samples and at cpu-budget's
-    1M, with the rank at each, and 1M − 200k paired over seeds (the same seeds, machine and config but the budget);
-    [] without cpu-budget."""
-    short, long = _budget_cells(summary)
+def budget_table(summary: pd.DataFrame, final: pd.DataFrame, budget: Budget = BUDGETS[0]) -> list[list[str]]:
+    """Per loss of budget.long: its cell's test MAP@R at 200k samples (budget.short's selected cell) and at 1M,
+    with the rank at each, and 1M − 200k paired over seeds (the same seeds, machine and config but the budget);
+    [] without budget.long."""
+    short, long = _budget_cells(summary, budget)
     if long.empty or short.empty:
         return []
     ranks = {name: {loss: i + 1 for i, loss in enumerate(_ranking(cells))} for name, cells in
              (("short", short), ("long", long))}
-    trials = pd.concat([_trials(final, SAME_MACHINE), _trials(final, "cpu-budget")])
+    trials = pd.concat([_trials(final, budget.short), _trials(final, budget.long)])
     rows = []
     for loss in _ranking(short):
         before, after = short[short.loss == loss].iloc[0], long[long.loss == loss].iloc[0]
@@ -624,16 +640,17 @@ def budget_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
-    """The ranking at 200k samples is the ranking at 1M."""
-    claim = Claim("the ranking at 200k samples holds at 1M samples", "this benchmark's own budget",
-                  f"{SAME_MACHINE} (200k samples) against cpu-budget (its selected CIFAR-10 cells at 1M samples, "
-                  "seeds 0-2, the same machine)", "", "")
-    if not _complete(summary, "cpu-budget") or not _complete(summary, SAME_MACHINE):
-        return claim._replace(verdict=_pending("cpu-budget", summary))
-    short, long = _budget_cells(summary)
+def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame, budget: Budget = BUDGETS[0]) -> Claim:
+    """The ranking at 200k samples is the ranking at 1M (budget.short against budget.long)."""
+    claim = Claim(f"the ranking at 200k samples holds at 1M samples{budget.label}", "this benchmark's own budget",
+                  f"{budget.short} (200k samples) against {budget.long} (its selected CIFAR-10 cells at 1M samples, "
+                  "seeds 0-2, the same precision and kind of CPU)", "", "")
+    if not _complete(summary, budget.long) or not _complete(summary, budget.short):
+        waiting = [name for name in (budget.long, budget.short) if not _complete(summary, name)]
+        return claim._replace(verdict="; ".join(_pending(name, summary) for name in waiting))
+    short, long = _budget_cells(summary, budget)
     before, after = _ranking(short), _ranking(long)
-    trials = _trials(final, "cpu-budget")
+    trials = _trials(final, budget.long)
     flipped = [(a, b) for i, a in enumerate(before) for b in before[i + 1:] if after.index(a) > after.index(b)]
     swaps = []
     for better, worse in flipped:  # at 1M `worse` is ahead: is that detected, paired over the seeds?
@@ -645,7 +662,7 @@ def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                 if math.isfinite(p) and p < stats.ALPHA and result.mean > 0]
     verdict = "supported" if not flipped else ("contradicted" if detected else "not detected at this n")
     numbers = (f"ranking by test MAP@R at 200k: {' > '.join(before)}; at 1M: {' > '.join(after)}"
-               + _off_selection(summary, "cpu-budget")
+               + _off_selection(summary, budget.long)
                + (f"; {'; '.join(detected)}" if detected else "")
                + ". Rule: supported if the order is the same; contradicted if a pair swaps and the swap is detected "
                  "at 1M (paired over seeds, Holm over the swapped pairs).")
@@ -715,7 +732,7 @@ def sampler_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]
 
 CLAIMS: tuple[Callable[[pd.DataFrame, pd.DataFrame], Claim], ...] = (
     margin_rule, larger_batches, batch_hard_unstable, semi_hard, normalisation, quadruplet_compactness,
-    three_seeds, budget_ranking, control_baseline,
+    three_seeds, *(functools.partial(budget_ranking, budget=budget) for budget in BUDGETS), control_baseline,
 )
 
 
@@ -738,16 +755,18 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame, final: pd.D
                "scaled by √(B / 64)).", "",
                *table(["B", "equal steps", "MAP@R (test)", "equal samples", "MAP@R (test)"], batches)]
               if batches else [_pending("cpu-batch", summary).capitalize() + "."])
-    budgets = budget_table(summary, final)
-    lines += ["", f"## The ranking at 200k and at 1M samples ({SAME_MACHINE}, cpu-budget)", ""]
-    lines += ([f"Test MAP@R of {SAME_MACHINE}' selected CIFAR-10 cells (the cpu grid's choice too), mean ± 95% t "
-               "half-width over seeds 0-2, at 200,000 samples and at 1,000,000, with each loss's rank, and the "
-               "gain paired over seeds (1M − 200k, its 95% t-interval and p; the same seed, config and machine, "
-               "the budget aside). The cells were selected on these seeds' validation split at 200k, so the 200k "
-               "side may carry a winner's curse: if anything, the gain is understated.", "",
-               *table(["loss", "margin", "200k samples", "rank", "1M samples", "rank", "1M − 200k (paired)"],
-                      budgets)]
-              if budgets else [_pending("cpu-budget", summary).capitalize() + "."])
+    for budget in BUDGETS:
+        budgets = budget_table(summary, final, budget)
+        lines += ["", f"## The ranking at 200k and at 1M samples{budget.label} ({budget.short}, {budget.long})", ""]
+        lines += ([f"Test MAP@R of {SAME_MACHINE}' selected CIFAR-10 cells (the cpu grid's choice too), mean ± 95% "
+                   f"t half-width over seeds 0-2, at 200,000 samples ({budget.short}) and at 1,000,000 "
+                   f"({budget.long}), with each loss's rank, and the gain paired over seeds (1M − 200k, its 95% "
+                   "t-interval and p; the same seed, config, precision and kind of CPU, the budget aside; "
+                   f"{_machines(final, budget.long)}). The cells were selected on these seeds' validation split at "
+                   "200k, so the 200k side may carry a winner's curse: if anything, the gain is understated.", "",
+                   *table(["loss", "margin", "200k samples", "rank", "1M samples", "rank", "1M − 200k (paired)"],
+                          budgets)]
+                  if budgets else [_pending(budget.long, summary).capitalize() + "."])
     samplers = sampler_table(summary, final)
     lines += ["", "## P×K against random batches (cpu-sampler)", ""]
     lines += (["Test MAP@R, mean ± 95% t half-width over seeds 0-2, of the cpu grid's selected CIFAR-10 cells with "
