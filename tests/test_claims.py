@@ -470,8 +470,17 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
     loaded = load_records(tmp_path)
     text = claims.markdown([], 1, stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES)),
                            stats.final_rows(loaded.checkpoints))
-    assert ("cpu ran on Other CPU, cpu-unseen on Test CPU: across CPUs a seed fixes no metric, so the two protocols "
-            "are compared by rank, never cell by cell.") in text
+    assert ("cpu ran on Other CPU in fp32, cpu-unseen on Test CPU in fp32: across CPUs and precisions a seed fixes "
+            "no metric, so the two protocols are compared by rank, never cell by cell.") in text, text
+    for record in seen:  # the same CPU, another precision: still compared by rank only
+        record["provenance"]["hardware"] = "Test CPU (1 thread)"
+        for row in (*record["history"], record["final"]):
+            row["precision"] = "bf16"
+    write_experiment(tmp_path, "cpu", seen, axes, citable=True)
+    loaded = load_records(tmp_path)
+    text = claims.markdown([], 1, stats.summarize(loaded.checkpoints, loaded.grids, tuple(LOSSES)),
+                           stats.final_rows(loaded.checkpoints))
+    assert "cpu ran on Test CPU in bf16, cpu-unseen on Test CPU in fp32: across CPUs and precisions" in text
 
 
 @pytest.mark.parametrize(("gap", "verdict"), [(0.006, "contradicted (n = 3 missed batch-all − quadruplet)"),

@@ -776,7 +776,8 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame, final: pd.D
                *table(["loss", "margin", "P×K", "random", "Δ (random − P×K)", "Holm p", "difference"], samplers)]
               if samplers else [_pending("cpu-sampler", summary).capitalize() + "."])
     seen_name, unseen_name, protocols = protocol_table(summary)
-    machines = {name: _machines(final, name) for name in (seen_name, unseen_name)}
+    machines = {name: f"{_machines(final, name)} in {tables.precision(_trials(final, name))}"
+                for name in (seen_name, unseen_name)}
     lines += ["", "## Seen and unseen classes (cpu, cpu-unseen)", ""]
     lines += ([f"Test MAP@R, mean ± 95% t half-width over seeds, of each loss's validation-selected CIFAR-10 cell, "
                f"with its rank: on held-out images of the classes it trained on ({seen_name}) and on classes it "
@@ -784,7 +785,8 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame, final: pd.D
                "validation classes). The control is in cpu-unseen only (its seen numbers are cpu-losses')."
                + ("" if machines[seen_name] == machines[unseen_name] else
                   f" {seen_name} ran on {machines[seen_name]}, {unseen_name} on {machines[unseen_name]}: across CPUs "
-                  "a seed fixes no metric, so the two protocols are compared by rank, never cell by cell."), "",
+                  "and precisions a seed fixes no metric, so the two protocols are compared by rank, never cell by "
+                  "cell."), "",
                *table(["loss", "seen: cell", "MAP@R (test)", "rank", "unseen: cell", "MAP@R (test)", "rank"],
                       protocols)]
               if protocols else [_pending("cpu-unseen", summary).capitalize() + "."])
