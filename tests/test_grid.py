@@ -185,9 +185,11 @@ def test_shipped_presets_are_valid_and_budgets_equal_per_dataset() -> None:
         return {tuple(v for k, v in p.items() if k not in ("protocol", "temperature")) for p in grid.points()
                 if p["dataset"] == dataset and p["loss"] in losses}
 
-    assert cells(unseen, "cifar10") == cells(cpu, "cifar10") and len(cells(cpu, "mnist")) == 114
+    # B = 256 cut on cpu's validation (the preset's doc)
+    assert cells(unseen, "cifar10") == {cell for cell in cells(cpu, "cifar10") if cell[3] == 64}
+    assert len(cells(cpu, "mnist")) == 114
     control = [p for p in unseen.points() if p["loss"] in CONTROLS]
-    assert len(control) == 12 and {p["temperature"] for p in control} == {0.05, 0.1} and unseen.fresh_seeds
+    assert len(control) == 6 and {p["temperature"] for p in control} == {0.05, 0.1} and unseen.fresh_seeds
     # cpu's settings but for the protocol and precision (fp32: bf16 is native on few CPUs; compared by rank)
     assert {k: v for k, v in unseen.config(unseen.points()[0]).items()
             if k not in (*AXES, "protocol", "temperature", "precision")} \
