@@ -838,6 +838,17 @@ def test_a_normalize_axis_gets_an_untrained_baseline_per_normalisation_each_name
     assert sorted(untrained) == [False, True]
 
 
+def one_cell_preset(path: Path, precision: str, seeds: list[int], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A preset at `path` of one tiny real cell (batch-all m 0.2, B 8, 16 samples) on `seeds` in `precision`, run
+    here as on a single machine under no make (RAY_ADDRESS and MAKELEVEL unset)."""
+    axes = {**FAKE_GRID["axes"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [8], "seed": seeds}
+    fixed = {"budget_samples": 16, "checkpoints": 1, "threads": 1, "precision": precision}
+    path.write_text(json.dumps({**FAKE_GRID, "axes": axes, "fixed": fixed}))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    return path
+
+
 def test_a_bf16_grid_is_refused_on_a_cpu_without_native_bf16_unless_allowed(
         fake_setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Emulated bf16 is an order of magnitude slower and rounds unlike a native run: the grid refuses the trials it
@@ -846,12 +857,7 @@ def test_a_bf16_grid_is_refused_on_a_cpu_without_native_bf16_unless_allowed(
     import bench.grid as grid_module
 
     _, data_dir = fake_setup
-    preset = tmp_path / "bf16.json"
-    axes = {**FAKE_GRID["axes"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [8], "seed": [0]}
-    fixed = {"budget_samples": 16, "checkpoints": 1, "threads": 1, "precision": "bf16"}
-    preset.write_text(json.dumps({**FAKE_GRID, "axes": axes, "fixed": fixed}))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("MAKELEVEL", raising=False)
+    preset = one_cell_preset(tmp_path / "bf16.json", "bf16", [0], monkeypatch)
     monkeypatch.setattr(grid_module, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(grid_module, "cpu_isa", lambda: "avx2 avx512f")
     results = tmp_path / "results"
@@ -879,15 +885,10 @@ def test_an_experiment_recorded_on_one_kind_of_cpu_is_not_continued_on_another_u
     import bench.grid as grid_module
 
     _, data_dir = fake_setup
-    preset = tmp_path / "one.json"
-    axes = {**FAKE_GRID["axes"], "loss": ["batch-all"], "margin": [0.2], "batch_size": [8], "seed": [0]}
-    fixed = {"budget_samples": 16, "checkpoints": 1, "threads": 1, "precision": "fp32"}
-    preset.write_text(json.dumps({**FAKE_GRID, "axes": axes, "fixed": fixed}))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("MAKELEVEL", raising=False)
+    preset = one_cell_preset(tmp_path / "one.json", "fp32", [0], monkeypatch)
     results = tmp_path / "results"
     assert run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None) == 0
-    preset.write_text(json.dumps({**FAKE_GRID, "axes": {**axes, "seed": [0, 1]}, "fixed": fixed}))
+    one_cell_preset(preset, "fp32", [0, 1], monkeypatch)  # a seed more
     records_dir = results / "one" / "records"
     before = sorted(path.name for path in records_dir.iterdir())
     here = grid_module.cpu_isa()
