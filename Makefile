@@ -13,6 +13,7 @@ RESULTS ?= results
 REPORTS ?=
 BACKEND ?= auto
 # make ablation: more flags for python -m bench.grid, e.g. --allow-emulated-bf16 (a bf16 preset on a CPU without native bf16)
+# or --allow-mixed-cpus (the rest of an experiment on another kind of CPU than its records')
 GRID_ARGS ?=
 # make bench: comma-separated plugin files whose losses join the loss benchmark (a preset names its own)
 PLUGINS ?=
