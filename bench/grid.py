@@ -553,12 +553,14 @@ def check_machine(ctx: Context, points: list[dict[str, Any]], done: set[str]) ->
             others[_cpu(model, isa)] += 1
     if not others:
         return
-    hint = "GRID_ARGS=--allow-mixed-cpus" if os.environ.get("MAKELEVEL") else "--allow-mixed-cpus"
+    make = bool(os.environ.get("MAKELEVEL"))
+    rename, hint = ("EXPERIMENT=", "GRID_ARGS=--allow-mixed-cpus") if make else ("--experiment", "--allow-mixed-cpus")
     theirs = ", ".join(f"{n} on {name}" for name, n in others.most_common())
     raise GridError(
         f"experiment {ctx.experiment}: its recorded trials ran on another kind of CPU ({theirs}) than this one "
         f"({_cpu(here_model, here_isa)}): a seed pairs trials only on one kind, whose kernels round alike; run the "
-        f"rest on that CPU, start another --experiment here, or pass {hint} to mix them (each record names its CPU)")
+        f"rest on that CPU, start another experiment here ({rename}), or pass {hint} to mix them (each record names "
+        "its CPU)")
 
 
 def summarize(ctx: Context, points: list[dict[str, Any]]) -> int:
