@@ -73,7 +73,7 @@ from bench.engine.config import STATUSES, ConfigError, resolve
 from bench.engine.data import DataError
 from bench.engine.device import is_oom, one_line, pick_device, release_cached
 from bench.engine.files import finite, write_json
-from bench.engine.precision import CPU_BF16_FLAGS, CPU_ISA_FLAGS, cpu_has_native_bf16, cpu_isa
+from bench.engine.precision import CPU_BF16_FLAGS, cpu_has_native_bf16, cpu_isa, isa_text
 from bench.engine.train import run_trial
 from bench.experiment import records
 from bench.experiment.baselines import baseline_records
@@ -82,7 +82,7 @@ from bench.experiment.gridspec import Grid, GridError, stored_grid, variant, wit
 from bench.experiment.identity import trial_id
 from bench.experiment.lock import LOCK_NAME, LockError, acquire, release
 from bench.experiment.presets import default_preset, load_preset, preset_names
-from bench.experiment.provenance import cpu_model, local_placement, provenance, ray_placement
+from bench.experiment.provenance import THREADS, cpu_kind, cpu_model, local_placement, provenance, ray_placement
 
 POLL_SECONDS = 2.0
 REPORT_DIR = "report"  # an experiment's own report: RESULTS/<experiment>/report/ (ignored by git, as Ray's files)
@@ -499,6 +499,17 @@ def check_data(experiment_dir: Path, stored: dict[str, Any] | None, prints: dict
         )
 
 
+def _runs_here(ctx: Context) -> bool:
+    """Whether this host runs the grid's trials: not a Ray cluster's (RAY_ADDRESS) nor CUDA ones, which the CPU
+    checks leave alone."""
+    return not os.environ.get("RAY_ADDRESS") and pick_device(ctx.device).type == "cpu"
+
+
+def _spelled(flag: str) -> str:
+    """A command-line flag of the grid as the user passes it: GRID_ARGS=--flag under make, --flag otherwise."""
+    return f"GRID_ARGS={flag}" if os.environ.get("MAKELEVEL") else flag
+
+
 def check_precision(ctx: Context, points: list[dict[str, Any]], done: set[str]) -> None:
     """Refuse (GridError) to run the `points` whose trial id is not in `done` when one asks for precision bf16 and
     this host's CPU has no native bf16 (CPU_BF16_FLAGS): autocast would emulate it, an order of magnitude slower
@@ -506,26 +517,19 @@ def check_precision(ctx: Context, points: list[dict[str, Any]], done: set[str]) 
     unlike the same trials on a native CPU. ctx.allow_emulated_bf16 runs them anyway; a Ray cluster's trials
     (RAY_ADDRESS) and CUDA ones run elsewhere and are not checked, and a grid whose trials are all recorded runs
     nothing, so it passes."""
-    if (ctx.allow_emulated_bf16 or os.environ.get("RAY_ADDRESS") or pick_device(ctx.device).type != "cpu"
-            or cpu_has_native_bf16()):
+    if ctx.allow_emulated_bf16 or not _runs_here(ctx) or cpu_has_native_bf16():
         return
     todo = [point for point in points if ctx.trial_id(point) not in done]
     if not any(ctx.grid.config(point).get("precision") == "bf16" for point in todo):
         return
-    hint = "GRID_ARGS=--allow-emulated-bf16" if os.environ.get("MAKELEVEL") else "--allow-emulated-bf16"
     isa = cpu_isa()
-    flags = "unknown" if isa is None else isa or f"none of {', '.join(CPU_ISA_FLAGS)}"
+    flags = "unknown" if isa is None else isa_text(isa)
     raise GridError(
         f"preset {ctx.grid.preset} asks for precision bf16, but this CPU ({cpu_model()}; "
         f"flags {flags}) has neither {' nor '.join(CPU_BF16_FLAGS)}: bf16 would run emulated, an "
         f"order of magnitude slower than fp32 and rounded unlike its native runs; run it on a CPU with native bf16, "
-        f"or pass {hint} to run it anyway (each record names its CPU's flags)"
+        f"or pass {_spelled('--allow-emulated-bf16')} to run it anyway (each record names its CPU's flags)"
     )
-
-
-def _cpu(model: str, isa: str | None) -> str:
-    """A CPU as check_machine names it: its model, with its flags where recorded ("AMD EPYC [avx2]")."""
-    return model if isa is None else f"{model} [{isa or 'none of ' + ', '.join(CPU_ISA_FLAGS)}]"
 
 
 def check_machine(ctx: Context, points: list[dict[str, Any]], done: set[str]) -> None:
@@ -534,8 +538,7 @@ def check_machine(ctx: Context, points: list[dict[str, Any]], done: set[str]) ->
     seed fixes a trial's initialisation and batches, but two kinds of CPU round differently, so the experiment's
     comparisons paired over seeds would mix kernels. ctx.allow_mixed_cpus runs them; a Ray cluster's trials
     (RAY_ADDRESS) and CUDA ones are not checked, and a grid whose trials are all recorded passes."""
-    if (ctx.allow_mixed_cpus or os.environ.get("RAY_ADDRESS") or pick_device(ctx.device).type != "cpu"
-            or all(ctx.trial_id(point) in done for point in points)):
+    if ctx.allow_mixed_cpus or not _runs_here(ctx) or all(ctx.trial_id(point) in done for point in points):
         return
     here_model, here_isa = cpu_model(), cpu_isa()
     others: Counter[str] = Counter()
@@ -548,19 +551,17 @@ def check_machine(ctx: Context, points: list[dict[str, Any]], done: set[str]) ->
         if (not record or record.get("kind", "trial") != "trial" or source.get("device", "cpu") != "cpu"
                 or not source.get("hardware")):
             continue
-        model, isa = re.sub(r" \(\d+ threads?\)$", "", source["hardware"]), source.get("cpu_isa")
+        model, isa = THREADS.sub("", source["hardware"]), source.get("cpu_isa")
         if model != here_model or (isa is not None and here_isa is not None and isa != here_isa):
-            others[_cpu(model, isa)] += 1
+            others[cpu_kind(model, isa)] += 1
     if not others:
         return
-    make = bool(os.environ.get("MAKELEVEL"))
-    rename, hint = ("EXPERIMENT=", "GRID_ARGS=--allow-mixed-cpus") if make else ("--experiment", "--allow-mixed-cpus")
     theirs = ", ".join(f"{n} on {name}" for name, n in others.most_common())
     raise GridError(
         f"experiment {ctx.experiment}: its recorded trials ran on another kind of CPU ({theirs}) than this one "
-        f"({_cpu(here_model, here_isa)}): a seed pairs trials only on one kind, whose kernels round alike; run the "
-        f"rest on that CPU, start another experiment here ({rename}), or pass {hint} to mix them (each record names "
-        "its CPU)")
+        f"({cpu_kind(here_model, here_isa)}): a seed pairs trials only on one kind, whose kernels round alike; run "
+        f"the rest on that CPU, start another experiment here ({new_experiment_hint()}), or pass "
+        f"{_spelled('--allow-mixed-cpus')} to mix them (each record names its CPU)")
 
 
 def summarize(ctx: Context, points: list[dict[str, Any]]) -> int:

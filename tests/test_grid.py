@@ -895,14 +895,14 @@ def test_an_experiment_recorded_on_one_kind_of_cpu_is_not_continued_on_another_u
     other = "" if here else "avx2"  # flags this host has not
     monkeypatch.setattr(grid_module, "cpu_isa", lambda: other)
     refused = (r"experiment one: its recorded trials ran on another kind of CPU \(1 on .+ \[.*\]\) than this one "
-               r".+another experiment here \(--experiment\), or pass --allow-mixed-cpus to mix them")
+               r".+another experiment here \(--experiment NAME\), or pass --allow-mixed-cpus to mix them")
     with pytest.raises(GridError, match=refused):
         run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None)
     assert sorted(path.name for path in records_dir.iterdir()) == before  # refused before any trial or baseline
     monkeypatch.setattr(grid_module, "cpu_isa", lambda: here)
     monkeypatch.setattr(grid_module, "cpu_model", lambda: "Another CPU")  # same flags, another model
     monkeypatch.setenv("MAKELEVEL", "1")
-    under_make = r"than this one \(Another CPU.*\(EXPERIMENT=\).*pass GRID_ARGS=--allow-mixed-cpus"
+    under_make = r"than this one \(Another CPU.*\(EXPERIMENT=NAME\).*pass GRID_ARGS=--allow-mixed-cpus"
     with pytest.raises(GridError, match=under_make):
         run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None)
     assert run_grid(str(preset), data_dir, results, backend="local", device="cpu", reports=None,

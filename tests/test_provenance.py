@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.experiment.provenance import git_commit, hardware
+from bench.experiment.provenance import cpu_kind, git_commit, hardware
 
 
 def test_a_rewritten_grid_json_is_not_dirty_code(tmp_path: Path) -> None:
@@ -49,3 +49,11 @@ def test_cpu_isa_names_the_flags_that_decide_kernels_and_native_bf16() -> None:
     assert not cpu_has_native_bf16("avx2 avx512f") and not cpu_has_native_bf16("")
     assert cpu_isa("flags\t\t: fpu sse2\n") == "" and cpu_isa("model name\t: M1\n") is None
     assert provenance()["cpu_isa"] == cpu_isa()
+
+
+def test_cpu_kind_puts_the_flags_before_the_thread_count() -> None:
+    """The one spelling of a CPU with its flags that the grid's refusal and the report's hardware line share."""
+    assert cpu_kind("AMD EPYC (1 thread)", "avx2") == "AMD EPYC [avx2] (1 thread)"
+    assert cpu_kind("AMD EPYC", "avx2 avx512f") == "AMD EPYC [avx2 avx512f]"
+    assert cpu_kind("Old CPU (2 threads)", "") == "Old CPU [none of avx2, avx512f, avx512_bf16, amx_bf16] (2 threads)"
+    assert cpu_kind("AMD EPYC (1 thread)", None) == "AMD EPYC (1 thread)"  # flags not recorded

@@ -35,6 +35,11 @@ def cpu_isa(cpuinfo: str | None = None) -> str | None:
     return None if flags is None else " ".join(flag for flag in CPU_ISA_FLAGS if flag in flags)
 
 
+def isa_text(isa: str) -> str:
+    """cpu_isa's flags for a reader: as they are, or 'none of avx2, avx512f, avx512_bf16, amx_bf16' for ''."""
+    return isa or f"none of {', '.join(CPU_ISA_FLAGS)}"
+
+
 def cpu_has_native_bf16(isa: str | None = None) -> bool:
     """Whether a CPU computes bf16 natively: a flag of CPU_BF16_FLAGS in `isa` (cpu_isa's form; default: this
     host's)."""

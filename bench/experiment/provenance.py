@@ -7,6 +7,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 import torch
 
 from bench.engine import plugins
-from bench.engine.precision import cpu_isa
+from bench.engine.precision import cpu_isa, isa_text
 
+THREADS = re.compile(r" \(\d+ threads?\)$")  # the thread count that a CPU's `hardware` name ends with
 OUTPUTS = ("results", "reports")  # what runs write into the checkout: never code, so never "dirty"
 
 
@@ -46,6 +48,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_kind(hardware: str, isa: str | None) -> str:
+    """A CPU's `hardware` name with its cpu_isa flags before the thread count: 'AMD EPYC (1 thread)' and 'avx2' →
+    'AMD EPYC [avx2] (1 thread)' (isa_text's words for none); the name as it is where the flags are not recorded."""
+    if isa is None:
+        return hardware
+    found = THREADS.search(hardware)
+    cut = found.start() if found else len(hardware)
+    return f"{hardware[:cut]} [{isa_text(isa)}]{hardware[cut:]}"
 
 
 def hardware(device: str | torch.device = "cpu", threads: int | None = None) -> str:

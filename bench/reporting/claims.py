@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from bench.experiment.provenance import THREADS
 from bench.reporting import stats, tables
 from bench.reporting.frame import FRESH
 from bench.reporting.markdown import table
@@ -673,7 +674,7 @@ def _machines(final: pd.DataFrame, experiment: str) -> str:
     """The CPUs or GPUs an experiment's trials ran on, without their thread counts ("AMD EPYC", with its flags where
     recorded: tables.machines), joined by " and "."""
     names = tables.machines(final[final.experiment == experiment]).dropna()
-    machines = {tables.THREADS.sub("", str(name)) for name in names}
+    machines = {THREADS.sub("", str(name)) for name in names}
     return " and ".join(sorted(machines)) or "unrecorded hardware"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.engine.files import write_text
+from bench.experiment.provenance import cpu_kind
 from bench.reporting import latex, stats
 from bench.reporting.blocks import ABSENT, Block, Estimate, Table
 from bench.reporting.markdown import table as markdown_table
@@ -150,23 +150,13 @@ def lr_rule(final: pd.DataFrame) -> str:
     return "; ".join(parts) or "unknown"
 
 
-THREADS = re.compile(r" \(\d+ threads?\)$")  # a CPU's thread count at the end of its hardware name
-
-
-def _with_flags(name: str, flags: str) -> str:
-    """'AMD EPYC (1 thread)' with flags 'avx2' → 'AMD EPYC [avx2] (1 thread)' ('' flags: '[no avx2]')."""
-    found = THREADS.search(name)
-    cut = found.start() if found else len(name)
-    return f"{name[:cut]} [{flags or 'no avx2'}]{name[cut:]}"
-
-
 def machines(records: pd.DataFrame) -> pd.Series:
     """Each record's hardware name, a CPU's with its recorded instruction-set flags before the thread count
     ("AMD EPYC [avx2 avx512f avx512_bf16] (1 thread)"; records older than the `cpu_isa` field: the name alone)."""
     names = records.get("provenance_hardware", pd.Series(None, index=records.index, dtype=object))
     isa = records.get("provenance_cpu_isa", pd.Series(None, index=records.index, dtype=object))
     device = records.get("provenance_device", pd.Series("cpu", index=records.index, dtype=object))
-    return pd.Series([name if _missing(name) or _missing(flags) or str(kind) != "cpu" else _with_flags(str(name), flags)
+    return pd.Series([name if _missing(name) or _missing(flags) or str(kind) != "cpu" else cpu_kind(str(name), flags)
                       for name, flags, kind in zip(names, isa, device, strict=True)], index=records.index, dtype=object)
 
 
