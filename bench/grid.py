@@ -74,7 +74,7 @@ from bench.engine.data import DataError
 from bench.engine.device import is_oom, one_line, pick_device, release_cached
 from bench.engine.files import finite, write_json
 from bench.engine.precision import CPU_BF16_FLAGS, cpu_has_native_bf16, cpu_isa, isa_text
-from bench.engine.train import run_trial
+from bench.engine.train import QUIET_SHARE, run_trial
 from bench.experiment import records
 from bench.experiment.baselines import baseline_records
 from bench.experiment.fingerprint import fingerprint
@@ -246,6 +246,8 @@ class Progress:
             line += f", knn {final['knn_accuracy']:.4f}"
         if final.get("samples_per_second") is not None:
             line += f", {final['samples_per_second']:.0f} samples/s, {final.get('elapsed_seconds') or 0:.0f} s"
+        if (final.get("cpu_share") or 1.0) < QUIET_SHARE:
+            line += f" (shared CPU: cpu_share {final['cpu_share']:.2f})"
         print(line + (f"; ~{_duration(eta)} left" if left else ""), flush=True)
 
 

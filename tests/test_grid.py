@@ -63,7 +63,8 @@ def fake_trial(config: dict, report) -> dict:
         raise ValueError("loss is NaN\nat step 3")
     for checkpoint in (1, 2):
         metrics = {**dict.fromkeys(METRICS, 0.5), "checkpoint": checkpoint, "step": checkpoint, "status": "ok",
-                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100, "threads": 3, **INITIAL}
+                   "knn_accuracy": 0.4 + checkpoint / 10 + config["seed"] / 100, "threads": 3, **INITIAL,
+                   "cpu_share": 0.5 if config["seed"] == 1 else 1.0}  # seed 1 shared its cores
         if config["loss"] == "batch-hard" and checkpoint == 2:
             metrics.update(status="diverged", reason="non-finite loss at step 2", knn_accuracy=math.nan)
         report(metrics)
@@ -470,7 +471,8 @@ def test_interrupted_grid_resumes_without_rerunning_finished_trials(
     assert len(records(tmp_path / "fake")) == 16
 
 
-def test_local_backend_resumes_and_refuses_a_changed_grid(fake_setup: tuple[Path, Path], tmp_path: Path) -> None:
+def test_local_backend_resumes_and_refuses_a_changed_grid(fake_setup: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
     preset, data_dir = fake_setup
     (data_dir / "INTERRUPT").touch()
     with pytest.raises(KeyboardInterrupt):
@@ -481,6 +483,8 @@ def test_local_backend_resumes_and_refuses_a_changed_grid(fake_setup: tuple[Path
     (data_dir / "INTERRUPT").unlink()
     assert run_grid(str(preset), data_dir, tmp_path, backend="local", trial_fn=fake_trial) == 0
     assert len(records(tmp_path / "fake")) == 16 and len(calls(data_dir)) == 17
+    ok = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[") and ": ok, " in line]
+    assert ["0 s (shared CPU: cpu_share 0.50);" in line for line in ok] == [False, True], ok  # seeds 0, 1
     assert not (tmp_path / "fake" / LOCK_NAME).exists()
     assert all((tmp_path / "fake/records" / f"{tid}.json").stat().st_mtime_ns == ns for tid, ns in before.items())
 

@@ -159,7 +159,8 @@ def test_comparison_of_experiments(reports: Path) -> None:
 def _old_format(record: dict) -> dict:
     """The record as the committed results/cpu records are: no validation, sizes, initial or diagnostics."""
     dropped = ("pinned_at_margin", "collapsed", "planned_steps", "images_per_class", "train_seconds",
-               "effective_margin", "effective_rank", "lr", "precision", "threads", "warmup_steps", "n_train_classes")
+               "effective_margin", "effective_rank", "lr", "precision", "threads", "warmup_steps", "n_train_classes",
+               "cpu_share")
     for entry in record["history"]:
         for key in [k for k in entry if k in dropped or k.startswith(("val_", "initial_")) or k.endswith("_size")]:
             del entry[key]
@@ -601,6 +602,29 @@ def test_summary_csv_rows_say_where_each_cell_ran(tmp_path: Path) -> None:
     assert (row["model"], row["precision"], row["device"], row["hardware"]) == (
         "mnist-net", "fp32", "cpu", "Test CPU (2 threads)")
     assert (row["commit"], row["date"]) == ("abc123;def456", "2026-01-01 to 2026-01-03")
+
+
+def test_a_cell_whose_trial_shared_its_cores_has_its_throughput_marked(tmp_path: Path) -> None:
+    """A trial with cpu_share below bench.engine.train.QUIET_SHARE marks its cell's samples/s "(shared)" in the full
+    grid table and sets the cell's cpu_share_min; a cell of quiet trials and a cell of records without cpu_share
+    carry none."""
+    shared = trial_record("e", "batch-all", 0.2, 16, 1, values={"cpu_share": 0.45})
+    quiet = [trial_record("e", "batch-all", 0.2, 16, 0), trial_record("e", "batch-all", 0.2, 32, 0),
+             trial_record("e", "batch-all", 0.2, 32, 1)]
+    old = [_old_format(trial_record("e", "batch-hard", 0.2, batch, seed)) for batch in (16, 32) for seed in (0, 1)]
+    write_experiment(tmp_path, "e", [shared, *quiet, *old], {
+        "dataset": ["mnist"], "loss": ["batch-all", "batch-hard"], "margin": [0.2], "batch_size": [16, 32],
+        "seed": [0, 1]})
+    assert main(["--results", str(tmp_path / "e"), "--reports", str(tmp_path / "out")]) == 0
+    rows = _rows(tmp_path / "out")
+    assert float(_row(rows, "e", "batch-all", "0.2", "16")["cpu_share_min"]) == 0.45
+    assert float(_row(rows, "e", "batch-all", "0.2", "32")["cpu_share_min"]) == 0.98
+    assert _row(rows, "e", "batch-hard", "0.2", "16")["cpu_share_min"] == ""
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    grid = markdown[markdown.index("### Full grid"):markdown.index("### Margin check")]
+    marked = [line for line in grid.splitlines() if "(shared)" in line and line.startswith("| mnist")]
+    assert len(marked) == 1 and "| batch-all | 0.2 | 16 |" in marked[0], grid
+    assert 'less than 90% of its threads\' CPU time' in grid
 
 
 def test_the_comparison_says_when_a_loss_is_in_the_grid_but_not_recorded_yet(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ from bench.engine.sampling import make_batches
 from bench.engine.train import WARMUP_STEPS, checkpoint_steps, initial_check, run_trial, scaled_lr, scheduled_lr
 from losses import LOSSES
 
-TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_seconds")
-TRAINING = ("planned_steps", "train_seconds", "warmup_steps", "images_per_class", "lr", "precision", "threads")
+TIMINGS = ("samples_per_second", "peak_memory_mib", "elapsed_seconds", "train_seconds", "cpu_share")
+TRAINING = ("planned_steps", "train_seconds", "warmup_steps", "images_per_class", "lr", "precision", "threads",
+            "cpu_share")
 DIAGNOSTICS = ("pinned_at_margin", "collapsed", "effective_rank", "spread", "intra_class_distance",
                "inter_class_distance")
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +89,7 @@ def test_a_trial_reports_every_checkpoint(tiny_data_dir: Path, monkeypatch: pyte
             assert math.isnan(metrics["intra_class_distance"]) and math.isnan(metrics["inter_class_distance"])
         assert math.isclose(metrics["fraction_easy"] + metrics["fraction_semihard"] + metrics["fraction_hard"], 1)
         assert 0 <= metrics["mu_pos"] and 0 <= metrics["mu_neg"] <= 2  # unit embeddings
+        assert 0 < metrics["cpu_share"] < 2 * metrics["threads"]
         assert metrics["samples_per_second"] > 0 and metrics["peak_memory_mib"] > 1
         assert metrics["planned_steps"] == 10 and metrics["images_per_class"] == 4  # pk: 8 classes × 4
         assert metrics["lr"] == MNIST_LR and metrics["precision"] == "fp32"
@@ -526,6 +528,32 @@ def test_cli_bad_input_in_a_process(bad_input_argv: dict[str, list[str]]) -> Non
         stdout, stderr = process.communicate(timeout=120)
         assert process.returncode == 2 and stdout == "" and "Traceback" not in stderr, (message, stderr)
         assert stderr.count("\n") == 1 and message in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_cpu_share_falls_when_another_process_shares_the_trials_core(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """cpu_share on the case it exists to catch: a 1-thread trial pinned to one core beside a busy loop pinned to
+    the same core gets about half of that core, far below the report's bench.engine.train.QUIET_SHARE."""
+    core = min(os.sched_getaffinity(0))
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {core})
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin)
+    try:
+        trial = subprocess.run(
+            [sys.executable, "-m", "bench.trial", "--dataset", "mnist", "--loss", "batch-all", "--margin", "0.2",
+             "--batch-size", "32", "--budget-samples", "1024", "--checkpoints", "1", "--data-dir", str(tiny_data_dir),
+             "--device", "cpu", "--precision", "fp32", "--threads", "1", "--json", "--out",
+             str(tmp_path / "trial.json")],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=pin)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert trial.returncode == 0, trial.stderr
+    metrics = json.loads(trial.stdout)
+    assert metrics["threads"] == 1 and metrics["step"] == 32 and 0 < metrics["cpu_share"] < 0.75, metrics
 
 
 def allocating(function: Any, mib: int) -> Any:

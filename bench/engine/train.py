@@ -32,6 +32,9 @@ Systems columns:
 - `samples_per_second`: samples of the steps after the first WARMUP_STEPS over their training time; at a
   checkpoint with no step after the warm-up yet, over all steps so far (`warmup_steps` says which: 0 or
   WARMUP_STEPS).
+- `cpu_share` (CPU trials; NaN on CUDA): the process's CPU time in the same timed region over `train_seconds` ×
+  `threads`: about 1 when the trial had its threads' cores to itself, lower when other work shared them (then its
+  `samples_per_second` and `train_seconds` are not the training's own speed).
 - `peak_memory_mib`: the training peak, read before each evaluation and reset after it (see TrainingPeak).
 - `planned_steps`, `images_per_class` (mean over the plan's batches of B / distinct classes), `lr` (after
   lr_scaling), `precision` (what ran: fp32 or bf16), `threads` (torch's intra-op threads during the trial).
@@ -82,6 +85,8 @@ from bench.engine.step import batch_input, train_step, training_loss
 from losses import mining_stats
 
 CHECK_EVERY = 50
+# a trial's cpu_share below this: other work shared its cores (the grid says so; the report marks the cell)
+QUIET_SHARE = 0.9
 # steps left out of samples_per_second: the first steps pay for allocator growth, cudnn.benchmark's autotuning
 # and cold caches (make bench likewise times after 5 warm-up steps)
 WARMUP_STEPS = 5
@@ -246,9 +251,10 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     losses = torch.full((steps,), math.nan, device=device)
 
     train_seconds, warmup_seconds, step, previous, checkpoint, previous_val = 0.0, 0.0, 0, 0, 0, math.nan
+    train_cpu_seconds = 0.0
     memory.start()
     sync(device)
-    resumed = time.perf_counter()
+    resumed, resumed_cpu = time.perf_counter(), time.process_time()
     while True:
         batch = plan[step]
         x = batch_input(x_train, batch, mean, std, augment_generator, augmenting)
@@ -269,6 +275,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
             continue
         sync(device)
         train_seconds += time.perf_counter() - resumed
+        train_cpu_seconds += time.process_time() - resumed_cpu
         peak_memory = memory.stop()  # before the evaluation: the training peak
         checkpoint += 1
         warm = WARMUP_STEPS if step > WARMUP_STEPS else 0
@@ -280,6 +287,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
             "train_seconds": train_seconds,
             "samples_per_second": (step - warm) * batch_size / (train_seconds - (warmup_seconds if warm else 0.0)),
             "warmup_steps": warm,
+            "cpu_share": math.nan if cuda else train_cpu_seconds / (train_seconds * fixed["threads"]),
             "peak_memory_mib": peak_memory,
             **fixed,
         }
@@ -314,7 +322,7 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
             break
         memory.start()
         sync(device)
-        resumed = time.perf_counter()
+        resumed, resumed_cpu = time.perf_counter(), time.process_time()
     if cfg["save_embeddings"] and metrics["status"] != "diverged":
         save_npz(
             cfg["save_embeddings"],

@@ -226,7 +226,7 @@ def load_records(results_dir: Path | str, reference: bool = False, fresh: bool =
     if not rows:
         raise ReportError(f"{Path(empty[0]) / 'records'}: no trial records")
     frame = pd.DataFrame(rows)
-    for column in ("checkpoint", *stats.AGGREGATED, *stats.INITIAL, "step", "samples_seen", "train_loss"):
+    for column in ("checkpoint", *stats.AGGREGATED, *stats.INITIAL, "step", "samples_seen", "train_loss", "cpu_share"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else math.nan
     for column in ("margin", "batch_size"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)

@@ -197,6 +197,7 @@ def summarize(checkpoints: pd.DataFrame, grids: dict[str, dict[str, Any]], order
         for metric in AGGREGATED:
             interval = t_interval(valid[metric]) if metric in valid else Interval(math.nan, math.nan, math.nan, 0)
             row |= {f"{metric}_mean": interval.mean, f"{metric}_std": interval.std, f"{metric}_ci95": interval.ci95}
+        row["cpu_share_min"] = float(valid["cpu_share"].min()) if "cpu_share" in valid else math.nan
         for setting in SETTINGS:
             row[setting] = (math.nan if setting not in trials else
                             round(float(trials[setting].mean()), 2) if setting in MEAN_OVER_SEEDS

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.engine.files import write_text
+from bench.engine.train import QUIET_SHARE
 from bench.experiment.provenance import cpu_kind
 from bench.reporting import latex, stats
 from bench.reporting.blocks import ABSENT, Block, Estimate, Table
@@ -23,6 +24,7 @@ from bench.reporting.markdown import table as markdown_table
 from bench.reporting.systems import NOT_RECORDED, Systems
 from losses import CONTROLS
 
+SHARED = " (shared)"  # after a cell's samples/s: a trial of it did not have its cores to itself (_speed)
 METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
 LR_RULES = {"none": "lr as configured, at every batch size",
             "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
@@ -30,7 +32,7 @@ LR_SCHEDULES = {"constant": "constant lr", "cosine": "cosine decay to 0 at the b
 CSV_COLUMNS = [
     *stats.CELL, "n_seeds", "n_valid", "n_missing", "missing_seeds", "eligible", "mixed_budget", "selected",
     "n_configs",
-    *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")],
+    *[f"{metric}_{what}" for metric in stats.AGGREGATED for what in ("mean", "std", "ci95")], "cpu_share_min",
     "best", *[f"{what}_{metric}" for metric in stats.TESTED
               for what in ("diff", "diff_lo", "diff_hi", "p_vs_best", "p_holm", "n_pairs", "mdd")],
     *stats.SETTINGS, *stats.ORIGIN, *[f"{name}_mean" for name in stats.INITIAL], "n_initial",
@@ -435,11 +437,18 @@ def grid_table(name: str, cells: pd.DataFrame) -> Table:
               "train s", "trials", "selection"]
     rows = [[*_cell_text(row), plain(row.planned_steps), plain(row.images_per_class), plain(row.lr),
              interval(row, "map_at_r"), interval(row, "knn_accuracy"), interval(row, "precision_at_1"),
-             interval(row, "val_map_at_r"), _class_distances(row), number(row.samples_per_second_mean, 0),
+             interval(row, "val_map_at_r"), _class_distances(row), _speed(row),
              number(row.peak_memory_mib_mean, 0), number(row.train_seconds_mean, 1), statuses(row),
              selection_label(row)]
             for row in cells[~cells.loss.isin(stats.BASELINES)].itertuples()]
     return Table(name, header, rows)
+
+
+def _speed(row: Any) -> str:
+    """The cell's mean samples/s, with SHARED where one of its trials had less than QUIET_SHARE of its
+    threads' CPU time (no mark where cpu_share was not recorded)."""
+    shared = not _missing(row.cpu_share_min) and row.cpu_share_min < QUIET_SHARE
+    return number(row.samples_per_second_mean, 0) + (SHARED if shared else "")
 
 
 def _class_distances(row: Any) -> str:
@@ -696,6 +705,9 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
         "Test metrics of every cell, labelled: only the cells marked selected were chosen, on validation; the test "
         "numbers of cells not selected are shown for completeness and are not a result. samples/s, peak MiB and "
         "train s are the grid's own observations (mean over seeds), taken while other trials shared the machine; "
+        f"\"{SHARED.strip()}\" after samples/s: a trial of the cell had less than {QUIET_SHARE:.0%} of its "
+        "threads' CPU time (cpu_share; other work shared its cores, so its samples/s and train s understate the "
+        "training's speed; not measured before 2026-12-07); "
         "loss cost is compared in the isolated measurement (Systems section). "
         + facts(final)))
     blocks += [("h3", "Full grid (test metrics of every cell)"), ("p", grid.note), ("table", grid)]
