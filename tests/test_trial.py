@@ -536,23 +536,19 @@ def test_cpu_share_falls_when_another_process_shares_the_trials_core(tiny_data_d
     """cpu_share on the case it exists to catch: a 1-thread trial pinned to one core beside a busy loop pinned to
     the same core gets about half of that core, far below the report's bench.engine.train.QUIET_SHARE."""
     core = min(os.sched_getaffinity(0))
-
-    def pin() -> None:
-        os.sched_setaffinity(0, {core})
-
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        trial = subprocess.run(
-            [sys.executable, "-m", "bench.trial", "--dataset", "mnist", "--loss", "batch-all", "--margin", "0.2",
-             "--batch-size", "32", "--budget-samples", "1024", "--checkpoints", "1", "--data-dir", str(tiny_data_dir),
-             "--device", "cpu", "--precision", "fp32", "--threads", "1", "--json", "--out",
-             str(tmp_path / "trial.json")],
-            cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=pin)
+        os.sched_setaffinity(hog.pid, {core})  # pinned from outside: no preexec_fn in a threaded pytest process
+        trial = cli("--dataset", "mnist", "--loss", "batch-all", "--margin", "0.2", "--batch-size", "32",
+                    "--budget-samples", "1024", "--checkpoints", "1", "--data-dir", str(tiny_data_dir), "--device",
+                    "cpu", "--precision", "fp32", "--threads", "1", "--json", "--out", str(tmp_path / "trial.json"))
+        os.sched_setaffinity(trial.pid, {core})  # before torch is even imported; its threads inherit it
+        stdout, stderr = trial.communicate(timeout=600)
     finally:
         hog.kill()
         hog.wait()
-    assert trial.returncode == 0, trial.stderr
-    metrics = json.loads(trial.stdout)
+    assert trial.returncode == 0, stderr
+    metrics = json.loads(stdout)
     assert metrics["threads"] == 1 and metrics["step"] == 32 and 0 < metrics["cpu_share"] < 0.75, metrics
 
 
