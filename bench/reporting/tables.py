@@ -24,7 +24,7 @@ from bench.reporting.markdown import table as markdown_table
 from bench.reporting.systems import NOT_RECORDED, Systems
 from losses import CONTROLS
 
-SHARED = " (shared)"  # after a cell's samples/s: a trial of it did not have its cores to itself (_speed)
+SHARED = "(shared)"  # after a cell's samples/s: a trial of it did not have its cores to itself (_speed)
 METRIC_NAMES = {"map_at_r": "MAP@R", "knn_accuracy": "k-NN accuracy", "precision_at_1": "P@1"}
 LR_RULES = {"none": "lr as configured, at every batch size",
             "sqrt": "lr × (B / {ref})^0.5", "linear": "lr × B / {ref}"}
@@ -448,7 +448,7 @@ def _speed(row: Any) -> str:
     """The cell's mean samples/s, with SHARED where one of its trials had less than QUIET_SHARE of its
     threads' CPU time (no mark where cpu_share was not recorded)."""
     shared = not _missing(row.cpu_share_min) and row.cpu_share_min < QUIET_SHARE
-    return number(row.samples_per_second_mean, 0) + (SHARED if shared else "")
+    return number(row.samples_per_second_mean, 0) + (f" {SHARED}" if shared else "")
 
 
 def _class_distances(row: Any) -> str:
@@ -705,7 +705,7 @@ def _experiment(experiment: str, checkpoints: pd.DataFrame, grid: dict[str, Any]
         "Test metrics of every cell, labelled: only the cells marked selected were chosen, on validation; the test "
         "numbers of cells not selected are shown for completeness and are not a result. samples/s, peak MiB and "
         "train s are the grid's own observations (mean over seeds), taken while other trials shared the machine; "
-        f"\"{SHARED.strip()}\" after samples/s: a trial of the cell had less than {QUIET_SHARE:.0%} of its "
+        f"\"{SHARED}\" after samples/s: a trial of the cell had less than {QUIET_SHARE:.0%} of its "
         "threads' CPU time (cpu_share; other work shared its cores, so its samples/s and train s understate the "
         "training's speed; not measured before 2026-12-07); "
         "loss cost is compared in the isolated measurement (Systems section). "
