@@ -559,11 +559,17 @@ def control_baseline(summary: pd.DataFrame, final: pd.DataFrame) -> Claim:
                                                                                                strict=True)))
 
 
-def _seed_pairs(trials: pd.DataFrame, order: list[str]) -> dict[tuple[str, str], Paired]:
-    """Every pair (a, b) of `order`'s losses (a first) that `trials` holds (one cell each per dataset): a − b paired
-    over seeds, with Holm's p over the pairs in place of the raw p."""
-    order = [loss for loss in order if loss in set(trials.loss)]
-    pairs = {(a, b): paired(trials, trials.loss == a, trials.loss == b, ["dataset"], "map_at_r")
+def _seed_pairs(trials: pd.DataFrame, order: list[str], cells: pd.DataFrame | None = None
+                ) -> dict[tuple[str, str], Paired]:
+    """Every pair (a, b) of `order`'s losses (a first) that `trials` holds: a − b of test MAP@R paired over seeds,
+    with Holm's p over the pairs in place of the raw p. A loss's trials are those of its row in `cells` where given
+    (an experiment with several cells per loss), else all of its trials (one cell each per dataset)."""
+    order = [loss for loss in order if loss in set(trials.loss) and (cells is None or loss in set(cells.loss))]
+
+    def side(loss: str) -> pd.Series:
+        return trials.loss == loss if cells is None else stats.in_cell(trials, cells[cells.loss == loss].iloc[0])
+
+    pairs = {(a, b): paired(trials, side(a), side(b), ["dataset"], "map_at_r")
              for i, a in enumerate(order) for b in order[i + 1:]}
     adjusted = stats.holm([r.p for r in pairs.values()])
     return {key: r._replace(p=p) for (key, r), p in zip(pairs.items(), adjusted, strict=True)}
@@ -641,20 +647,6 @@ def budget_table(summary: pd.DataFrame, final: pd.DataFrame, budget: Budget = BU
     return rows
 
 
-def _pair_gaps(trials: pd.DataFrame, cells: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[tuple[Paired, float]]:
-    """Per (a, b) of `pairs`: a − b of test MAP@R paired over seeds between the two losses' `cells`, with its Holm p
-    over the pairs."""
-    rows = {loss: cells[cells.loss == loss].iloc[0] for loss in set(cells.loss)}
-    gaps = [paired(trials, stats.in_cell(trials, rows[a]), stats.in_cell(trials, rows[b]), ["dataset"], "map_at_r")
-            for a, b in pairs]
-    return list(zip(gaps, stats.holm([gap.p for gap in gaps]), strict=True))
-
-
-def _ahead(gap: Paired, p: float) -> int:
-    """+1 when the pair's first loss is detected ahead (Holm p < ALPHA), −1 when detected behind, 0 within the noise."""
-    return 0 if not math.isfinite(p) or p >= stats.ALPHA else int(math.copysign(1, gap.mean))
-
-
 def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame, budget: Budget = BUDGETS[0]) -> Claim:
     """The ranking at 200k samples is the ranking at 1M (budget.short against budget.long): judged pair by pair,
     each pair's gap paired over seeds at each budget, Holm over the pairs within a budget."""
@@ -666,22 +658,24 @@ def budget_ranking(summary: pd.DataFrame, final: pd.DataFrame, budget: Budget = 
         return claim._replace(verdict="; ".join(_pending(name, summary) for name in waiting))
     short, long = _budget_cells(summary, budget)
     before, after = _ranking(short), _ranking(long)
-    pairs = [(a, b) for i, a in enumerate(before) for b in before[i + 1:] if a in after and b in after]
-    at_short = _pair_gaps(_trials(final, budget.short), short, pairs)
-    at_long = _pair_gaps(_trials(final, budget.long), long, pairs)
-    resolved = [i for i, (gap, p) in enumerate(at_short) if _ahead(gap, p) == 1]
-    reversed_ = [i for i, (gap, p) in enumerate(at_long) if _ahead(gap, p) == -1]
-    kept = [i for i in resolved if _ahead(*at_long[i]) == 1]
-    if reversed_:
+    order = [loss for loss in before if loss in after]
+    at_short = _seed_pairs(_trials(final, budget.short), order, short)
+    at_long = _seed_pairs(_trials(final, budget.long), order, long)
+    pairs = [pair for pair in at_short if pair in at_long]
+    resolved = [pair for pair in pairs if _direction(at_short[pair], +1) == "supported"]
+    if any(_direction(at_long[pair], +1) == "contradicted" for pair in pairs):
         verdict = "contradicted"
+    elif resolved and all(_direction(at_long[pair], +1) == "supported" for pair in resolved):
+        verdict = "supported"
     else:
-        verdict = "supported" if resolved and kept == resolved else "not detected at this n"
+        verdict = "not detected at this n"
 
-    def gap_text(gap: Paired, p: float) -> str:
-        return f"{_delta(gap)} (Holm {_p(p)}{'' if _ahead(gap, p) else ', within the noise'})"
+    def gap_text(gap: Paired) -> str:
+        noise = _direction(gap, +1) == "not detected at this n"
+        return f"{_delta(gap)} (Holm {_p(gap.p)}{', within the noise' if noise else ''})"
 
-    gaps = "; ".join(f"{a} − {b}: {gap_text(*at_short[i])} at 200k, {gap_text(*at_long[i])} at 1M"
-                     for i, (a, b) in enumerate(pairs))
+    gaps = "; ".join(f"{a} − {b}: {gap_text(at_short[a, b])} at 200k, {gap_text(at_long[a, b])} at 1M"
+                     for a, b in pairs)
     numbers = (f"ranking by test MAP@R at 200k: {' > '.join(before)}; at 1M: {' > '.join(after)}"
                + _off_selection(summary, budget.long) + f"; test MAP@R gaps paired over seeds: {gaps}"
                + ". Rule: supported if every pair detected at 200k is detected in the same order at 1M and none is "

@@ -35,7 +35,6 @@ checkpoint of every trial and baseline record) and of each experiment's grid.jso
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import warnings
@@ -344,20 +343,13 @@ def min_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: fl
     NaN for n < 2 or an SD that is not finite and positive."""
     if n < 2 or not (math.isfinite(sd) and sd > 0):
         return math.nan
-    return sd * detectable_effect(n, alpha, power)
-
-
-@functools.cache
-def detectable_effect(n: int, alpha: float, power: float) -> float:
-    """min_detectable_difference in units of the difference SD (δ / sd): it depends on n, alpha and power alone, so
-    a report computes it once per n (each value is a root search over numerical integrals)."""
     df = n - 1
     critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
 
     def shortfall(effect: float) -> float:  # effect = δ / sd
         return t_test_power(effect * math.sqrt(n), df, critical) - power
 
-    return brentq(shortfall, 1e-9, 1e3)
+    return sd * brentq(shortfall, 1e-9, 1e3)
 
 
 def t_test_power(nc: float, df: int, critical: float) -> float:
