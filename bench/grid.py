@@ -209,9 +209,17 @@ def ray_trial(point: dict[str, Any], ctx: Context, trial_fn: TrialFn) -> None:
 
 
 def _duration(seconds: float) -> str:
+    """A duration for the progress line: seconds, minutes, or hours past two hours."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def eta_seconds(elapsed: float, ran: int, concurrent: int, left: int) -> float:
+    """Seconds the `left` trials will take at this run's rate: `ran` finished in `elapsed` s, up to `concurrent` at
+    once. The first trials to finish stand for their whole wave (the others started with them and are nearly done),
+    so the rate counts at least `concurrent` trials; elapsed / ran alone is high by that factor until they finish."""
+    return elapsed / max(ran, concurrent, 1) * left
 
 
 class Progress:
@@ -234,7 +242,8 @@ class Progress:
             self.done.add(record["trial_id"])
             self.ran += 1
             done, left = len(self.done), self.total - len(self.done)
-            eta = (time.monotonic() - self.started) / self.ran * left
+            concurrent = record["provenance"].get("concurrent_trials") or 1  # per node; None for a lost worker
+            eta = eta_seconds(time.monotonic() - self.started, self.ran, concurrent, left)
         cfg, final = record["config"], record["final"]
         line = (f"[{done}/{self.total}] {cfg['dataset']}{' ' + cfg['protocol'] if self.protocols else ''} "
                 f"{cfg['loss']} margin {cfg['margin']} "

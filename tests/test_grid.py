@@ -28,7 +28,7 @@ from bench.experiment.gridspec import AXES, Grid, GridError
 from bench.experiment.identity import trial_id
 from bench.experiment.lock import LOCK_NAME
 from bench.experiment.presets import load_preset, preset_names
-from bench.grid import MAX_NODE_FAILURES, pick_backend, quiet_ray, ray_param_space, run_grid
+from bench.grid import MAX_NODE_FAILURES, eta_seconds, pick_backend, quiet_ray, ray_param_space, run_grid
 from losses import CONTROLS, LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -609,6 +609,16 @@ def test_one_line_drops_rays_colour_codes_and_collapses_whitespace() -> None:
     coloured = RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)\n  File \"x.py\"")
     assert one_line(coloured) == 'RuntimeError: ray::ImplicitFunc.train() (pid=1) File "x.py"'
     assert one_line(ValueError("a" * 50), limit=10) == "ValueErro…"
+
+
+def test_the_estimate_of_the_time_left_counts_the_trials_that_run_at_once() -> None:
+    """Ten 600 s trials two at a time: when the first pair finishes, 8 are left, 2400 s of work. The first
+    line of the pair must not say twice that (elapsed / trials finished alone: 600 / 1 × 9 = 5400 s)."""
+    truth = 4 * 600.0
+    first, second = eta_seconds(600.0, 1, 2, 9), eta_seconds(600.0, 2, 2, 8)
+    assert second == truth and abs(first - truth) / truth < 0.15
+    assert eta_seconds(1800.0, 6, 2, 4) == 1200.0  # past the first wave, the rate is the trials finished
+    assert eta_seconds(600.0, 1, 1, 9) == 5400.0  # one at a time: each trial takes what the first took
 
 
 def test_without_ray_auto_falls_back_to_local(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
