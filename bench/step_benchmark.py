@@ -53,7 +53,7 @@ from bench.engine.datasets import DATASETS
 from bench.engine.device import is_oom, one_line, pick_device, release_cached, sync
 from bench.engine.files import write_text
 from bench.engine.memory import TrainingPeak
-from bench.engine.models import build_optimizer, forward_flops, initial_model, model_settings
+from bench.engine.models import build_optimizer, forward_flops, import_model_code, initial_model, model_settings
 from bench.engine.precision import resolve_precision
 from bench.engine.sampling import make_batches
 from bench.engine.step import batch_input, train_step, training_loss
@@ -138,7 +138,8 @@ def measure_step(point: StepPoint, data: Data, device: torch.device, steps: int,
         "batch_size": int(cfg["batch_size"]), "precision": point.precision, "compile": point.compile,
         "device": str(device), "status": "ok", "note": "", "steps": steps, "warmup": warmup,
     }
-    memory = TrainingPeak(device)  # baseline: the data loaded, no model yet
+    import_model_code(row["model"])
+    memory = TrainingPeak(device)  # baseline: the data and the model's code loaded, no model yet
     memory.start()
     try:
         step, model = make_step(cfg, data, device, point.precision, point.compile)

@@ -29,6 +29,7 @@ from bench.experiment.identity import trial_id
 from bench.experiment.lock import LOCK_NAME
 from bench.experiment.presets import load_preset, preset_names
 from bench.grid import MAX_NODE_FAILURES, eta_seconds, pick_backend, quiet_ray, ray_param_space, run_grid
+from bench.grid import main as grid_main
 from losses import CONTROLS, LOSSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -567,7 +568,8 @@ def _bad(tmp_path: Path, name: str, text: str) -> str:
     return str(path)
 
 
-def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path) -> None:
+def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
     good = json.dumps(FAKE_GRID)
     data_dir = tmp_path / "data"
     write_synthetic(data_dir, "mnist", n_train=50, n_test=20)
@@ -584,16 +586,24 @@ def test_bad_presets_and_missing_data_fail_with_one_line(tmp_path: Path) -> None
             tmp_path, "fresh", good[:-1] + ', "fresh_seeds": [1, 2]}')],
         "no preset given: using 'cpu'": ["--preset", "", "--data-dir", str(tmp_path / "missing")],
     }
-    env = {k: v for k, v in os.environ.items() if k != "TRIPLETBENCH_DOWNLOAD"}
-    procs = {
-        expected: subprocess.Popen(
-            [sys.executable, "-m", "bench.grid", "--results", str(tmp_path / "results"), "--data-dir", str(data_dir),
-             *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for expected, argv in cases.items()
+    monkeypatch.delenv("TRIPLETBENCH_DOWNLOAD", raising=False)
+    common = ["--results", str(tmp_path / "results"), "--data-dir", str(data_dir)]
+    in_process = [expected for expected in cases if not expected.startswith(("unknown preset", "no mnist.npz"))]
+    procs = {  # an unknown preset and missing data at the process level too, beside the in-process cases
+        expected: subprocess.Popen([sys.executable, "-m", "bench.grid", *common, *argv], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for expected, argv in cases.items() if expected not in in_process
     }
+    ended: dict[str, tuple[int, str, str]] = {}
+    for expected in in_process:
+        code = grid_main([*common, *cases[expected]])
+        ended[expected] = (code, *capsys.readouterr())
     for expected, proc in procs.items():
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (expected, out, err)
+        ended[expected] = (proc.returncode, out, err)
+    assert len(ended) == len(cases) and len(procs) == 2
+    for expected, (code, out, err) in ended.items():
+        assert code == 2, (expected, out, err)
         assert len(err.splitlines()) == 1 and err.startswith("python -m bench.grid: error: "), (expected, err)
         assert expected in out + err, (expected, out, err)
     assert not (tmp_path / "results").exists()

@@ -1,12 +1,19 @@
-"""The embedding nets: shapes, the model key, and an fp32 head under bf16 autocast."""
+"""The embedding nets: shapes, the model key, an fp32 head under bf16 autocast, and torchvision imported only for a
+ResNet."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import bench.engine.train
 from bench.engine.config import ConfigError, resolve
 from bench.engine.models import MODELS, build_model, forward_flops, model_settings
+from bench.engine.train import run_trial
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -79,3 +86,34 @@ def test_forward_flops_counts_twice_the_multiply_adds_of_conv_and_linear_layers(
     assert net.training  # left as it was
     assert forward_flops(build_model("cifar-net", SHAPES["cifar10"], 128, normalize=True), SHAPES["cifar10"]) \
         == 39_804_992  # the 40 MFLOPs in bench/engine/models.py's table
+
+
+def test_torchvision_is_imported_only_for_a_resnet_and_before_the_memory_baseline(
+    tiny_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry points start without torchvision (about 2 s of CPU each); a resnet18 trial imports it before
+    TrainingPeak takes its baseline, so that its module code never counts as training memory."""
+    code = ("import sys, bench.grid, bench.trial, bench.report, bench.step_benchmark, bench.gpu_check\n"
+            "from bench.engine.models import import_model_code\n"
+            "before = 'torchvision' in sys.modules\nimport_model_code('cifar-net')\n"
+            "between = 'torchvision' in sys.modules\nimport_model_code('resnet18')\n"
+            "print(before, between, 'torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["False", "False", "True"], done.stderr[-2000:]
+
+    class Baseline(Exception):
+        """Stops the trial at its memory baseline."""
+
+    order: list[str] = []
+
+    def baseline(device: torch.device) -> None:
+        order.append("baseline")
+        raise Baseline
+
+    monkeypatch.setattr(bench.engine.train, "import_model_code", lambda model: order.append(f"import {model}"))
+    monkeypatch.setattr(bench.engine.train, "TrainingPeak", baseline)
+    config = {"dataset": "cifar10", "model": "resnet18", "loss": "batch-all", "margin": 0.2, "batch_size": 16,
+              "budget_samples": 32, "data_dir": str(tiny_data_dir), "device": "cpu", "precision": "fp32"}
+    with pytest.raises(Baseline):
+        run_trial(config)
+    assert order == ["import resnet18", "baseline"]

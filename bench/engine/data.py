@@ -14,21 +14,33 @@ Anything else raises DataError with one line naming the folder and these forms.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor
 
 from bench.engine.datasets import DATASETS
 
 DOWNLOAD_ENV = "TRIPLETBENCH_DOWNLOAD"
-# the torchvision readers of the table's data sets (bench/engine/datasets.py)
-TORCHVISION = {name: getattr(torchvision.datasets, entry.torchvision)
+
+
+def _torchvision_dataset(class_name: str, root: str, train: bool, download: bool) -> Any:
+    """torchvision.datasets.<class_name>(root, train=train, download=download); torchvision is imported here, on
+    first use, not with this module: its import costs about 2 s of CPU in every process, most of which never
+    reads a torchvision folder."""
+    import torchvision
+
+    return getattr(torchvision.datasets, class_name)(root, train=train, download=download)
+
+
+# the torchvision readers of the table's data sets (bench/engine/datasets.py): (root, train, download) → dataset
+TORCHVISION = {name: functools.partial(_torchvision_dataset, entry.torchvision)
                for name, entry in DATASETS.items() if entry.torchvision}
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 

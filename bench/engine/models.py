@@ -18,7 +18,6 @@ import math
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from bench.engine.config import MODELS, ConfigError
@@ -77,6 +76,8 @@ def mnist_net(in_channels: int, height: int, width: int, embedding_dim: int) -> 
 
 def cifar_resnet18(in_channels: int, embedding_dim: int) -> tuple[nn.Module, nn.Linear]:
     """torchvision ResNet-18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool; (backbone to 512-d, 512 → D head)."""
+    import torchvision  # imported by import_model_code before any memory baseline (already loaded then)
+
     net = torchvision.models.resnet18(num_classes=embedding_dim)
     net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
@@ -105,6 +106,14 @@ def cifar_net(
         cin = cout
     layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers), nn.Linear(cin, embedding_dim)
+
+
+def import_model_code(model: str) -> None:
+    """Import the library that builds `model` (torchvision for resnet18), which is not imported at start-up: it
+    costs about 2 s of CPU in every process, most of which build no ResNet. Called before a training-memory
+    baseline (bench.engine.memory.TrainingPeak), so that module code never counts as training memory."""
+    if model == "resnet18":
+        import torchvision  # noqa: F401
 
 
 def build_model(model: str, image_shape: tuple[int, int, int], embedding_dim: int, normalize: bool) -> EmbeddingNet:

@@ -77,7 +77,7 @@ from bench.engine.diagnostics import (
 )
 from bench.engine.files import save_npz
 from bench.engine.memory import TrainingPeak
-from bench.engine.models import build_optimizer, initial_model, model_settings
+from bench.engine.models import build_optimizer, import_model_code, initial_model, model_settings
 from bench.engine.precision import autocast, resolve_precision
 from bench.engine.protocol import EVAL_METRICS, EVAL_SIZE_KEYS, evaluate, intermediate_sizes, load_splits
 from bench.engine.sampling import make_batches
@@ -207,7 +207,8 @@ def _run(cfg: dict[str, Any], device: torch.device, report: Report, progress: Pr
     x_train, y_train = splits.x_train, splits.y_train
     eval_sizes = intermediate_sizes(cfg, device)
     mean, std = channel_stats(x_train)
-    memory = TrainingPeak(device)  # its baseline: the process once the data is loaded
+    import_model_code(settings["model"])
+    memory = TrainingPeak(device)  # its baseline: the process once the data and the model's code are loaded
 
     seed, batch_size, margin = int(cfg["seed"]), int(cfg["batch_size"]), float(cfg["margin"])
     precision = resolve_precision(cfg["precision"], device)
