@@ -439,12 +439,17 @@ def test_the_semi_hard_claim_weighs_it_against_the_best_loss_and_batch_hard(tmp_
 
 def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_side(tmp_path: Path) -> None:
     """cpu and cpu-unseen (with the control, unseen only): each loss's selected cell, its test MAP@R and its rank
-    under each protocol; the fresh seeds' numbers once they are complete; pending until cpu-unseen is complete."""
+    under each protocol, then the baselines under each; the fresh seeds' numbers once they are complete; pending
+    until cpu-unseen is complete."""
+    pixels = {"map_at_r": 0.15, "knn_accuracy": 0.5, "precision_at_1": 0.5, "val_map_at_r": 0.3,
+              "val_knn_accuracy": 0.6, "val_precision_at_1": 0.6}
+
     def cells(experiment: str, levels: dict[str, float], seeds: list[int], protocol: str) -> list[dict]:
         return [trial_record(experiment, loss, 0.0 if loss == "normalized-softmax" else 0.2, 16, seed,
                              dataset="cifar10", protocol=protocol,
                              values={"map_at_r": level + seed / 1000, "val_map_at_r": level})
-                for loss, level in levels.items() for seed in seeds]
+                for loss, level in levels.items() for seed in seeds] + (
+            [baseline_record(experiment, "pixels", None, pixels, "cifar10", protocol)] if protocol == "unseen" else [])
 
     axes = {"dataset": ["cifar10"], "loss": ["batch-all", "batch-hard"], "margin": [0.2], "batch_size": [16],
             "seed": SEEDS}
@@ -452,7 +457,7 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
             for record in cells("cpu", {"batch-all": 0.5, "batch-hard": 0.1}, SEEDS, "seen")]
     write_experiment(tmp_path, "cpu", seen, axes, citable=True)
     unseen = {"batch-all": 0.3, "batch-hard": 0.05, "normalized-softmax": 0.4}
-    partial = cells("cpu-unseen", unseen, SEEDS, "unseen")[:-1]  # one seed short: pending
+    partial = cells("cpu-unseen", unseen, SEEDS, "unseen")[:-2]  # one seed short (and no baseline): pending
     unseen_axes = {**axes, "loss": list(unseen), "margin": [0.0, 0.2]}
     folder = write_experiment(tmp_path, "cpu-unseen", partial, unseen_axes, {"protocol": "unseen"}, citable=True)
     import json
@@ -471,7 +476,10 @@ def test_the_protocol_table_puts_each_loss_s_seen_and_unseen_numbers_side_by_sid
                      {"protocol": "unseen"}, citable=True)
     (folder / "grid.json").write_text(json.dumps(spec))
     rows = table()
-    assert [row[0] for row in rows] == ["normalized-softmax", "batch-all", "batch-hard"]
+    assert [row[0] for row in rows] == ["normalized-softmax", "batch-all", "batch-hard", "pixels (baseline)",
+                                        "untrained (baseline)"]
+    assert rows[3][1:4] == ["–", "–", "–"] and rows[3][4] == rows[3][6] == "–" and rows[3][5].startswith("0.1500")
+    assert rows[4][1:] == ["–"] * 6  # no untrained record under either protocol
     assert rows[0][1:4] == ["–", "–", "–"] and rows[0][6] == "1"
     assert rows[1][1] == "m 0.2, B 16" and rows[1][2].startswith("0.5010 ± ") and rows[1][3] == "1"
     assert rows[1][5].startswith("0.3010 ± ") and rows[1][6] == "2"

@@ -702,8 +702,8 @@ def _cited(summary: pd.DataFrame, experiment: str) -> tuple[str, pd.DataFrame]:
 
 def protocol_table(summary: pd.DataFrame) -> tuple[str, str, list[list[str]]]:
     """Per loss, its selected CIFAR-10 cell's test MAP@R on the classes it trained on (cpu) and on classes it never
-    saw (cpu-unseen), with the rank at each: (the seen experiment, the unseen one, rows); no rows until cpu-unseen is
-    complete."""
+    saw (cpu-unseen), with the rank at each, then raw pixels and the untrained net under each protocol: (the seen
+    experiment, the unseen one, rows); no rows until cpu-unseen is complete."""
     seen_name, seen = _cited(summary, "cpu")
     unseen_name, unseen = _cited(summary, "cpu-unseen")
     if not _complete(summary, "cpu-unseen") or unseen.empty:
@@ -720,8 +720,14 @@ def protocol_table(summary: pd.DataFrame) -> tuple[str, str, list[list[str]]]:
                 str(tables.interval(row, "map_at_r")), str(rank[loss])]
 
     order = [*_ranking(unseen), *(loss for loss in _ranking(seen) if loss not in set(unseen.loss))]
-    return seen_name, unseen_name, [[loss, *cell(seen, loss, ranks["seen"]), *cell(unseen, loss, ranks["unseen"])]
-                                    for loss in order]
+    rows = [[loss, *cell(seen, loss, ranks["seen"]), *cell(unseen, loss, ranks["unseen"])] for loss in order]
+
+    def baseline(name: str, loss: str) -> list[str]:
+        found = summary[(summary.experiment == name) & (summary.loss == loss) & (summary.dataset == "cifar10")]
+        return ["–", str(tables.interval(found.iloc[0], "map_at_r")), "–"] if len(found) else ["–", "–", "–"]
+
+    return seen_name, unseen_name, [*rows, *([f"{loss} (baseline)", *baseline(seen_name, loss),
+                                              *baseline(unseen_name, loss)] for loss in stats.BASELINES)]
 
 
 def sampler_table(summary: pd.DataFrame, final: pd.DataFrame) -> list[list[str]]:
@@ -798,7 +804,8 @@ def markdown(rows: list[Claim], records: int, summary: pd.DataFrame, final: pd.D
     lines += ([f"Test MAP@R, mean ± 95% t half-width over seeds, of each loss's validation-selected CIFAR-10 cell, "
                f"with its rank: on held-out images of the classes it trained on ({seen_name}) and on classes it "
                f"never saw ({unseen_name}: trained on 4 classes, tested on 4 others; its own selection on its own "
-               "validation classes). The control is in cpu-unseen only (its seen numbers are cpu-losses')."
+               "validation classes), then raw pixels and the untrained net under each protocol. The control is in "
+               "cpu-unseen only (its seen numbers are cpu-losses')."
                + ("" if machines[seen_name] == machines[unseen_name] else
                   f" {seen_name} ran on {machines[seen_name]}, {unseen_name} on {machines[unseen_name]}: across CPUs "
                   "and precisions a seed fixes no metric, so the two protocols are compared by rank, never cell by "
